@@ -1,0 +1,100 @@
+"""The one timing helper, plus the provenance every metrics.json carries.
+
+Rules (DEVICE.md "Measuring"): compile outside the timed region, block until ready, report the
+median of several repeats, never time on zeros, and time the baseline in the same process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    median_s: float
+    min_s: float
+    first_call_s: float  # compile + first run
+    repeats: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def block(x):
+    """block_until_ready on every array leaf of a pytree; returns x."""
+    return jax.block_until_ready(x)
+
+
+def time_fn(fn: Callable[..., Any], *args, warmup: int = 1, repeats: int = 5, **kwargs) -> Timing:
+    """Time `fn(*args, **kwargs)`: first call (compile) separately, then the median of repeats."""
+    t0 = time.perf_counter()
+    block(fn(*args, **kwargs))
+    first = time.perf_counter() - t0
+    for _ in range(max(0, warmup - 1)):
+        block(fn(*args, **kwargs))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        block(fn(*args, **kwargs))
+        times.append(time.perf_counter() - t0)
+    return Timing(statistics.median(times), min(times), first, repeats)
+
+
+def git_commit() -> str:
+    """The commit of the working tree (with '+dirty' when it has changes), or 'unknown'."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("PFLASH_COMMIT", "unknown")
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    return getattr(d, "device_kind", d.platform)
+
+
+def provenance() -> dict:
+    """Card, software versions and commit: attached to every recorded result."""
+    import jaxlib
+
+    return {
+        "device": device_name(),
+        "platform": jax.default_backend(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "python": platform.python_version(),
+        "commit": git_commit(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def peak_memory_bytes() -> int | None:
+    """Peak device memory in use by this process (None where the backend does not report it)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def write_metrics(path: str | os.PathLike, metrics: dict) -> Path:
+    """Write metrics + provenance as JSON atomically (tmp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"provenance": provenance(), **metrics}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
