@@ -1,0 +1,158 @@
+"""Train the tiny target/drafter pair (DESIGN section 5) and export them as HF Qwen3 checkpoints.
+
+Design choices:
+- Both models train on the same batches in one process (the data generator, on the host, is
+  the shared cost); each has its own AdamW state.
+- float32 master weights; the forward runs in bf16 on GPU (cuDNN flash attention needs a 16-bit
+  dtype), float32 on CPU.
+- Curriculum over sequence length at a constant token count per step.
+- Loss: cross-entropy on answer tokens (weight 1) plus `lm_weight` on every haystack token.
+- orbax CheckpointManager: rerunning the same command resumes from the latest step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from pathlib import Path
+
+import hydra
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from pflash_jax.bench import provenance, write_metrics
+from pflash_jax.data import training_batch
+from pflash_jax.models import qwen3
+from pflash_jax.models.config import Qwen3Config
+from pflash_jax.models.export_hf import export_hf
+from pflash_jax.models.params import init_params
+from pflash_jax.tasks import tiny_tokenizer
+from pflash_jax.tasks.tokenizer import TINY_TOKENIZER_PATH
+
+REPO = Path(__file__).resolve().parent.parent
+EOS = "<|endoftext|>"
+
+
+def model_config(shape: dict, vocab: int, max_pos: int) -> Qwen3Config:
+    return Qwen3Config(vocab_size=vocab, tie_word_embeddings=True,
+                       max_position_embeddings=max_pos, **shape)
+
+
+def stage_at(step: int, steps: int, curriculum) -> tuple[int, int]:
+    i = min(step * len(curriculum) // max(steps, 1), len(curriculum) - 1)
+    return tuple(curriculum[i])
+
+
+def make_loss(cfg: Qwen3Config, attn: str, compute_dtype):
+    def loss_fn(params, ids, mask):
+        p = jax.tree.map(lambda a: a.astype(compute_dtype), params)
+        pos = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+        logits = qwen3.forward(p, cfg, ids, pos, attn=attn)[:, :-1]
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        nll = -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+        w = mask[:, 1:]
+        ans = (w == 1.0).astype(jnp.float32)
+        acc = (jnp.argmax(logits, -1) == ids[:, 1:]).astype(jnp.float32)
+        return jnp.sum(nll * w) / jnp.sum(w), {
+            "answer_nll": jnp.sum(nll * ans) / jnp.maximum(ans.sum(), 1),
+            "answer_acc": jnp.sum(acc * ans) / jnp.maximum(ans.sum(), 1)}
+    return loss_fn
+
+
+def make_step(cfg, attn, compute_dtype, tx):
+    grad_fn = jax.value_and_grad(make_loss(cfg, attn, compute_dtype), has_aux=True)
+
+    @jax.jit
+    def step(params, opt_state, ids, mask):
+        (loss, aux), grads = grad_fn(params, ids, mask)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, {"loss": loss, **aux}
+    return step
+
+
+def prefetch(c: DictConfig, tok, start: int):
+    """Batches built on a host thread, a few steps ahead of the GPU."""
+    q: queue.Queue = queue.Queue(maxsize=4)
+
+    def work():
+        for step in range(start, c.steps):
+            rng = np.random.default_rng([c.seed, step])  # resumable: batch depends on step only
+            seq, bs = stage_at(step, c.steps, c.curriculum)
+            q.put(training_batch(list(c.tasks), bs, seq, tok, rng, lm_weight=c.lm_weight))
+    threading.Thread(target=work, daemon=True).start()
+    for _ in range(start, c.steps):
+        yield q.get()
+
+
+@hydra.main(config_path="../configs", config_name="train_tiny", version_base=None)
+def main(c: DictConfig) -> None:
+    tok = tiny_tokenizer()
+    vocab = -(-tok.get_vocab_size() // 128) * 128  # padded: tidy matmul shapes
+    on_gpu = jax.default_backend() == "gpu"
+    attn = c.attn if c.attn != "auto" else ("cudnn" if on_gpu else "xla")
+    compute_dtype = jnp.bfloat16 if on_gpu else jnp.float32
+    names = ("target", "drafter")
+    cfgs = {n: model_config(OmegaConf.to_container(c[n]), vocab, c.max_position_embeddings)
+            for n in names}
+    sched = optax.warmup_cosine_decay_schedule(0.0, c.lr, c.warmup, max(c.steps, c.warmup + 1),
+                                               c.lr * 0.05)
+    tx = optax.chain(optax.clip_by_global_norm(c.grad_clip),
+                     optax.adamw(sched, b2=0.95, weight_decay=c.weight_decay))
+    keys = jax.random.split(jax.random.key(c.seed), len(names))
+    state = {}
+    for n, k in zip(names, keys):
+        p = init_params(cfgs[n], k, jnp.float32)
+        state[n] = {"params": p, "opt": tx.init(p)}
+    steps_fns = {n: make_step(cfgs[n], attn, compute_dtype, tx) for n in names}
+
+    ckpt_dir = (REPO / c.checkpoint_dir).resolve()
+    mgr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    start = 0
+    if mgr.latest_step() is not None:
+        start = mgr.latest_step()
+        state = mgr.restore(start, args=ocp.args.StandardRestore(state))
+        print(f"resumed from {ckpt_dir} at step {start}")
+
+    history, t0 = [], time.perf_counter()
+    bar = tqdm(prefetch(c, tok, start), total=c.steps, initial=start, desc="train_tiny")
+    for step, (ids, mask) in enumerate(bar, start=start):
+        row = {"step": step + 1, "seq_len": int(ids.shape[1])}
+        for n in names:
+            s = state[n]
+            s["params"], s["opt"], m = steps_fns[n](s["params"], s["opt"], ids, mask)
+            row.update({f"{n}_{k}": v for k, v in m.items()})
+        if (step + 1) % 25 == 0 or step + 1 == c.steps:
+            row = {k: float(v) for k, v in row.items()}
+            history.append(row)
+            bar.set_postfix(T=row["seq_len"], tgt=f"{row['target_answer_acc']:.2f}",
+                            dft=f"{row['drafter_answer_acc']:.2f}")
+        if (step + 1) % c.checkpoint_every == 0:
+            mgr.save(step + 1, args=ocp.args.StandardSave(state))
+    if mgr.latest_step() != c.steps:
+        mgr.save(c.steps, args=ocp.args.StandardSave(state), force=True)
+    mgr.wait_until_finished()
+    train_s = time.perf_counter() - t0
+
+    if c.export_dir:
+        for n in names:
+            out = export_hf(state[n]["params"], cfgs[n], REPO / c.export_dir / n,
+                            tokenizer_json=TINY_TOKENIZER_PATH, eos_token=EOS)
+            print(f"exported {n} -> {out}")
+    if c.metrics_path:
+        write_metrics(REPO / c.metrics_path, {
+            "config": OmegaConf.to_container(c, resolve=True),
+            "models": {n: dataclasses.asdict(cfgs[n]) for n in names},
+            "train_seconds_this_run": train_s, "history": history})
+    print({k: round(v, 4) for k, v in history[-1].items()} if history else "no steps run",
+          provenance()["device"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Experiment knobs of speculative prefill: scoring, span selection, drafter attention.
+
+These are not model architecture (that is `Qwen3Config`): they are what a sweep varies and what
+every result row must name. All dataclasses are frozen and hashable, so a config can be a static
+argument of a jitted function; each validates itself on construction and names the bad option.
+
+Two presets reproduce the published systems (DESIGN.md 1.2); `preset(name, **overrides)` builds
+one with flat overrides (`preset("pflash", keep_ratio=0.1, rope="post")`).
+
+Preset values ("pflash" / "specprefill") and where they come from:
+- n_tail, tail_mode: 8 "tail" / 8 "lookahead" (DESIGN 1.2; SpecPrefill's README example runs
+  its `config_p1_full_lah8` config, look-ahead 8).
+- rope: "nope" / "post" (DESIGN 1.2; PFlash's scorer defaults to pre-RoPE q/k: Luce-Org/lucebox
+  PR #574 speaks of "the default NoPE scoring path", post-RoPE being the legacy option).
+- pooling: "after_mean" / "per_row"; pool_width 13 for both (DESIGN 1 and 1.2).
+- span_size: 32 / 32 (issue 4's benchmark uses span 32; SpecPrefill keeps fixed-size chunks).
+- keep_ratio: 0.05 / 0.1 (issue 4's benchmark keeps 0.05; SpecPrefill's README headline keeps
+  10% of the tokens).
+- rounding: "floor" (at least 1) / "ceil"; forced spans: 8 head + 24 tail / none (DESIGN 1.2).
+- positions: "renumbered" (PFlash's text round-trip) / "original" (DESIGN 1.2).
+- attention_impl: "reference" / "dense": PFlash's drafter is block-sparse, SpecPrefill's dense.
+  "reference", "triton" and "mosaic" are the same block-sparse math; on a GPU pick a kernel.
+- alpha 0.12, block_density None, block_size 128 for both (only read by block-sparse impls).
+
+The plain dataclass defaults are *our* defaults: the PFlash values, except positions="original"
+(DESIGN 1.2: our default when drafter and target share a tokenizer). Experiments decide the rest.
+Span size and keep ratio are sweep axes: the preset values only fix a starting point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+TAIL_MODES = ("tail", "lookahead")
+ROPE_MODES = ("post", "nope")
+POOLING_MODES = ("per_row", "after_mean")
+ROUNDING_MODES = ("ceil", "floor")
+POSITION_MODES = ("original", "renumbered")
+ATTENTION_IMPLS = ("reference", "triton", "mosaic", "dense")
+
+
+def _check_int(owner: str, name: str, value, minimum: int) -> None:
+    # bool is an int subclass; True as a span size is a bug, not 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}.{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_choice(owner: str, name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+
+
+def _check_fraction(owner: str, name: str, value, allow_zero: bool = False) -> None:
+    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+    low_ok = ok_type and (value >= 0 if allow_zero else value > 0)
+    if not (ok_type and low_ok and value <= 1):
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{owner}.{name} must be in {interval}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How the drafter turns tail attention into per-token importance (DESIGN 1.2).
+
+    n_tail: number of tail queries (last prompt tokens, or last token + look-ahead tokens).
+    tail_mode: "tail" = the last n_tail prompt tokens' queries; "lookahead" = the last prompt
+        token plus n_tail - 1 greedily generated drafter tokens (SpecPrefill).
+    rope: "post" = post-RoPE q/k (SpecPrefill); "nope" = pre-RoPE q/k after q_norm/k_norm, which
+        removes RoPE's distance decay from the score.
+    pooling: "per_row" = moving average of every (layer, head, t) probability row before the max,
+        zero-padded edges (SpecPrefill); "after_mean" = one moving average of the final
+        importance, truncated edges (PFlash).
+    pool_width: moving-average width, odd; 1 disables pooling.
+    """
+
+    n_tail: int = 8
+    tail_mode: str = "tail"
+    rope: str = "nope"
+    pooling: str = "after_mean"
+    pool_width: int = 13
+
+    def __post_init__(self):
+        _check_int("ScoringConfig", "n_tail", self.n_tail, 1)
+        _check_choice("ScoringConfig", "tail_mode", self.tail_mode, TAIL_MODES)
+        _check_choice("ScoringConfig", "rope", self.rope, ROPE_MODES)
+        _check_choice("ScoringConfig", "pooling", self.pooling, POOLING_MODES)
+        _check_int("ScoringConfig", "pool_width", self.pool_width, 1)
+        if self.pool_width % 2 == 0:
+            # An even window has no centre: the smoothed score would shift by half a token.
+            raise ValueError(f"ScoringConfig.pool_width must be odd, got {self.pool_width}")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """How importance becomes kept spans (DESIGN 1.2). See `spans.select_spans`.
+
+    span_size: tokens per span; the last span may be partial.
+    keep_ratio: fraction of spans kept by score, in (0, 1]; 1 keeps every span.
+    rounding: budget = ceil(n_spans * keep_ratio) ("ceil", SpecPrefill) or
+        max(1, floor(n_spans * keep_ratio)) ("floor", PFlash).
+    forced_head_spans / forced_tail_spans: spans always kept at the start / end of the prompt,
+        on top of the score budget (PFlash 8 / 24, SpecPrefill 0 / 0).
+    positions: "original" = kept tokens keep their prompt positions; "renumbered" = 0..K-1.
+    """
+
+    span_size: int = 32
+    keep_ratio: float = 0.05
+    rounding: str = "floor"
+    forced_head_spans: int = 8
+    forced_tail_spans: int = 24
+    positions: str = "original"
+
+    def __post_init__(self):
+        _check_int("SelectionConfig", "span_size", self.span_size, 1)
+        _check_fraction("SelectionConfig", "keep_ratio", self.keep_ratio)
+        _check_choice("SelectionConfig", "rounding", self.rounding, ROUNDING_MODES)
+        _check_int("SelectionConfig", "forced_head_spans", self.forced_head_spans, 0)
+        _check_int("SelectionConfig", "forced_tail_spans", self.forced_tail_spans, 0)
+        _check_choice("SelectionConfig", "positions", self.positions, POSITION_MODES)
+
+
+@dataclass(frozen=True)
+class PFlashConfig:
+    """Everything the speculative-prefill pipeline needs besides the two models.
+
+    attention_impl: the drafter's attention. "reference" / "triton" / "mosaic" are the same
+        block-sparse algorithm (DESIGN 1.1) on different backends; "dense" runs full causal
+        attention (SpecPrefill's drafter, and the ablation without block sparsity).
+    alpha: FlashPrefill block-selection threshold on the *normalised* mass scale (DESIGN 1.1,
+        0.08-0.18 in the paper's configs; not comparable with unnormalised 0.7-0.85 values).
+    block_density: None = alpha-driven dynamic selection; a fraction in (0, 1] = keep that
+        fraction of blocks per query-block row (fixed-density mode for timing random weights).
+    block_size: attention block size in tokens.
+    preset: the name of the preset this config was built from ("custom" otherwise); results
+        record it next to every option value.
+    """
+
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    attention_impl: str = "reference"
+    alpha: float = 0.12
+    block_density: float | None = None
+    block_size: int = 128
+    preset: str = "custom"
+
+    def __post_init__(self):
+        if not isinstance(self.scoring, ScoringConfig):
+            raise ValueError(f"PFlashConfig.scoring must be a ScoringConfig, got {self.scoring!r}")
+        if not isinstance(self.selection, SelectionConfig):
+            raise ValueError(
+                f"PFlashConfig.selection must be a SelectionConfig, got {self.selection!r}"
+            )
+        _check_choice("PFlashConfig", "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _check_fraction("PFlashConfig", "alpha", self.alpha, allow_zero=True)
+        if self.block_density is not None:
+            _check_fraction("PFlashConfig", "block_density", self.block_density)
+        _check_int("PFlashConfig", "block_size", self.block_size, 1)
+
+    def to_dict(self) -> dict:
+        """Flat {option: value} for metrics.json and result tables."""
+        top = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("scoring", "selection")
+        }
+        return {**dataclasses.asdict(self.scoring), **dataclasses.asdict(self.selection), **top}
+
+
+_SCORING_KEYS = {f.name for f in dataclasses.fields(ScoringConfig)}
+_SELECTION_KEYS = {f.name for f in dataclasses.fields(SelectionConfig)}
+_TOP_KEYS = {f.name for f in dataclasses.fields(PFlashConfig)} - {"scoring", "selection"}
+
+PRESETS: dict[str, dict] = {
+    "pflash": dict(
+        n_tail=8,
+        tail_mode="tail",
+        rope="nope",
+        pooling="after_mean",
+        pool_width=13,
+        span_size=32,
+        keep_ratio=0.05,
+        rounding="floor",
+        forced_head_spans=8,
+        forced_tail_spans=24,
+        positions="renumbered",
+        attention_impl="reference",
+        alpha=0.12,
+        block_density=None,
+        block_size=128,
+    ),
+    "specprefill": dict(
+        n_tail=8,
+        tail_mode="lookahead",
+        rope="post",
+        pooling="per_row",
+        pool_width=13,
+        span_size=32,
+        keep_ratio=0.1,
+        rounding="ceil",
+        forced_head_spans=0,
+        forced_tail_spans=0,
+        positions="original",
+        attention_impl="dense",
+        alpha=0.12,
+        block_density=None,
+        block_size=128,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> PFlashConfig:
+    """A named preset ("pflash" or "specprefill") with flat option overrides.
+
+    Overrides use the flat option names of the three dataclasses (span_size, rope, alpha, ...);
+    the result keeps `preset=name` so tables say which system a run started from.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
+    unknown = set(overrides) - _SCORING_KEYS - _SELECTION_KEYS - _TOP_KEYS
+    if unknown:
+        raise ValueError(f"unknown PFlashConfig option(s) {sorted(unknown)} for preset {name!r}")
+    values = {**PRESETS[name], "preset": name, **overrides}
+    return PFlashConfig(
+        scoring=ScoringConfig(**{k: v for k, v in values.items() if k in _SCORING_KEYS}),
+        selection=SelectionConfig(**{k: v for k, v in values.items() if k in _SELECTION_KEYS}),
+        **{k: v for k, v in values.items() if k in _TOP_KEYS},
+    )

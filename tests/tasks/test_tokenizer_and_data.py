@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from pflash_jax.data import training_batch
+from pflash_jax.tasks import TASKS, as_tokenizer, make_case, make_training_case
+from pflash_jax.tasks.tokenizer import TINY_TOKENIZER_PATH
+
+
+def test_tiny_tokenizer_file(tiny):
+    assert TINY_TOKENIZER_PATH.stat().st_size < 1_000_000
+    assert tiny.raw.get_vocab_size() == 2048 and tiny.eos_id == 0
+    # Digits are single tokens, so a 7-digit value is 7 tokens after its space.
+    assert len(tiny.encode(" 1234567")) == 8
+    for s in [" The special magic apple number is: 9876543.", "\nVAR QWERT = VAR ASDFG."]:
+        assert tiny.decode(tiny.encode(s)) == s
+
+
+class _Thin:
+    """Minimal encode/decode object (as a user might pass), delegating to the tiny tokenizer."""
+
+    def __init__(self, tok):
+        self.tok, self.eos_id = tok, tok.eos_id
+
+    def encode(self, text):
+        return self.tok.encode(text).tolist()
+
+    def decode(self, ids):
+        return self.tok.decode(ids)
+
+
+def test_thin_wrapper_matches_tokenizer(tiny):
+    thin = _Thin(tiny)
+    a, b = make_case("niah_multikey", 1500, tiny, 4), make_case("niah_multikey", 1500, thin, 4)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    assert as_tokenizer(thin) is as_tokenizer(thin)  # one wrapper (and bank cache) per object
+
+
+@pytest.mark.parametrize("seq_len", [1024, 3000])
+def test_training_batch_layout(seq_len, tiny):
+    rng = np.random.default_rng(0)
+    ids, mask = training_batch(list(TASKS), 6, seq_len, tiny, rng, lm_weight=0.05)
+    assert ids.shape == mask.shape == (6, seq_len)
+    assert ids.dtype == np.int32 and mask.dtype == np.float32
+    assert np.all(ids[:, -1] == tiny.eos_id) and np.all(mask[:, 0] == 0)
+    for row, m in zip(ids, mask, strict=True):
+        answer = np.flatnonzero(m == 1.0)
+        assert answer[-1] == seq_len - 1 and np.all(np.diff(answer) == 1)
+        assert np.allclose(m[1 : answer[0]], 0.05)
+        text = tiny.decode(row[answer[:-1]])
+        prompt = tiny.decode(row[: answer[0]])
+        assert prompt.rstrip().endswith(("is:", "are:")) and text.endswith(".")
+
+
+def test_training_batch_deterministic_and_errors(tiny):
+    a = training_batch(
+        {"niah_pflash": 1.0, "common_words": 0.0}, 2, 800, tiny, np.random.default_rng(1)
+    )
+    b = training_batch(
+        {"niah_pflash": 1.0, "common_words": 0.0}, 2, 800, tiny, np.random.default_rng(1)
+    )
+    np.testing.assert_array_equal(a[0], b[0])
+    assert "The special magic" in tiny.decode(a[0][0])
+    with pytest.raises(ValueError, match="unknown tasks"):
+        training_batch(["nope"], 1, 800, tiny, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_training_case_leaves_room_for_answer(task, tiny):
+    case = make_training_case(task, 1500, tiny, 11)
+    assert case.n_tokens + len(tiny.encode(case.target)) + 1 == 1500
+    # Same seed, same needles as the evaluation case of the full length.
+    assert case.answers == make_case(task, 1500, tiny, 11).answers
