@@ -18,7 +18,8 @@ Preset values ("pflash" / "specprefill") and where they come from:
   10% of the tokens).
 - rounding: "floor" (at least 1) / "ceil"; forced spans: 8 head + 24 tail / none (DESIGN 1.2).
 - positions: "renumbered" (PFlash's text round-trip) / "original" (DESIGN 1.2).
-- attention_impl: "reference" / "dense": PFlash's drafter is block-sparse, SpecPrefill's dense.
+- attention_impl: "auto" (block-sparse: Triton kernel on GPU, reference on CPU) / "dense":
+  PFlash's drafter is block-sparse, SpecPrefill's dense.
   "reference", "triton" and "mosaic" are the same block-sparse math; on a GPU pick a kernel.
 - alpha 0.12, block_density None, block_size 128 for both (only read by block-sparse impls).
 
@@ -37,7 +38,7 @@ ROPE_MODES = ("post", "nope")
 POOLING_MODES = ("per_row", "after_mean")
 ROUNDING_MODES = ("ceil", "floor")
 POSITION_MODES = ("original", "renumbered")
-ATTENTION_IMPLS = ("reference", "triton", "mosaic", "dense")
+ATTENTION_IMPLS = ("auto", "reference", "triton", "mosaic", "dense")
 
 
 def _check_int(owner: str, name: str, value, minimum: int) -> None:
@@ -124,7 +125,8 @@ class SelectionConfig:
 class PFlashConfig:
     """Everything the speculative-prefill pipeline needs besides the two models.
 
-    attention_impl: the drafter's attention. "reference" / "triton" / "mosaic" are the same
+    attention_impl: the drafter's attention. "auto" = "triton" on GPU, "reference" elsewhere.
+        "reference" / "triton" / "mosaic" are the same
         block-sparse algorithm (DESIGN 1.1) on different backends; "dense" runs full causal
         attention (SpecPrefill's drafter, and the ablation without block sparsity).
     alpha: FlashPrefill block-selection threshold on the *normalised* mass scale (DESIGN 1.1,
@@ -138,7 +140,7 @@ class PFlashConfig:
 
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    attention_impl: str = "reference"
+    attention_impl: str = "auto"
     alpha: float = 0.12
     block_density: float | None = None
     block_size: int = 128
@@ -184,7 +186,7 @@ PRESETS: dict[str, dict] = {
         forced_head_spans=8,
         forced_tail_spans=24,
         positions="renumbered",
-        attention_impl="reference",
+        attention_impl="auto",
         alpha=0.12,
         block_density=None,
         block_size=128,
