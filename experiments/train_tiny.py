@@ -13,8 +13,7 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
-import queue
-import threading
+import multiprocessing as mp
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pflash_jax.bench import provenance, write_metrics
-from pflash_jax.data import training_batch
+from pflash_jax.data import step_batch
 from pflash_jax.models import qwen3
 from pflash_jax.models.config import Qwen3Config
 from pflash_jax.models.export_hf import export_hf
@@ -77,18 +76,18 @@ def make_step(cfg, attn, compute_dtype, tx):
     return step
 
 
-def prefetch(c: DictConfig, tok, start: int):
-    """Batches built on a host thread, a few steps ahead of the GPU."""
-    q: queue.Queue = queue.Queue(maxsize=4)
-
-    def work():
-        for step in range(start, c.steps):
-            rng = np.random.default_rng([c.seed, step])  # resumable: batch depends on step only
-            seq, bs = stage_at(step, c.steps, c.curriculum)
-            q.put(training_batch(list(c.tasks), bs, seq, tok, rng, lm_weight=c.lm_weight))
-    threading.Thread(target=work, daemon=True).start()
-    for _ in range(start, c.steps):
-        yield q.get()
+def prefetch(c: DictConfig, start: int):
+    """Batches built by worker processes (host-side generation is the bottleneck at short
+    lengths: ~0.1 s for 64 x 512 tokens), in step order; each depends on (seed, step) only,
+    so a resumed run sees the same data."""
+    specs = [(tuple(c.tasks), c.seed, step, *stage_at(step, c.steps, c.curriculum),
+              c.lm_weight, str(TINY_TOKENIZER_PATH)) for step in range(start, c.steps)]
+    if c.workers <= 1:
+        yield from map(step_batch, specs)
+        return
+    # spawn, not fork: the parent already runs JAX threads.
+    with mp.get_context("spawn").Pool(c.workers) as pool:
+        yield from pool.imap(step_batch, specs, chunksize=4)
 
 
 @hydra.main(config_path="../configs", config_name="train_tiny", version_base=None)
@@ -120,8 +119,8 @@ def main(c: DictConfig) -> None:
         state = mgr.restore(start, args=ocp.args.StandardRestore(state))
         print(f"resumed from {ckpt_dir} at step {start}")
 
-    history, t0 = [], time.perf_counter()
-    bar = tqdm(prefetch(c, tok, start), total=c.steps, initial=start, desc="train_tiny")
+    history, t0, last = [], time.perf_counter(), c.steps
+    bar = tqdm(prefetch(c, start), total=c.steps, initial=start, desc="train_tiny")
     for step, (ids, mask) in enumerate(bar, start=start):
         row = {"step": step + 1, "seq_len": int(ids.shape[1])}
         for n in names:
@@ -133,10 +132,14 @@ def main(c: DictConfig) -> None:
             history.append(row)
             bar.set_postfix(T=row["seq_len"], tgt=f"{row['target_answer_acc']:.2f}",
                             dft=f"{row['drafter_answer_acc']:.2f}")
+        if c.max_minutes and time.perf_counter() - t0 > 60 * c.max_minutes:
+            print(f"stopping at step {step + 1}: max_minutes={c.max_minutes} reached")
+            last = step + 1
+            break
         if (step + 1) % c.checkpoint_every == 0:
             mgr.save(step + 1, args=ocp.args.StandardSave(state))
-    if mgr.latest_step() != c.steps:
-        mgr.save(c.steps, args=ocp.args.StandardSave(state), force=True)
+    if mgr.latest_step() != last:
+        mgr.save(last, args=ocp.args.StandardSave(state), force=True)
     mgr.wait_until_finished()
     train_s = time.perf_counter() - t0
 
@@ -149,7 +152,7 @@ def main(c: DictConfig) -> None:
         write_metrics(REPO / c.metrics_path, {
             "config": OmegaConf.to_container(c, resolve=True),
             "models": {n: dataclasses.asdict(cfgs[n]) for n in names},
-            "train_seconds_this_run": train_s, "history": history})
+            "train_seconds_this_run": train_s, "last_step": last, "history": history})
     print({k: round(v, 4) for k, v in history[-1].items()} if history else "no steps run",
           provenance()["device"])
 

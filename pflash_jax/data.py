@@ -70,3 +70,12 @@ def training_batch(
         ids[b, :n], ids[b, n:] = case.ids, tail  # raises on a length bug: shapes must match
         mask[b, n:] = 1.0
     return ids, mask
+
+
+def step_batch(spec: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Batch of one training step, a pure function of spec (picklable, for worker processes):
+    spec = (tasks, seed, step, seq_len, batch, lm_weight, tokenizer_path)."""
+    tasks, seed, step, seq_len, batch, lm_weight, tok_path = spec
+    rng = np.random.default_rng([seed, step])
+    return training_batch(list(tasks), batch, seq_len, as_tokenizer(tok_path), rng,
+                          lm_weight=lm_weight)

@@ -1,0 +1,100 @@
+"""Held-out quality of the tiny pair (issue 5, DESIGN section 5): per task and length, the
+target's exact-match accuracy with full prefill, the drafter's needle recall at keep_ratio,
+and (with_pflash) the PFlash accuracy on the same cases. Writes metrics.json + table.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from pflash_jax.bench import provenance, write_metrics
+from pflash_jax.embedded import open_model, tiny_pair
+from pflash_jax.models.qwen3 import greedy_generate
+from pflash_jax.pflash.config import preset
+from pflash_jax.pflash.pipeline import speculative_prefill
+from pflash_jax.pflash.spans import needle_recall
+from pflash_jax.tasks import make_cases, score
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def answer_budget(cases, tok) -> int:
+    return max(len(tok.encode(c.target)) for c in cases) + 2
+
+
+def full_accuracy(target, cases, tok, batch: int, attn: str) -> list[float]:
+    n_new = answer_budget(cases, tok)
+    out = []
+    for i in range(0, len(cases), batch):
+        chunk = cases[i:i + batch]
+        ids = np.stack([c.ids for c in chunk])
+        gen = greedy_generate(target, ids, n_new, attn=attn)
+        out += [score(c, tok.decode(g), tok) for c, g in zip(chunk, gen)]
+    return out
+
+
+def render(rows: list[dict], prov: dict, cfg: dict) -> str:
+    head = ("| task | S | cases | full acc | PFlash acc | drafter recall | kept |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n")
+    body = "".join(
+        f"| {r['task']} | {r['S']} | {r['n_cases']} | {r['full_acc']:.2f} | "
+        f"{'-' if r['pflash_acc'] is None else format(r['pflash_acc'], '.2f')} | "
+        f"{r['recall']:.2f} | {r['kept_frac']:.3f} |\n" for r in rows)
+    return (f"Tiny pair, held-out cases. preset={cfg['preset']} keep_ratio={cfg['keep_ratio']} "
+            f"span={cfg['span_size']} drafter attention={cfg['attention_impl']}. "
+            f"Device {prov['device']}, jax {prov['jax']}, commit {prov['commit']}.\n\n"
+            + head + body)
+
+
+@hydra.main(config_path="../configs", config_name="eval_tiny", version_base=None)
+def main(c: DictConfig) -> None:
+    if c.models_dir:
+        drafter = open_model(Path(c.models_dir) / "drafter")
+        target = open_model(Path(c.models_dir) / "target")
+    else:
+        drafter, target = tiny_pair()
+    if jax.default_backend() == "gpu":  # cuDNN flash attention needs a 16-bit dtype
+        cast = lambda m: m.__class__(m.config, jax.tree.map(  # noqa: E731
+            lambda a: a.astype(jnp.bfloat16), m.params), m.tokenizer)
+        drafter, target = cast(drafter), cast(target)
+    attn = "cudnn" if jax.default_backend() == "gpu" else "reference"
+    tok = target.tokenizer
+    pcfg = preset(c.preset, keep_ratio=c.keep_ratio, span_size=c.span_size,
+                  attention_impl=c.attention_impl, positions="original")
+    rows = []
+    for S in c.lengths:
+        for task in tqdm(c.tasks, desc=f"S={S}"):
+            cases = make_cases(task, c.n_cases, S, tok.path)
+            full = full_accuracy(target, cases, tok, c.batch, attn)
+            recall, pf, kept = [], [], []
+            n_new = answer_budget(cases, tok)
+            for case in cases:
+                r = speculative_prefill(drafter, target, case.ids, pcfg,
+                                        max_new_tokens=n_new if c.with_pflash else 1,
+                                        target_attn=attn)
+                recall.append(needle_recall(r.kept_positions, case.needle_positions))
+                kept.append(r.n_kept / S)
+                if c.with_pflash:
+                    pf.append(score(case, tok.decode(r.tokens), tok))
+            rows.append({"task": task, "S": S, "n_cases": len(cases),
+                         "full_acc": float(np.mean(full)),
+                         "pflash_acc": float(np.mean(pf)) if pf else None,
+                         "recall": float(np.mean(recall)), "kept_frac": float(np.mean(kept))})
+            print(rows[-1], flush=True)
+    out = REPO / c.out_dir
+    cfg = OmegaConf.to_container(c, resolve=True)
+    write_metrics(out / "metrics.json", {"config": cfg, "pflash_config": pcfg.to_dict(),
+                                         "rows": rows})
+    (out / "table.md").write_text(render(rows, provenance(), cfg))
+    print((out / "table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The pipeline end to end on tiny random models (CPU, reference attention)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pflash_jax.models import qwen3
+from pflash_jax.models.config import Qwen3Config
+from pflash_jax.models.loading import Model
+from pflash_jax.models.params import init_params
+from pflash_jax.pflash.config import preset
+from pflash_jax.pflash.pipeline import (
+    bucket,
+    drafter_scores,
+    full_prefill,
+    prefill_at,
+    speculative_prefill,
+)
+from pflash_jax.pflash.scoring import importance, importance_unfused
+from tests.tolerances import assert_close
+
+VOCAB = 97
+
+
+def tiny(seed, layers=2, hidden=64, heads=4, kv=2, head_dim=32, max_pos=4096):
+    cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, head_dim=head_dim, tie_word_embeddings=True,
+                      max_position_embeddings=max_pos)
+    # std 0.2: larger than real init so the random model's attention is not uniform
+    return Model(cfg, init_params(cfg, jax.random.key(seed), jnp.float32, std=0.2))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny(1, layers=3), tiny(2, layers=2, hidden=96, heads=4, kv=1)
+
+
+def prompt(S, seed=0):
+    return np.random.default_rng(seed).integers(1, VOCAB, S).astype(np.int32)
+
+
+@pytest.mark.parametrize("name", ["pflash", "specprefill"])
+def test_keep_all_equals_full_prefill(pair, name):
+    drafter, target = pair
+    ids = prompt(300)
+    cfg = preset(name, keep_ratio=1.0, positions="original", attention_impl="reference",
+                 block_size=64)
+    r = speculative_prefill(drafter, target, ids, cfg, max_new_tokens=6)
+    f = full_prefill(target, ids, max_new_tokens=6, attn="reference")
+    np.testing.assert_array_equal(r.kept_positions, np.arange(300))
+    np.testing.assert_array_equal(r.tokens, f.tokens)
+    # and the logits themselves: the same prefill on the same tokens and positions
+    ids_j = jnp.asarray(ids)[None]
+    pos = jnp.arange(300, dtype=jnp.int32)[None]
+    a, _ = prefill_at(target.params, target.config, ids_j, pos, jnp.int32(300), attn="reference")
+    b = qwen3.forward(target.params, target.config, ids_j, pos, attn="reference")[:, -1]
+    assert_close(a, b, "float32", what="keep-all prefill logits vs full forward")
+
+
+def _unfused(drafter, ids, cfg):
+    """Every layer's tail queries and keys from a plain layer-by-layer forward."""
+    mcfg, params = drafter.config, drafter.params
+    S = ids.shape[0]
+    pos = jnp.arange(S, dtype=jnp.int32)[None]
+    x = qwen3.embed(params, jnp.asarray(ids)[None])
+    q_tails, ks = [], []
+    from pflash_jax.attention import block_sparse_attention
+    from pflash_jax.attention.selection import select_blocks
+
+    for i in range(mcfg.num_hidden_layers):
+        layer = jax.tree.map(lambda a: a[i], params.layers)
+        qkv = qwen3.layer_qkv(layer, x, pos, mcfg)
+        qs, kk = (qkv.q_pre, qkv.k_pre) if cfg.scoring.rope == "nope" else (qkv.q, qkv.k)
+        q_tails.append(qs[0, S - cfg.scoring.n_tail:])
+        ks.append(kk[0])
+        mask = select_blocks(qkv.q, qkv.k, alpha=cfg.alpha, block_size=cfg.block_size)
+        o = block_sparse_attention(qkv.q, qkv.k, qkv.v, mask, impl="reference",
+                                   block_size=cfg.block_size)
+        x = qwen3.layer_finish(layer, x, o, mcfg)
+    T = cfg.scoring.n_tail
+    return importance_unfused(jnp.stack(q_tails), jnp.stack(ks), jnp.arange(S - T, S),
+                              jnp.arange(S), cfg.scoring)
+
+
+@pytest.mark.parametrize("rope,pooling", [("nope", "after_mean"), ("post", "per_row")])
+def test_fused_scoring_equals_unfused(pair, rope, pooling):
+    drafter, _ = pair
+    S = 200  # not a multiple of the block: exercises the padded drafter input
+    ids = prompt(S, seed=3)
+    cfg = preset("pflash", rope=rope, pooling=pooling, attention_impl="reference", block_size=64)
+    Sb = 256
+    ids_p = np.zeros(Sb, np.int32)
+    ids_p[:S] = ids
+    rmax, _ = drafter_scores(drafter.params, drafter.config, jnp.asarray(ids_p)[None],
+                             jnp.int32(S), cfg)
+    fused = importance(rmax, cfg.scoring, length=jnp.int32(S))[:S]
+    ref = _unfused(drafter, ids, cfg)
+    assert_close(fused, ref, "float32", what=f"fused vs unfused importance ({rope}, {pooling})")
+
+
+@pytest.mark.parametrize("name", ["pflash", "specprefill"])
+def test_kept_positions_sorted_unique_and_budgeted(pair, name):
+    drafter, target = pair
+    S = 1000
+    cfg = preset(name, keep_ratio=0.1, span_size=16, forced_head_spans=0, forced_tail_spans=0,
+                 attention_impl="reference", block_size=64)
+    r = speculative_prefill(drafter, target, prompt(S, seed=5), cfg, max_new_tokens=3)
+    k = r.kept_positions
+    assert np.all(np.diff(k) > 0) and k[0] >= 0 and k[-1] == S - 1
+    n_spans = -(-S // 16)
+    budget = int(np.ceil(n_spans * 0.1)) if name == "specprefill" else int(n_spans * 0.1)
+    assert budget * 16 - 16 <= r.n_kept <= budget * 16 + 1, (r.n_kept, budget)
+    assert r.tokens.shape == (3,)
+    assert set(r.timings) >= {"drafter_forward", "scoring", "selection", "target_prefill",
+                              "first_token", "ttft"}
+    assert r.importance.shape == (S,) and np.isfinite(r.importance).all()
+
+
+def test_bucket():
+    assert bucket(1) == 256 and bucket(256) == 256
+    for n in (257, 1000, 5000, 131072, 100_000):
+        b = bucket(n)
+        assert b >= n and (b - n) <= max(256, b // 8), (n, b)
+    assert bucket(131072) == 131072
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(ids=prompt(10)), "span"),
+    (dict(ids=prompt(5000)), "max_position_embeddings"),
+    (dict(ids=np.array([1, 2, VOCAB + 5] * 40, np.int32)), "out of range"),
+])
+def test_bad_inputs(pair, kw, needle):
+    drafter, target = pair
+    with pytest.raises(ValueError, match=needle):
+        speculative_prefill(drafter, target, kw["ids"], preset("pflash", span_size=32))
+
+
+def test_vocab_mismatch(pair):
+    drafter, _ = pair
+    other = tiny(3)
+    other = Model(Qwen3Config(**{**other.config.__dict__, "vocab_size": VOCAB + 1}),
+                  init_params(Qwen3Config(**{**other.config.__dict__, "vocab_size": VOCAB + 1}),
+                              jax.random.key(0), jnp.float32))
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        speculative_prefill(drafter, other, prompt(300), preset("pflash"))
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="keep_ratio"):
+        preset("pflash", keep_ratio=1.5)
+    with pytest.raises(ValueError, match="span_size"):
+        preset("pflash", span_size=0)
