@@ -80,7 +80,8 @@ def prefetch(c: DictConfig, start: int):
     """Batches built by worker processes (host-side generation is the bottleneck at short
     lengths: ~0.1 s for 64 x 512 tokens), in step order; each depends on (seed, step) only,
     so a resumed run sees the same data."""
-    specs = [(tuple(c.tasks), c.seed, step, *stage_at(step, c.steps, c.curriculum),
+    tasks = OmegaConf.to_container(c.tasks)  # list, or {name: weight}
+    specs = [(tasks, c.seed, step, *stage_at(step, c.steps, c.curriculum),
               c.lm_weight, str(TINY_TOKENIZER_PATH)) for step in range(start, c.steps)]
     if c.workers <= 1:
         yield from map(step_batch, specs)
@@ -132,6 +133,8 @@ def main(c: DictConfig) -> None:
             history.append(row)
             bar.set_postfix(T=row["seq_len"], tgt=f"{row['target_answer_acc']:.2f}",
                             dft=f"{row['drafter_answer_acc']:.2f}")
+            if (step + 1) % c.log_every == 0:
+                tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
         if c.max_minutes and time.perf_counter() - t0 > 60 * c.max_minutes:
             print(f"stopping at step {step + 1}: max_minutes={c.max_minutes} reached")
             last = step + 1

@@ -77,5 +77,5 @@ def step_batch(spec: tuple) -> tuple[np.ndarray, np.ndarray]:
     spec = (tasks, seed, step, seq_len, batch, lm_weight, tokenizer_path)."""
     tasks, seed, step, seq_len, batch, lm_weight, tok_path = spec
     rng = np.random.default_rng([seed, step])
-    return training_batch(list(tasks), batch, seq_len, as_tokenizer(tok_path), rng,
+    return training_batch(tasks, batch, seq_len, as_tokenizer(tok_path), rng,
                           lm_weight=lm_weight)

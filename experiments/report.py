@@ -1,0 +1,229 @@
+"""Turn metrics.json files into the Markdown tables and PNG plots of DESIGN section 6.
+
+    python experiments/report.py SRC [SRC ...] --out results/NAME
+
+SRC: metrics.json files or folders searched recursively (a Hydra multirun folder, a results/
+folder). Reads only metrics files; writes tables.md, rows.json (the flat rows it tabulated) and
+plots into --out. Nobody edits those by hand: rerun this instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def find_metrics(srcs: list[str]) -> list[Path]:
+    out = []
+    for s in srcs:
+        p = Path(s)
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            out += sorted(p.rglob("metrics.json"))
+        else:
+            raise FileNotFoundError(f"report: {p} does not exist")
+    return out
+
+
+def flat_rows(paths: list[Path]) -> list[dict]:
+    """One row per run job (a metrics.json written by pflash_jax/run.py)."""
+    rows = []
+    for p in paths:
+        m = json.loads(p.read_text())
+        if "summary" not in m or "pflash_config" not in m:
+            continue  # another experiment's metrics (kernel bench, training)
+        prov, pc, s = m["provenance"], m["pflash_config"], m["summary"]
+        cases = m["cases"]
+        row = {
+            "source": str(p), "experiment": m.get("experiment", "run"),
+            "device": prov["device"], "jax": prov["jax"], "commit": prov["commit"],
+            "drafter": m["models"]["drafter"]["name"], "target": m["models"]["target"]["name"],
+            "dtype": m["models"]["target"]["dtype"], "S": s["S"], "n_cases": s["n_cases"],
+            "task": cases[0].get("task", m["run_config"]["task"]["name"]) if cases else None,
+            "preset": pc["preset"], "keep_ratio": pc["keep_ratio"], "span_size": pc["span_size"],
+            "alpha": pc["alpha"], "density_cfg": pc["block_density"],
+            "attention": pc["attention_impl"], "rope": pc["rope"], "pooling": pc["pooling"],
+            **{k: s.get(k) for k in ("speedup", "pflash_acc", "full_acc", "recall", "kept_frac",
+                                     "block_density", "pflash_ttft_s", "full_ttft_s")},
+            "peak_memory_gib": (m.get("peak_memory_bytes") or 0) / 2**30 or None,
+        }
+        if cases:
+            for path in ("pflash", "full"):
+                if path in cases[0]:
+                    for stage in cases[0][path]:
+                        row[f"{path}_{stage}_s"] = float(np.median([c[path][stage]
+                                                                    for c in cases]))
+            for k in ("pflash_compile_s", "full_compile_s"):
+                if k in cases[0]:
+                    row[k] = float(np.median([c[k] for c in cases]))
+        rows.append(row)
+    return rows
+
+
+def _fmt(v, spec=".3g"):
+    if v is None:
+        return "-"
+    return format(v, spec) if isinstance(v, float) else str(v)
+
+
+def speed_table(rows: list[dict]) -> str:
+    rows = [r for r in rows if r.get("full_ttft_s") is not None]
+    if not rows:
+        return ""
+    rows = sorted(rows, key=lambda r: (r["target"], r["S"], r["keep_ratio"], r["span_size"]))
+    head = ("| device | drafter -> target | dtype | S | keep | span | alpha / density | "
+            "blocks kept | full TTFT (s) | PFlash TTFT (s) | drafter | scoring | selection | "
+            "target prefill | first token | speedup | compile full / PFlash (s) | peak GiB |\n"
+            "|" + " --- |" * 18 + "\n")
+    body = ""
+    for r in rows:
+        sel = (f"density {r['density_cfg']}" if r["density_cfg"] is not None
+               else f"alpha {r['alpha']}")
+        body += (f"| {r['device']} | {r['drafter']} -> {r['target']} | {r['dtype']} | {r['S']} | "
+                 f"{r['keep_ratio']} | {r['span_size']} | {sel} | {_fmt(r['block_density'])} | "
+                 f"{r['full_ttft_s']:.4g} | {r['pflash_ttft_s']:.4g} | "
+                 f"{_fmt(r.get('pflash_drafter_forward_s'), '.4g')} | "
+                 f"{_fmt(r.get('pflash_scoring_s'), '.2g')} | "
+                 f"{_fmt(r.get('pflash_selection_s'), '.2g')} | "
+                 f"{_fmt(r.get('pflash_target_prefill_s'), '.4g')} | "
+                 f"{_fmt(r.get('pflash_first_token_s'), '.2g')} | **{r['speedup']:.2f}x** | "
+                 f"{_fmt(r.get('full_compile_s'), '.3g')} / {_fmt(r.get('pflash_compile_s'), '.3g')}"
+                 f" | {_fmt(r['peak_memory_gib'], '.3g')} |\n")
+    return head + body
+
+
+def quality_table(rows: list[dict]) -> str:
+    rows = [r for r in rows if r.get("pflash_acc") is not None]
+    if not rows:
+        return ""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["task"], r["S"], r["preset"], r["keep_ratio"], r["span_size"])].append(r)
+    head = ("| task | S | preset | keep | span | full acc | PFlash acc | drafter recall | "
+            "kept frac | cases |\n|" + " --- |" * 10 + "\n")
+    body = ""
+    for key in sorted(groups):
+        g = groups[key]
+        n = sum(r["n_cases"] for r in g)
+
+        def wavg(k):
+            vals = [(r[k], r["n_cases"]) for r in g if r.get(k) is not None]
+            return sum(v * w for v, w in vals) / sum(w for _, w in vals) if vals else None
+        body += (f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | "
+                 f"{_fmt(wavg('full_acc'), '.2f')} | {_fmt(wavg('pflash_acc'), '.2f')} | "
+                 f"{_fmt(wavg('recall'), '.2f')} | {_fmt(wavg('kept_frac'), '.3f')} | {n} |\n")
+    return head + body
+
+
+def plots(rows: list[dict], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    speed = [r for r in rows if r.get("full_ttft_s") is not None]
+    by_target = defaultdict(list)
+    for r in speed:
+        by_target[(r["target"], r["keep_ratio"], r["span_size"])].append(r)
+    if speed and len({r["S"] for r in speed}) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (tgt, keep, span), g in sorted(by_target.items()):
+            g = sorted(g, key=lambda r: r["S"])
+            S = [r["S"] for r in g]
+            ax.plot(S, [r["full_ttft_s"] for r in g], "o--", label=f"full prefill ({tgt})")
+            ax.plot(S, [r["pflash_ttft_s"] for r in g], "o-",
+                    label=f"PFlash keep {keep} span {span}")
+        ax.set(xscale="log", yscale="log", xlabel="prompt tokens S", ylabel="TTFT (s)",
+               title=f"TTFT on {speed[0]['device']}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "ttft_vs_S.png", dpi=120)
+        plt.close(fig)
+        made.append("ttft_vs_S.png")
+
+    qual = [r for r in rows if r.get("pflash_acc") is not None]
+    spans = sorted({r["span_size"] for r in qual})
+    keeps = sorted({r["keep_ratio"] for r in qual})
+    if qual and len(spans) > 1 and len(keeps) > 1:
+        grid = np.full((len(spans), len(keeps)), np.nan)
+        acc = defaultdict(list)
+        for r in qual:
+            acc[(r["span_size"], r["keep_ratio"])].append(r["pflash_acc"])
+        for (sp, kp), v in acc.items():
+            grid[spans.index(sp), keeps.index(kp)] = np.mean(v)
+        fig, ax = plt.subplots(figsize=(5, 4))
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
+        ax.set_xticks(range(len(keeps)), [str(k) for k in keeps])
+        ax.set_yticks(range(len(spans)), [str(s) for s in spans])
+        for i in range(len(spans)):
+            for j in range(len(keeps)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="w" if grid[i, j] < 0.6 else "k")
+        ax.set(xlabel="keep ratio", ylabel="span size", title="PFlash accuracy (all tasks, S)")
+        fig.colorbar(im)
+        fig.tight_layout()
+        fig.savefig(out / "acc_heatmap.png", dpi=120)
+        plt.close(fig)
+        made.append("acc_heatmap.png")
+    if qual and len(keeps) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        tasks = sorted({r["task"] for r in qual})
+        for t in tasks:
+            pts = [(k, np.mean([r["pflash_acc"] for r in qual if r["task"] == t
+                                and r["keep_ratio"] == k])) for k in keeps
+                   if any(r["task"] == t and r["keep_ratio"] == k for r in qual)]
+            ax.plot(*zip(*pts), "o-", label=t)
+        full = [r["full_acc"] for r in qual if r.get("full_acc") is not None]
+        if full:
+            ax.axhline(np.mean(full), color="k", ls="--", label="full prefill (mean)")
+        ax.set(xscale="log", xlabel="keep ratio", ylabel="accuracy", ylim=(-0.02, 1.02),
+               title="PFlash accuracy against keep ratio")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "acc_vs_keep.png", dpi=120)
+        plt.close(fig)
+        made.append("acc_vs_keep.png")
+    return made
+
+
+def write_report(srcs: list[str], out: Path) -> Path:
+    rows = flat_rows(find_metrics(srcs))
+    if not rows:
+        raise SystemExit(f"report: no run metrics.json under {srcs}")
+    out.mkdir(parents=True, exist_ok=True)
+    figs = plots(rows, out)
+    devices = sorted({r["device"] for r in rows})
+    commits = sorted({r["commit"] for r in rows})
+    exps = sorted({r["experiment"] for r in rows})
+    text = (f"# Results: {', '.join(exps)}\n\nGenerated by `experiments/report.py` from "
+            f"{len(rows)} metrics files. Device(s): {', '.join(devices)}; jax "
+            f"{', '.join(sorted({r['jax'] for r in rows}))}; commit(s): {', '.join(commits)}. "
+            f"Speedup = full-prefill TTFT / PFlash TTFT, both timed in the same process.\n")
+    st, qt = speed_table(rows), quality_table(rows)
+    if st:
+        text += "\n## Speed\n\n" + st
+    if qt:
+        text += "\n## Quality\n\n" + qt
+    text += "".join(f"\n![{f}]({f})\n" for f in figs)
+    (out / "tables.md").write_text(text)
+    (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return out / "tables.md"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("srcs", nargs="+", help="metrics.json files or folders")
+    ap.add_argument("--out", required=True, help="output folder (e.g. results/smoke)")
+    a = ap.parse_args(argv)
+    print(write_report(a.srcs, Path(a.out)).read_text())
+
+
+if __name__ == "__main__":
+    main()

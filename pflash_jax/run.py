@@ -1,0 +1,244 @@
+"""`pflash-run` (also `python -m pflash_jax.run` and `python experiments/run.py`): the main job.
+
+Loads a drafter and a target (the embedded tiny pair by default; any Qwen3 checkpoint by path;
+or random weights of a Qwen3 preset for speed runs), builds the prompt(s) (a text file or
+generated task cases), runs PFlash and the full-prefill baseline in the same process, prints
+the kept spans, the answers, the TTFT breakdown and the speedup, and writes metrics.json.
+
+    pflash-run                                         # tiny pair, one niah_pflash case
+    pflash-run task.seq_len=16384 selection.keep_ratio=0.1 selection.span_size=16
+    pflash-run drafter.path=/ckpt/Qwen3-0.6B target.path=/ckpt/Qwen3-8B task.prompt_file=p.txt
+    python experiments/run.py -m experiment=smoke       # a sweep (Hydra multirun)
+
+Timing protocol: per case, one untimed call of each path compiles (its time is reported as
+compile time), then `repeats` warm calls; the median of each stage is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pflash_jax.bench import peak_memory_bytes, provenance, write_metrics
+from pflash_jax.run_config import ModelSpec, RunConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- models and prompts
+def load(spec: ModelSpec, role: str):
+    from pflash_jax.embedded import TINY_DIR, open_model
+    from pflash_jax.models import config as mconfig
+    from pflash_jax.models.loading import Model
+    from pflash_jax.models.params import init_params
+
+    on_gpu = jax.default_backend() == "gpu"
+    dtype = {"auto": jnp.bfloat16 if on_gpu else jnp.float32, "bf16": jnp.bfloat16,
+             "f32": jnp.float32}.get(spec.dtype)
+    if dtype is None:
+        raise ValueError(f"{role}.dtype must be auto, bf16 or f32, got {spec.dtype!r}")
+    if spec.random_init:
+        if not spec.preset:
+            raise ValueError(f"{role}.random_init needs {role}.preset (e.g. qwen3-0.6b)")
+        cfg = mconfig.preset(spec.preset)
+        if spec.yarn:
+            cfg = cfg.with_yarn()
+        seed = {"drafter": 1, "target": 2}[role]
+        return Model(cfg, init_params(cfg, jax.random.key(seed), dtype))
+    path = spec.path or (TINY_DIR / spec.embedded if spec.embedded else None)
+    if path is None:
+        raise ValueError(f"{role}: set {role}.path (a checkpoint dir) or {role}.random_init")
+    m = open_model(path)
+    if m.params.embed_tokens.dtype != dtype:
+        m = Model(m.config, jax.tree.map(lambda a: a.astype(dtype), m.params), m.tokenizer)
+    return m
+
+
+@dataclasses.dataclass
+class Prompt:
+    ids: np.ndarray
+    case: object | None = None  # a tasks.Case when generated
+
+
+def prompts(c: RunConfig, target) -> list[Prompt]:
+    t = c.task
+    tok = target.tokenizer
+    if t.prompt_file:
+        if tok is None:
+            raise ValueError(f"task.prompt_file={t.prompt_file!r} needs a target with a "
+                             f"tokenizer.json")
+        path = Path(t.prompt_file)
+        if not path.exists():
+            raise FileNotFoundError(f"task.prompt_file: {path} does not exist")
+        return [Prompt(tok.encode(path.read_text()))]
+    if t.name == "random":
+        rng = np.random.default_rng(t.seed)
+        V = target.config.vocab_size
+        return [Prompt(rng.integers(1, V, t.seq_len).astype(np.int32)) for _ in range(t.n_cases)]
+    from pflash_jax.tasks import make_cases
+
+    if tok is None:
+        raise ValueError(f"task.name={t.name!r} needs a target with a tokenizer.json "
+                         f"(or task.name=random for random-weight speed runs)")
+    return [Prompt(c_.ids, c_) for c_ in make_cases(t.name, t.n_cases, t.seq_len, tok.path,
+                                                    seed=t.seed)]
+
+
+def pflash_config(c: RunConfig):
+    from pflash_jax.pflash.config import preset
+
+    s = dataclasses.asdict(c.selection)
+    name = s.pop("preset")
+    overrides = {k: v for k, v in s.items() if v is not None}
+    a = c.attention
+    return preset(name, attention_impl=a.impl, alpha=a.alpha, block_density=a.density,
+                  block_size=a.block_size, **overrides)
+
+
+# ---------------------------------------------------------------- the job
+def _median(dicts: list[dict]) -> dict:
+    return {k: statistics.median(d[k] for d in dicts) for k in dicts[0]}
+
+
+def _spans(kept: np.ndarray) -> list[tuple[int, int]]:
+    """Kept positions as [start, end) runs."""
+    if kept.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(kept) != 1)
+    starts = np.concatenate([[kept[0]], kept[breaks + 1]])
+    ends = np.concatenate([kept[breaks] + 1, [kept[-1] + 1]])
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def run_job(c: RunConfig) -> dict:
+    from tqdm import tqdm
+
+    from pflash_jax.pflash.pipeline import full_prefill, speculative_prefill
+    from pflash_jax.pflash.spans import needle_recall
+    from pflash_jax.tasks import score
+
+    pcfg = pflash_config(c)
+    drafter, target = load(c.drafter, "drafter"), load(c.target, "target")
+    tok = target.tokenizer
+    cases = []
+    for p in tqdm(prompts(c, target), desc="cases", disable=c.quiet):
+        row: dict = {"S": int(p.ids.shape[0])}
+        kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk)
+        t0 = time.perf_counter()
+        speculative_prefill(drafter, target, p.ids, pcfg, **kw)  # compile
+        row["pflash_first_call_s"] = time.perf_counter() - t0
+        runs = [speculative_prefill(drafter, target, p.ids, pcfg, **kw) for _ in range(c.repeats)]
+        r = runs[-1]
+        row.update(pflash=_median([x.timings for x in runs]), n_kept=r.n_kept,
+                   kept_frac=r.n_kept / row["S"], block_density=r.block_density,
+                   pflash_tokens=r.tokens.tolist(), n_spans_kept=len(_spans(r.kept_positions)))
+        row["pflash_compile_s"] = row["pflash_first_call_s"] - row["pflash"]["ttft"]
+        if c.compare_full:
+            t0 = time.perf_counter()
+            full_prefill(target, p.ids, **kw)
+            row["full_first_call_s"] = time.perf_counter() - t0
+            fulls = [full_prefill(target, p.ids, **kw) for _ in range(c.repeats)]
+            row.update(full=_median([x.timings for x in fulls]),
+                       full_tokens=fulls[-1].tokens.tolist())
+            row["full_compile_s"] = row["full_first_call_s"] - row["full"]["ttft"]
+            row["speedup"] = row["full"]["ttft"] / row["pflash"]["ttft"]
+        if p.case is not None:
+            row["task"] = p.case.task
+            row["recall"] = needle_recall(r.kept_positions, p.case.needle_positions)
+            row["pflash_answer"] = tok.decode(r.tokens)
+            row["pflash_acc"] = score(p.case, row["pflash_answer"], tok)
+            row["expected"] = list(p.case.answers)
+            if c.compare_full:
+                row["full_answer"] = tok.decode(np.asarray(row["full_tokens"]))
+                row["full_acc"] = score(p.case, row["full_answer"], tok)
+        elif tok is not None:
+            row["pflash_answer"] = tok.decode(r.tokens)
+        cases.append(row)
+        if not c.quiet:
+            print_case(row, r.kept_positions)
+    summary = summarize(cases)
+    metrics = {"experiment": c.experiment, "run_config": dataclasses.asdict(c),
+               "pflash_config": pcfg.to_dict(),
+               "models": {"drafter": describe(drafter, c.drafter),
+                          "target": describe(target, c.target)},
+               "peak_memory_bytes": peak_memory_bytes(), "summary": summary, "cases": cases}
+    return metrics
+
+
+def describe(m, spec: ModelSpec) -> dict:
+    cfg = m.config
+    return {"name": spec.name, "path": spec.path, "random_init": spec.random_init,
+            "dtype": str(m.params.embed_tokens.dtype), "layers": cfg.num_hidden_layers,
+            "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
+            "vocab": cfg.vocab_size}
+
+
+def summarize(cases: list[dict]) -> dict:
+    out = {"n_cases": len(cases), "S": cases[0]["S"] if cases else None}
+    for key in ("speedup", "pflash_acc", "full_acc", "recall", "kept_frac", "block_density"):
+        vals = [r[key] for r in cases if r.get(key) is not None]
+        if vals:
+            out[key] = float(np.mean(vals))
+    for path in ("pflash", "full"):
+        if cases and path in cases[0]:
+            out[f"{path}_ttft_s"] = float(np.median([r[path]["ttft"] for r in cases]))
+    return out
+
+
+def print_case(row: dict, kept: np.ndarray) -> None:
+    spans = _spans(kept)
+    shown = ", ".join(f"{a}-{b}" for a, b in spans[:8]) + (" ..." if len(spans) > 8 else "")
+    print(f"\nprompt {row['S']} tokens -> kept {row['n_kept']} ({100 * row['kept_frac']:.1f}%) "
+          f"in {len(spans)} runs: {shown}")
+    if "expected" in row:
+        print(f"expected {row['expected']}")
+    if "pflash_answer" in row:
+        acc = f"  [{'correct' if row.get('pflash_acc') else 'wrong'}]" if "pflash_acc" in row else ""
+        print(f"PFlash answer: {row['pflash_answer']!r}{acc}")
+    if "full_answer" in row:
+        print(f"full answer:   {row['full_answer']!r}  "
+              f"[{'correct' if row.get('full_acc') else 'wrong'}]")
+    stages = ["drafter_forward", "scoring", "selection", "target_prefill", "first_token", "ttft"]
+    print("stage            PFlash (ms)" + ("   full (ms)" if "full" in row else ""))
+    for s in stages:
+        full = row.get("full", {}).get(s)
+        print(f"  {s:15s} {1e3 * row['pflash'][s]:10.2f}"
+              + (f"  {1e3 * full:10.2f}" if full is not None else ""))
+    if "speedup" in row:
+        print(f"TTFT speedup over full prefill: {row['speedup']:.2f}x "
+              f"(compile: PFlash {row['pflash_compile_s']:.1f} s, full {row['full_compile_s']:.1f} s)")
+    if row.get("block_density") is not None:
+        print(f"drafter block density kept: {row['block_density']:.3f}")
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from pflash_jax import run_config
+
+    run_config.register()
+
+    @hydra.main(config_path=str(REPO / "configs"), config_name="config", version_base=None)
+    def _main(d) -> None:
+        c = run_config.to_run_config(d)
+        metrics = run_job(c)
+        out = Path(c.metrics_dir) if c.metrics_dir else Path(HydraConfig.get().runtime.output_dir)
+        path = write_metrics(out / "metrics.json", metrics)
+        s = metrics["summary"]
+        print(f"\nwrote {path}  ({provenance()['device']}; "
+              + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in s.items()) + ")")
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()
