@@ -101,8 +101,8 @@ def breakdown(model: str, seq: int, repeats: int) -> list[dict]:
         fin_f = 2.0 * seq * (N * H * D + 3 * D * cfg.intermediate_size)
         timed(f"layer_qkv[{tag}]", lambda l, x, pos: qwen3.layer_qkv(l, x, pos, cfg)[2:],
               layer, x, pos, flops=qkv_f)
-        timed(f"layer_finish[{tag}]", lambda l, x, o: qwen3.layer_finish(l, x, o, cfg),
-              layer, x, o, flops=fin_f)
+    timed("layer_finish", lambda l, x, o: qwen3.layer_finish(l, x, o, cfg), layer, x, o,
+          flops=fin_f)
     qwen3.FUSE_PROJECTIONS = True
     h = x[0]
     for name in ("q_proj", "k_proj", "o_proj", "gate_proj", "down_proj"):
@@ -113,8 +113,11 @@ def breakdown(model: str, seq: int, repeats: int) -> list[dict]:
               flops=2.0 * seq * w.shape[0] * w.shape[1])
     timed("rms_norm x", lambda x, w: qwen3.rms_norm(x, w, 1e-6), x, layer.input_layernorm)
     qn = o.reshape(1, seq, N, H)
-    timed("q_norm + rope", lambda q, w, pos: qwen3.apply_rope(
+    timed("q_norm + rope (tables inside)", lambda q, w, pos: qwen3.apply_rope(
         qwen3.rms_norm(q, w, 1e-6), *qwen3.rope_tables(cfg, pos)), qn, layer.q_norm, pos)
+    cos, sin = jax.jit(qwen3.rope_tables, static_argnums=0)(cfg, pos)
+    timed("q_norm + rope (tables given)", lambda q, w, c, s: qwen3.apply_rope(
+        qwen3.rms_norm(q, w, 1e-6), c, s), qn, layer.q_norm, cos, sin)
     timed("attention (cudnn)", lambda q, k, v: dense_attention(q, k, v, impl="cudnn"),
           o, o[:, :, :K], o[:, :, :K], flops=2.0 * seq * seq * N * H)
     return rows
@@ -122,8 +125,11 @@ def breakdown(model: str, seq: int, repeats: int) -> list[dict]:
 
 def report(directory: Path) -> None:
     runs = [json.loads(p.read_text()) for p in sorted(directory.glob("run_*.json"))]
-    bench.write_metrics(directory / "metrics.json", {"runs": runs})
+    parts = [json.loads(p.read_text()) for p in sorted(directory.glob("breakdown_*.json"))]
+    # The runs' own provenance (the GPU machine), not that of whoever regenerates the table.
     prov = runs[0]["provenance"] if runs else bench.provenance()
+    bench.write_metrics(directory / "metrics.json",
+                        {"provenance": prov, "runs": runs, "breakdowns": parts})
     lines = [f"# Full-prefill baseline ({prov['device']}, jax {prov['jax']}, "
              f"commit {prov['commit']})", "",
              "Random-init weights, bf16, batch 1, random ids; warm median of repeats, compile "
@@ -137,6 +143,12 @@ def report(directory: Path) -> None:
             f"{r['warm_median_s']:.3f} | {r['compile_s']:.1f} | "
             f"{peak / 2**30 if peak else float('nan'):.1f} | {r['tflops_per_s']:.0f} | "
             f"{r['attention_share']:.0%} |")
+    for part in parts:
+        lines += ["", f"One-layer breakdown at full length ({part['provenance']['device']}; "
+                  "one layer's weights, random inputs):", "", "| piece | ms | TFLOP/s |",
+                  "|---|---|---|"]
+        lines += [f"| {r['piece']} | {r['ms']:.2f} | {r['tflops_per_s']:.0f} |"
+                  for r in part["rows"]]
     (directory / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

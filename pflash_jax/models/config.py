@@ -1,0 +1,264 @@
+"""Qwen3 architecture config: frozen, hashable (a static jit argument), checked against HF.
+
+Design choices:
+- Field names follow Hugging Face's config.json, so `from_hf_config` reads almost as the identity.
+- `from_hf_config` is strict. Keys fall in three sets: math keys we implement, keys that are
+  accepted only at the value we implement (e.g. `hidden_act: silu`), and metadata that cannot
+  change the forward pass (token ids, dtype, version). Anything else is refused: an unknown key
+  may change the math, and silently ignoring it would give wrong logits that look plausible.
+- RoPE scaling: none or YaRN, read from either the legacy `rope_theta` + `rope_scaling` keys
+  (published Qwen3 checkpoints) or transformers 5's `rope_parameters` dict.
+- All problems are collected and raised once as a `ConfigError` naming the file and each key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+class ConfigError(ValueError):
+    """Every problem found in one config file, each naming the file and the key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__(f"{len(problems)} config problem(s):\n" +
+                         "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class YarnScaling:
+    """YaRN RoPE scaling (transformers' `_compute_yarn_parameters`, defaults included)."""
+
+    factor: float
+    original_max_position_embeddings: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None  # None: 0.1 * ln(factor) + 1
+    truncate: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3Config:
+    vocab_size: int
+    hidden_size: int  # D
+    intermediate_size: int  # F
+    num_hidden_layers: int  # L
+    num_attention_heads: int  # N
+    num_key_value_heads: int  # K
+    head_dim: int = 128  # H, independent of D / N in Qwen3
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 40960
+    tie_word_embeddings: bool = False
+    rope_scaling: YarnScaling | None = None
+
+    def __post_init__(self):
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError([f"num_attention_heads={self.num_attention_heads} is not a multiple "
+                               f"of num_key_value_heads={self.num_key_value_heads}"])
+
+    @property
+    def q_per_kv(self) -> int:  # G
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def with_yarn(self, factor: float = 4.0, original: int = 32768) -> Qwen3Config:
+        """Qwen3's documented 128K setting: YaRN factor 4 over the 32K pretraining length."""
+        return dataclasses.replace(
+            self, rope_scaling=YarnScaling(factor, original),
+            max_position_embeddings=int(factor * original))
+
+    # ---------------------------------------------------------------- RoPE
+    def rope_inv_freq(self) -> tuple[np.ndarray, float]:
+        """(inv_freq float32 [H/2], attention_factor) exactly as transformers computes them.
+
+        Computed in numpy float32 with the same operation order as torch (base ** (i/dim) in
+        float32), so the tables agree bit for bit with the reference at long positions.
+        """
+        dim, base = self.head_dim, self.rope_theta
+        exponent = np.arange(0, dim, 2).astype(np.float32) / np.float32(dim)
+        pos_freqs = np.power(np.float32(base), exponent, dtype=np.float32)
+        y = self.rope_scaling
+        if y is None:
+            return (np.float32(1.0) / pos_freqs).astype(np.float32), 1.0
+        attention_factor = y.attention_factor
+        if attention_factor is None:
+            attention_factor = 1.0 if y.factor <= 1 else 0.1 * math.log(y.factor) + 1.0
+
+        def correction_dim(rotations):
+            return (dim * math.log(y.original_max_position_embeddings / (rotations * 2 * math.pi))
+                    ) / (2 * math.log(base))
+
+        low, high = correction_dim(y.beta_fast), correction_dim(y.beta_slow)
+        if y.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001  # transformers' guard against a zero-width ramp
+        ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - np.float32(low))
+                       / np.float32(high - low), 0, 1).astype(np.float32)
+        extrapolation_weight = np.float32(1) - ramp
+        inv_extra = np.float32(1.0) / pos_freqs
+        inv_inter = np.float32(1.0) / (np.float32(y.factor) * pos_freqs)
+        inv_freq = inv_inter * (1 - extrapolation_weight) + inv_extra * extrapolation_weight
+        return inv_freq.astype(np.float32), float(attention_factor)
+
+    # ---------------------------------------------------------------- HF config.json
+    @classmethod
+    def from_hf_config(cls, d: dict, source: str = "config.json") -> Qwen3Config:
+        return _parse_hf(d, source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Qwen3Config:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError([f"{path}: cannot read a JSON config ({e})"]) from e
+        if not isinstance(d, dict):
+            raise ConfigError([f"{path}: top level is not a JSON object"])
+        return _parse_hf(d, str(path))
+
+    def to_hf_config(self) -> dict:
+        """A config.json that transformers' Qwen3ForCausalLM and `from_hf_config` both read."""
+        d = {
+            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_act": "silu",
+            "attention_bias": False, "use_sliding_window": False,
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "rope_scaling"},
+            "rope_scaling": None,
+        }
+        if self.rope_scaling is not None:
+            d["rope_scaling"] = {"rope_type": "yarn",
+                                 **dataclasses.asdict(self.rope_scaling)}
+            if d["rope_scaling"]["attention_factor"] is None:
+                del d["rope_scaling"]["attention_factor"]
+        return d
+
+
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads")
+# Optional, with transformers' Qwen3Config defaults when absent.
+_OPTIONAL = {"num_key_value_heads": None, "head_dim": 128, "rms_norm_eps": 1e-6,
+             "rope_theta": 10000.0, "max_position_embeddings": 32768,
+             "tie_word_embeddings": False}
+# Accepted only at the value the forward pass implements.
+_FIXED = {"hidden_act": ("silu",), "attention_bias": (False,), "use_sliding_window": (False,),
+          "partial_rotary_factor": (1.0, None)}
+# Cannot change inference math (sliding_window/max_window_layers only act with
+# use_sliding_window, which must be false; dropout is training only).
+_METADATA = {"architectures", "model_type", "bos_token_id", "eos_token_id", "pad_token_id",
+             "initializer_range", "torch_dtype", "dtype", "transformers_version", "use_cache",
+             "sliding_window", "max_window_layers", "attention_dropout", "_name_or_path",
+             "layer_types", "rope_scaling", "rope_parameters", "output_attentions",
+             "output_hidden_states", "return_dict"}
+_YARN_KEYS = {"rope_type", "type", "factor", "original_max_position_embeddings", "beta_fast",
+              "beta_slow", "attention_factor", "truncate", "rope_theta"}
+
+
+def _parse_hf(d: dict, source: str) -> Qwen3Config:
+    problems: list[str] = []
+    where = f"{source}:"
+    mt = d.get("model_type")
+    if mt != "qwen3":
+        problems.append(f"{where} model_type is {mt!r}; only 'qwen3' (dense Qwen3) is supported")
+    arch = d.get("architectures")
+    if arch is not None and arch != ["Qwen3ForCausalLM"]:
+        problems.append(f"{where} architectures is {arch!r}; expected ['Qwen3ForCausalLM']")
+    known = set(_REQUIRED) | set(_OPTIONAL) | set(_FIXED) | _METADATA
+    for key in sorted(set(d) - known):
+        problems.append(f"{where} unknown key {key!r} (may change the math; refusing to ignore it)")
+    for key in _REQUIRED:
+        if key not in d:
+            problems.append(f"{where} missing required key {key!r}")
+    for key, allowed in _FIXED.items():
+        if key in d and d[key] not in allowed:
+            problems.append(f"{where} {key}={d[key]!r} is not supported (only {allowed[0]!r})")
+    lt = d.get("layer_types")
+    if lt is not None and any(t != "full_attention" for t in lt):
+        problems.append(f"{where} layer_types has non-'full_attention' layers: unsupported")
+
+    theta, scaling = _parse_rope(d, where, problems)
+    kw = {k: d.get(k, v) for k, v in _OPTIONAL.items()}
+    if kw["num_key_value_heads"] is None:
+        kw["num_key_value_heads"] = d.get("num_attention_heads")
+    if kw["head_dim"] is None:
+        kw["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
+    kw["rope_theta"] = theta
+    ints = [*_REQUIRED, "num_key_value_heads", "head_dim", "max_position_embeddings"]
+    for key in ints:
+        v = d.get(key, kw.get(key))
+        if key in d or key in kw:
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                problems.append(f"{where} {key}={v!r} must be a positive integer")
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return Qwen3Config(**{k: d[k] for k in _REQUIRED}, **{**kw, "rope_scaling": scaling})
+    except ConfigError as e:
+        raise ConfigError([f"{where} {p}" for p in e.problems]) from None
+
+
+def _parse_rope(d: dict, where: str, problems: list[str]):
+    """(rope_theta, YarnScaling | None) from legacy or transformers-5 keys."""
+    params = d.get("rope_parameters")
+    scaling = d.get("rope_scaling")
+    if params is not None and scaling is not None:
+        problems.append(f"{where} both rope_parameters and rope_scaling are set; keep one")
+    rope = params if params is not None else scaling
+    theta = d.get("rope_theta", _OPTIONAL["rope_theta"])
+    key = "rope_parameters" if params is not None else "rope_scaling"
+    if rope is None:
+        return theta, None
+    if not isinstance(rope, dict):
+        problems.append(f"{where} {key} must be an object or null, got {rope!r}")
+        return theta, None
+    theta = rope.get("rope_theta", theta)
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    for k in sorted(set(rope) - _YARN_KEYS):
+        problems.append(f"{where} {key}.{k} is not understood (refusing to ignore it)")
+    if kind == "default":
+        return theta, None
+    if kind != "yarn":
+        problems.append(f"{where} {key}.rope_type={kind!r} is not supported (default or yarn)")
+        return theta, None
+    if "factor" not in rope:
+        problems.append(f"{where} {key}.factor is required for yarn")
+        return theta, None
+    orig = rope.get("original_max_position_embeddings",
+                    d.get("original_max_position_embeddings", d.get("max_position_embeddings")))
+    y = YarnScaling(
+        factor=float(rope["factor"]), original_max_position_embeddings=int(orig),
+        beta_fast=float(rope.get("beta_fast") or 32), beta_slow=float(rope.get("beta_slow") or 1),
+        attention_factor=rope.get("attention_factor"), truncate=bool(rope.get("truncate", True)))
+    return theta, y
+
+
+def _preset(hidden, inter, layers, heads, tied) -> Qwen3Config:
+    return Qwen3Config(vocab_size=151936, hidden_size=hidden, intermediate_size=inter,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=8,
+                       head_dim=128, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
+                       max_position_embeddings=40960, tie_word_embeddings=tied)
+
+
+# Values of the published Qwen/Qwen3-*/config.json files.
+PRESETS: dict[str, Qwen3Config] = {
+    "qwen3-0.6b": _preset(1024, 3072, 28, 16, True),
+    "qwen3-1.7b": _preset(2048, 6144, 28, 16, True),
+    "qwen3-4b": _preset(2560, 9728, 36, 32, True),
+    "qwen3-8b": _preset(4096, 12288, 36, 32, False),
+    "qwen3-14b": _preset(5120, 17408, 40, 40, False),
+    "qwen3-32b": _preset(5120, 25600, 64, 64, False),
+}
+
+
+def preset(name: str) -> Qwen3Config:
+    key = name.lower().removeprefix("qwen/")
+    key = key if key.startswith("qwen3-") else f"qwen3-{key}"
+    if key not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[key]

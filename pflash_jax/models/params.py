@@ -1,0 +1,107 @@
+"""Qwen3 parameters: plain pytrees of frozen dataclasses, layers stacked on a leading L axis.
+
+Names mirror Hugging Face (`q_proj`, `k_norm`, `input_layernorm`) so the weight map reads as the
+identity. Kernels are Flax-native [in, out]; stacking on L lets `lax.scan` compile one layer.
+Flattened names (`embed_tokens`, `layers.q_proj`, `norm`, `lm_head`) are the keys of the
+converted safetensors file. No device placement here: callers (loader, benchmarks, a future
+sharded setup) decide where arrays live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from pflash_jax.models.config import Qwen3Config
+
+
+def _pytree(cls):
+    """Register a frozen dataclass as a pytree whose fields are all children."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
+    return cls
+
+
+@_pytree
+class LayerParams:
+    """One decoder layer; inside `Params.layers` every leaf has an extra leading L axis."""
+
+    input_layernorm: jax.Array  # [D]
+    q_proj: jax.Array  # [D, N*H]
+    k_proj: jax.Array  # [D, K*H]
+    v_proj: jax.Array  # [D, K*H]
+    q_norm: jax.Array  # [H]
+    k_norm: jax.Array  # [H]
+    o_proj: jax.Array  # [N*H, D]
+    post_attention_layernorm: jax.Array  # [D]
+    gate_proj: jax.Array  # [D, F]
+    up_proj: jax.Array  # [D, F]
+    down_proj: jax.Array  # [F, D]
+
+
+@_pytree
+class Params:
+    embed_tokens: jax.Array  # [V, D]
+    layers: LayerParams  # stacked: [L, ...]
+    norm: jax.Array  # [D]
+    lm_head: jax.Array | None  # [D, V]; None when tied to embed_tokens
+
+
+LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerParams))
+_NORMS = ("input_layernorm", "post_attention_layernorm", "q_norm", "k_norm", "norm")
+
+
+def layer_shapes(cfg: Qwen3Config) -> dict[str, tuple[int, ...]]:
+    D, F, H = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    NH, KH = cfg.num_attention_heads * H, cfg.num_key_value_heads * H
+    return {"input_layernorm": (D,), "q_proj": (D, NH), "k_proj": (D, KH), "v_proj": (D, KH),
+            "q_norm": (H,), "k_norm": (H,), "o_proj": (NH, D), "post_attention_layernorm": (D,),
+            "gate_proj": (D, F), "up_proj": (D, F), "down_proj": (F, D)}
+
+
+def param_shapes(cfg: Qwen3Config) -> dict[str, tuple[int, ...]]:
+    """Flattened name -> shape of every tensor in the converted file (the loader's contract)."""
+    L = cfg.num_hidden_layers
+    shapes = {"embed_tokens": (cfg.vocab_size, cfg.hidden_size)}
+    shapes |= {f"layers.{k}": (L, *s) for k, s in layer_shapes(cfg).items()}
+    shapes["norm"] = (cfg.hidden_size,)
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = (cfg.hidden_size, cfg.vocab_size)
+    return shapes
+
+
+def flatten(params: Params) -> dict[str, jax.Array]:
+    flat = {"embed_tokens": params.embed_tokens, "norm": params.norm}
+    flat |= {f"layers.{k}": getattr(params.layers, k) for k in LAYER_FIELDS}
+    if params.lm_head is not None:
+        flat["lm_head"] = params.lm_head
+    return flat
+
+
+def unflatten(flat: dict) -> Params:
+    return Params(embed_tokens=flat["embed_tokens"],
+                  layers=LayerParams(**{k: flat[f"layers.{k}"] for k in LAYER_FIELDS}),
+                  norm=flat["norm"], lm_head=flat.get("lm_head"))
+
+
+@partial(jax.jit, static_argnames=("cfg", "dtype", "std"))
+def init_params(cfg: Qwen3Config, key: jax.Array, dtype=jnp.bfloat16, std: float = 0.02) -> Params:
+    """Random weights of the real shapes, made on the default device (timing, tests).
+
+    Matrices ~ N(0, std) like transformers' initializer_range; norm weights are 1 + small noise
+    so they are not all-equal (a bug that ignores a norm weight still shows). Generated directly
+    in `dtype` inside one jit: an 8B model is ~16 GB of bf16 and never visits the host.
+    """
+    shapes = param_shapes(cfg)
+    keys = jax.random.split(key, len(shapes))
+    flat = {}
+    for k, (name, shape) in zip(keys, shapes.items(), strict=True):
+        if name.split(".")[-1] in _NORMS:
+            flat[name] = (1.0 + 0.1 * jax.random.normal(k, shape, jnp.float32)).astype(dtype)
+        else:
+            flat[name] = (std * jax.random.normal(k, shape, dtype)).astype(dtype)
+    return unflatten(flat)
