@@ -44,10 +44,12 @@ def _prefill_keep(params, mcfg, ids, length, pcfg: PFlashConfig, chunk, cache_le
     k_pos = jnp.where(positions[0] < length, positions[0], _PAD_POS)
     q_pos = (length - 1)[None]
     attn = drafter_attention(pcfg)
+    cos, sin = qwen3.rope_tables(mcfg, positions)  # once, outside the layer scan
 
     def body(carry, layer):
         x, rmax, dens = carry
-        qkv = qwen3._chunked(lambda xc, pc: layer_qkv(layer, xc, pc, mcfg), chunk, x, positions)
+        qkv = qwen3._chunked(lambda xc, cc, sc: layer_qkv(layer, xc, None, mcfg, rope=(cc, sc)),
+                             chunk, x, cos, sin)
         qs, ks = _scoring_qk(qkv, scfg.rope)
         q_last = jax.lax.dynamic_slice_in_dim(qs[0], length - 1, 1, axis=0)
         rmax = fold_layer(rmax, q_last, ks[0], q_pos, k_pos, scfg)

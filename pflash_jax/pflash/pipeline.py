@@ -144,9 +144,11 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
     k_pos = jnp.where(positions[0] < length, positions[0], _PAD_POS)
     q_pos = length - T + jnp.arange(T, dtype=jnp.int32)
     attn = drafter_attention(pcfg)
+    cos, sin = qwen3.rope_tables(mcfg, positions)  # once, outside the layer scan
 
     def qkv_of(layer, x):
-        return qwen3._chunked(lambda xc, pc: layer_qkv(layer, xc, pc, mcfg), chunk, x, positions)
+        return qwen3._chunked(lambda xc, cc, sc: layer_qkv(layer, xc, None, mcfg, rope=(cc, sc)),
+                              chunk, x, cos, sin)
 
     def fold(rmax, qkv):
         qs, ks = _scoring_qk(qkv, scfg.rope)
