@@ -36,7 +36,7 @@ def full_accuracy(target, cases, tok, batch: int, attn: str) -> list[float]:
         chunk = cases[i:i + batch]
         ids = np.stack([c.ids for c in chunk])
         gen = greedy_generate(target, ids, n_new, attn=attn)
-        out += [score(c, tok.decode(g), tok) for c, g in zip(chunk, gen)]
+        out += [score(c, g, tok) for c, g in zip(chunk, gen)]
     return out
 
 
@@ -82,7 +82,7 @@ def main(c: DictConfig) -> None:
                 recall.append(needle_recall(r.kept_positions, case.needle_positions))
                 kept.append(r.n_kept / S)
                 if c.with_pflash:
-                    pf.append(score(case, tok.decode(r.tokens), tok))
+                    pf.append(score(case, r.tokens, tok))
             rows.append({"task": task, "S": S, "n_cases": len(cases),
                          "full_acc": float(np.mean(full)),
                          "pflash_acc": float(np.mean(pf)) if pf else None,

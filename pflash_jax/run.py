@@ -152,11 +152,11 @@ def run_job(c: RunConfig) -> dict:
             row["task"] = p.case.task
             row["recall"] = needle_recall(r.kept_positions, p.case.needle_positions)
             row["pflash_answer"] = tok.decode(r.tokens)
-            row["pflash_acc"] = score(p.case, row["pflash_answer"], tok)
+            row["pflash_acc"] = score(p.case, r.tokens, tok)
             row["expected"] = list(p.case.answers)
             if c.compare_full:
                 row["full_answer"] = tok.decode(np.asarray(row["full_tokens"]))
-                row["full_acc"] = score(p.case, row["full_answer"], tok)
+                row["full_acc"] = score(p.case, fulls[-1].tokens, tok)
         elif tok is not None:
             row["pflash_answer"] = tok.decode(r.tokens)
         cases.append(row)

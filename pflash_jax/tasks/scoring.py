@@ -1,6 +1,6 @@
 """Exact-match scoring of a model's continuation.
 
-The continuation (text, or ids cut at the first eos and decoded) is split into runs: maximal
+The continuation (ids cut at the first eos and decoded, or text cut at the first eos token) is split into runs: maximal
 pieces between whitespace and commas, each stripped of surrounding punctuation .;:!?"'()[]
 and lowercased (answers are digits, lowercase words or upper-case variable names, so case never
 decides a match).
@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from pflash_jax.tasks.case import Case
-from pflash_jax.tasks.tokenizer import as_tokenizer
+from pflash_jax.tasks.tokenizer import EOS_TOKEN, as_tokenizer
 
 _SPLIT = re.compile(r"[\s,]+")
 _PUNCT = ".;:!?\"'()[]"
@@ -30,7 +30,8 @@ def runs(text: str) -> list[str]:
 
 def continuation_text(generated, tokenizer=None) -> str:
     if isinstance(generated, str):
-        return generated
+        # text decoded with special tokens kept: the answer ends at the first eos too
+        return generated.split(EOS_TOKEN, 1)[0]
     if tokenizer is None:
         raise ValueError("scoring generated ids needs the tokenizer")
     tok = as_tokenizer(tokenizer)

@@ -42,3 +42,17 @@ def test_ids_need_tokenizer(tiny):
     case = make_case("niah_single", 1000, tiny, 0)
     with pytest.raises(ValueError, match="tokenizer"):
         score(case, [1, 2, 3])
+
+
+def test_eos_ends_the_answer_in_ids_and_in_text():
+    """Regression: text decoded with special tokens kept ends at the eos token too."""
+    from pflash_jax.tasks import make_case, score, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    case = make_case("niah_pflash", 512, tok, seed=1)
+    value = case.answers[0]
+    eos = tok.token_to_id("<|endoftext|>")
+    ids = list(tok.encode(f" {value}.").ids) + [eos] + list(tok.encode(".").ids) + [eos]
+    assert score(case, ids, tok) == 1.0
+    assert score(case, f" {value}.<|endoftext|>.<|endoftext|>") == 1.0
+    assert score(case, f" {value}9.<|endoftext|>") == 0.0
