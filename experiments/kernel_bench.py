@@ -25,7 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from pflash_jax import bench  # noqa: E402
 from pflash_jax.attention import dense_attention, select_blocks, select_blocks_fixed_density  # noqa: E402
 from pflash_jax.attention import triton as tr  # noqa: E402
-from pflash_jax.attention.selection import block_mass  # noqa: E402
+from pflash_jax.attention.blockmask import BlockMask  # noqa: E402
+from pflash_jax.attention.selection import (  # noqa: E402
+    block_mass,
+    block_mass_triton,
+    block_means,
+    structural_mask,
+)
 
 
 def inputs(S, cfg, seed=0):
@@ -49,8 +55,9 @@ def dense_flops(S, cfg):
 
 
 def tile_sizes(c):
+    """[block_q, block_k, num_warps, num_stages(, group_heads)] -> BlockSizes."""
     return tr.BlockSizes(block_q=int(c[0]), block_k=int(c[1]), num_warps=int(c[2]),
-                         num_stages=int(c[3]))
+                         num_stages=int(c[3]), group_heads=bool(c[4]) if len(c) > 4 else False)
 
 
 INTERPRET = False  # set from cfg.interpret in main (CPU smoke runs only)
@@ -119,6 +126,36 @@ def gqa_share(cfg, sizes):
                "kept_mass": kept_mass, "selection_ms": 1e3 * t_sel, "sparse_ms": 1e3 * t_fwd}
         print("gqa_share", row, flush=True)
         out.append(row)
+    return out
+
+
+def selection_breakdown(cfg):
+    """Where alpha-mode selection time goes, at the largest S: block means, the mass kernel
+    (with its XLA epilogue), threshold + structural blocks, and BlockMask compression."""
+    S = int(max(cfg.seq_lens))
+    q, k, _ = inputs(S, cfg)
+    b = cfg.block_size
+    mass_fn = jax.jit(lambda q, k: block_mass_triton(q, k, block_size=b, interpret=INTERPRET))
+    mass = bench.block(mass_fn(q, k))
+    M = mass.shape[-1]
+    sel = dict(cfg.selection)
+
+    def threshold(mass):
+        keep = mass >= cfg.alpha * jnp.max(mass, axis=-1, keepdims=True)
+        return keep | structural_mask(M, **sel)
+
+    keep = bench.block(jax.jit(threshold)(mass))
+    parts = {
+        "block_means": (jax.jit(lambda k: block_means(k, b)), (k,)),
+        "mass_kernel_and_epilogue": (mass_fn, (q, k)),
+        "threshold_structural": (jax.jit(threshold), (mass,)),
+        "blockmask_from_dense": (jax.jit(lambda m: BlockMask.from_dense(m, block_size=b,
+                                                                        seq_len=S)), (keep,)),
+    }
+    out = {"seq_len": S}
+    for name, (fn, args) in parts.items():
+        out[name + "_ms"] = 1e3 * bench.time_fn(fn, *args, repeats=cfg.repeats).median_s
+    print("selection_breakdown", out, flush=True)
     return out
 
 
@@ -202,6 +239,10 @@ def table(metrics) -> str:
         for r in metrics["gqa_share"]:
             lines.append(f"| {r['mode']} | {r['seq_len']} | {r['density']:.3f} | "
                          f"{r['kept_mass']:.3f} | {r['selection_ms']:.2f} | {r['sparse_ms']:.2f} |")
+    if metrics.get("selection_breakdown"):
+        sb = metrics["selection_breakdown"]
+        lines += ["", f"Alpha-mode selection breakdown at S={sb['seq_len']} (ms): " + ", ".join(
+            f"{k_[:-3]} {v_:.2f}" for k_, v_ in sb.items() if k_.endswith("_ms"))]
     return "\n".join(lines) + "\n"
 
 
@@ -212,14 +253,17 @@ def main(cfg: DictConfig) -> None:
     INTERPRET = bool(cfg.interpret)
     print(bench.provenance(), flush=True)
     sizes = tile_sizes([cfg.kernel.block_q, cfg.kernel.block_k, cfg.kernel.num_warps,
-                        cfg.kernel.num_stages])
+                        cfg.kernel.num_stages, cfg.kernel.group_heads])
     metrics = {"config": OmegaConf.to_container(cfg)}
     if cfg.tune.enabled:
         metrics["tune"], sizes = tune(cfg)
         print("best tiles", metrics["tune"]["best"], flush=True)
-    metrics["kernel"] = [sizes.block_q, sizes.block_k, sizes.num_warps, sizes.num_stages]
+    metrics["kernel"] = [sizes.block_q, sizes.block_k, sizes.num_warps, sizes.num_stages,
+                         sizes.group_heads]
     if cfg.gqa_share.enabled:
         metrics["gqa_share"] = gqa_share(cfg, sizes)
+    if cfg.selection_breakdown:
+        metrics["selection_breakdown"] = selection_breakdown(cfg)
     metrics["grid"] = run_grid(cfg, sizes)
     out = Path(hydra.utils.to_absolute_path(cfg.out_dir))
     path = bench.write_metrics(out / "metrics.json", metrics)

@@ -5,6 +5,12 @@ dense_attention: impl in {"reference", "xla", "cudnn"}.
   xla        jax.nn.dot_product_attention(implementation="xla"): materialises T x S, small only
   cudnn      jax.nn.dot_product_attention(implementation="cudnn"): the dense flash baseline on
              NVIDIA GPUs. Never given a boolean mask (it would become a dense S x S bias).
+
+block_sparse_attention: impl in {"reference", "triton"} ("mosaic", the Hopper kernel, comes later).
+  reference  dense attention with the block mask expanded to tokens (the spec)
+  triton     Pallas/Triton kernel visiting only the kept blocks (sm_80+, or interpret=True on CPU)
+A bool [B, N, M, M] mask is turned into a BlockMask first: the diagonal block is added and, when
+causal, blocks above the diagonal are dropped, so both impls see the same pattern.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from __future__ import annotations
 import jax
 
 from pflash_jax.attention import reference
+from pflash_jax.attention.blockmask import BlockMask
 
 DENSE_IMPLS = ("reference", "xla", "cudnn")
+SPARSE_IMPLS = ("reference", "triton")
 
 
 def dense_attention(q, k, v, *, impl: str = "reference", causal: bool = True):
@@ -30,3 +38,33 @@ def dense_attention(q, k, v, *, impl: str = "reference", causal: bool = True):
                              f"T={q.shape[1]}, S={k.shape[1]}")
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
     raise ValueError(f"unknown dense attention impl {impl!r}; expected one of {DENSE_IMPLS}")
+
+
+def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 128,
+                           causal: bool = True, interpret: bool = False, block_sizes=None):
+    """Block-sparse GQA prefill attention. q [B,S,N,H], k/v [B,S,K,H] -> [B,S,N,H] in q.dtype.
+
+    block_mask: a BlockMask (from select_blocks) or bool [B, N, ceil(S/bs), ceil(S/bs)] where
+    [b, h, m, n] = query block m of head h reads key block n. Any S (padding handled inside).
+    block_sizes: optional triton.BlockSizes (kernel tiles and launch knobs) for impl="triton".
+    """
+    S = q.shape[1]
+    if not isinstance(block_mask, BlockMask):
+        block_mask = BlockMask.from_dense(block_mask, block_size=block_size, seq_len=S,
+                                          causal=causal)
+    elif block_mask.block_size != block_size or block_mask.seq_len != S:
+        raise ValueError(f"BlockMask has block_size={block_mask.block_size}, "
+                         f"seq_len={block_mask.seq_len}; call has block_size={block_size}, S={S}")
+    if impl == "reference":
+        return reference.block_sparse_attention(q, k, v, block_mask.mask, block_size=block_size,
+                                                causal=causal)
+    if impl == "triton":
+        from pflash_jax.attention import triton
+
+        kw = {} if block_sizes is None else {"block_sizes": block_sizes}
+        return triton.block_sparse_attention(q, k, v, block_mask, causal=causal,
+                                             interpret=interpret, **kw)
+    if impl == "mosaic":
+        raise NotImplementedError("impl='mosaic' (Pallas Mosaic GPU, Hopper) is not built yet; "
+                                  "use impl='triton'")
+    raise ValueError(f"unknown block-sparse impl {impl!r}; expected one of {SPARSE_IMPLS}")

@@ -58,3 +58,46 @@ def dense_attention(q, k, v, *, causal: bool = True, chunk: int = 1024):
     out = jax.lax.map(one, (jnp.arange(n_chunks), qc))  # [n,B,C,K,G,H]
     out = out.swapaxes(0, 1).reshape(B, n_chunks * C, N, H)[:, :T]
     return out.astype(q.dtype)
+
+
+def block_sparse_attention(q, k, v, block_mask, *, block_size: int = 128, causal: bool = True,
+                           chunk: int = 1024):
+    """Dense attention with the block mask expanded to tokens: the spec for sparse kernels.
+
+    q [B,S,N,H], k/v [B,S,K,H]; block_mask bool [B, N, M, M] with M = ceil(S / block_size)
+    (query block m reads key block n where it is True). Softmax in float32 over the allowed keys
+    only, so an all-True mask is exactly `dense_attention` (same code path, extra mask all True).
+    Rows whose allowed set is empty (impossible once the diagonal is kept) would average V.
+    """
+    B, S, N, H = q.shape
+    K = k.shape[2]
+    if k.shape[1] != S:
+        raise ValueError(f"block-sparse attention is square prefill: T={S} != S={k.shape[1]}")
+    if N % K:
+        raise ValueError(f"query heads N={N} must be a multiple of kv heads K={K}")
+    M = -(-S // block_size)
+    if block_mask.shape != (B, N, M, M):
+        raise ValueError(f"block_mask shape {block_mask.shape} != {(B, N, M, M)}")
+    G = N // K
+    # Chunks are whole query blocks, so each chunk's mask rows are a contiguous slice.
+    C = max(1, min(chunk, S) // block_size) * block_size
+    n_chunks = -(-S // C)
+    pad = n_chunks * C - S
+    qg = jnp.pad(q.reshape(B, S, K, G, H), ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+    qc = qg.reshape(B, n_chunks, C, K, G, H).swapaxes(0, 1)  # [n,B,C,K,G,H]
+    bm = block_mask.reshape(B, K, G, M, M)
+    Mp = n_chunks * C // block_size
+    bm = jnp.pad(bm, ((0, 0), (0, 0), (0, 0), (0, Mp - M), (0, 0)))
+    key_block = jnp.arange(S) // block_size  # [S]
+
+    def one(args):
+        i, qi = args
+        pos = i * C + jnp.arange(C)
+        rows = jax.lax.dynamic_slice_in_dim(bm, i * (C // block_size), C // block_size, axis=3)
+        rows = jnp.repeat(rows, block_size, axis=3)  # [B,K,G,C,M]
+        key_mask = jnp.take(rows, key_block, axis=4)  # [B,K,G,C,S]
+        return _attend_chunk(qi, k, v, pos, causal, key_mask)
+
+    out = jax.lax.map(one, (jnp.arange(n_chunks), qc))  # [n,B,C,K,G,H]
+    out = out.swapaxes(0, 1).reshape(B, n_chunks * C, N, H)[:, :S]
+    return out.astype(q.dtype)
