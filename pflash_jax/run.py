@@ -131,9 +131,10 @@ def run_job(c: RunConfig) -> dict:
         row: dict = {"S": int(p.ids.shape[0])}
         kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk)
         t0 = time.perf_counter()
-        speculative_prefill(drafter, target, p.ids, pcfg, **kw)  # compile
+        first = speculative_prefill(drafter, target, p.ids, pcfg, **kw)  # compiles
         row["pflash_first_call_s"] = time.perf_counter() - t0
         runs = [speculative_prefill(drafter, target, p.ids, pcfg, **kw) for _ in range(c.repeats)]
+        runs = runs or [first]  # repeats=0 (quality sweeps): timings include compile
         r = runs[-1]
         row.update(pflash=_median([x.timings for x in runs]), n_kept=r.n_kept,
                    kept_frac=r.n_kept / row["S"], block_density=r.block_density,
@@ -141,9 +142,9 @@ def run_job(c: RunConfig) -> dict:
         row["pflash_compile_s"] = row["pflash_first_call_s"] - row["pflash"]["ttft"]
         if c.compare_full:
             t0 = time.perf_counter()
-            full_prefill(target, p.ids, **kw)
+            first = full_prefill(target, p.ids, **kw)
             row["full_first_call_s"] = time.perf_counter() - t0
-            fulls = [full_prefill(target, p.ids, **kw) for _ in range(c.repeats)]
+            fulls = [full_prefill(target, p.ids, **kw) for _ in range(c.repeats)] or [first]
             row.update(full=_median([x.timings for x in fulls]),
                        full_tokens=fulls[-1].tokens.tolist())
             row["full_compile_s"] = row["full_first_call_s"] - row["full"]["ttft"]

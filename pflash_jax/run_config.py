@@ -69,7 +69,7 @@ class RunConfig:
     task: TaskSpec = field(default_factory=TaskSpec)
     max_new_tokens: int = 16
     compare_full: bool = True  # time the full-prefill baseline in the same process
-    repeats: int = 1  # warm timed repeats per case (after one compile call)
+    repeats: int = 1  # warm timed repeats per case after one compile call (0: quality only)
     chunk: int | None = None  # sequence chunk for per-token work (memory); None: whole
     metrics_dir: str | None = None  # where metrics.json goes; None: Hydra's output dir
     experiment: str = "run"  # name recorded in metrics (set by experiment/ files)
