@@ -51,6 +51,7 @@ def flat_rows(paths: list[Path]) -> list[dict]:
             **{k: s.get(k) for k in ("speedup", "pflash_acc", "full_acc", "recall", "kept_frac",
                                      "block_density", "pflash_ttft_s", "full_ttft_s")},
             "peak_memory_gib": (m.get("peak_memory_bytes") or 0) / 2**30 or None,
+            "repeats": m["run_config"].get("repeats", 1),
         }
         if cases:
             for path in ("pflash", "full"):
@@ -72,7 +73,8 @@ def _fmt(v, spec=".3g"):
 
 
 def speed_table(rows: list[dict]) -> str:
-    rows = [r for r in rows if r.get("full_ttft_s") is not None]
+    # repeats == 0: quality-only runs whose timings include compilation; not speed results
+    rows = [r for r in rows if r.get("full_ttft_s") is not None and r["repeats"] > 0]
     if not rows:
         return ""
     rows = sorted(rows, key=lambda r: (r["target"], r["S"], r["keep_ratio"], r["span_size"]))
@@ -127,7 +129,7 @@ def plots(rows: list[dict], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     made = []
-    speed = [r for r in rows if r.get("full_ttft_s") is not None]
+    speed = [r for r in rows if r.get("full_ttft_s") is not None and r["repeats"] > 0]
     by_target = defaultdict(list)
     for r in speed:
         by_target[(r["target"], r["keep_ratio"], r["span_size"])].append(r)
