@@ -6,9 +6,11 @@ dense_attention: impl in {"reference", "xla", "cudnn"}.
   cudnn      jax.nn.dot_product_attention(implementation="cudnn"): the dense flash baseline on
              NVIDIA GPUs. Never given a boolean mask (it would become a dense S x S bias).
 
-block_sparse_attention: impl in {"reference", "triton"} ("mosaic", the Hopper kernel, comes later).
+block_sparse_attention: impl in {"reference", "triton", "mosaic"}.
   reference  dense attention with the block mask expanded to tokens (the spec)
   triton     Pallas/Triton kernel visiting only the kept blocks (sm_80+, or interpret=True on CPU)
+  mosaic     Pallas/Mosaic GPU kernel (TMA + wgmma, Hopper only, block_size 128, bf16/f16), or
+             interpret=True for the Mosaic GPU interpreter on CPU (its "smem" P@V variant)
 A bool [B, N, M, M] mask is turned into a BlockMask first: the diagonal block is added and, when
 causal, blocks above the diagonal are dropped, so both impls see the same pattern.
 """
@@ -21,7 +23,7 @@ from pflash_jax.attention import reference
 from pflash_jax.attention.blockmask import BlockMask
 
 DENSE_IMPLS = ("reference", "xla", "cudnn")
-SPARSE_IMPLS = ("reference", "triton")
+SPARSE_IMPLS = ("reference", "triton", "mosaic")
 
 
 def dense_attention(q, k, v, *, impl: str = "reference", causal: bool = True):
@@ -46,7 +48,8 @@ def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 
 
     block_mask: a BlockMask (from select_blocks) or bool [B, N, ceil(S/bs), ceil(S/bs)] where
     [b, h, m, n] = query block m of head h reads key block n. Any S (padding handled inside).
-    block_sizes: optional triton.BlockSizes (kernel tiles and launch knobs) for impl="triton".
+    block_sizes: optional triton.BlockSizes (kernel tiles and launch knobs) for impl="triton",
+    mosaic.BlockSizes (pipeline depth, P@V variant) for impl="mosaic".
     """
     S = q.shape[1]
     if not isinstance(block_mask, BlockMask):
@@ -65,6 +68,9 @@ def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 
         return triton.block_sparse_attention(q, k, v, block_mask, causal=causal,
                                              interpret=interpret, **kw)
     if impl == "mosaic":
-        raise NotImplementedError("impl='mosaic' (Pallas Mosaic GPU, Hopper) is not built yet; "
-                                  "use impl='triton'")
+        from pflash_jax.attention import mosaic
+
+        kw = {} if block_sizes is None else {"block_sizes": block_sizes}
+        return mosaic.block_sparse_attention(q, k, v, block_mask, causal=causal,
+                                             interpret=interpret, **kw)
     raise ValueError(f"unknown block-sparse impl {impl!r}; expected one of {SPARSE_IMPLS}")

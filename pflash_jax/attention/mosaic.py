@@ -1,0 +1,305 @@
+"""Block-sparse causal flash-attention forward: Pallas on the Mosaic GPU backend (Hopper, sm_90).
+
+Algorithm: one CTA per (query block, query head, batch row), where a query block is one
+selection block (block_size rows, 128 in production). The CTA runs three warpgroups in the
+FlashAttention-3 layout of jax's `ops/gpu/attention_mgpu.py`:
+- a memory warpgroup reads the selection row's compressed kept list (BlockMask.indices /
+  counts, plain int32 inputs in GMEM) and TMA-copies only the kept K/V blocks into a ring of
+  `stages` shared-memory slots, each slot guarded by a "loaded" barrier (TMA -> compute) and a
+  "consumed" barrier (compute -> TMA);
+- two compute warpgroups each own block_size / 2 query rows of the block (64 in production, the
+  wgmma M tile). Both walk the same kept list, so one K/V copy feeds both. Per kept block:
+  S = Q K^T by wgmma (Q, K from shared memory), online softmax in float32 (exp2 of
+  log2(e) * scale prescaled logits), then acc += P V by wgmma. A "schedule" barrier ping-pongs
+  the two warpgroups so one's softmax overlaps the other's matmuls (as attention_mgpu).
+The causal diagonal block is the LAST kept entry of a causal row (BlockMask invariant): all
+earlier entries run unmasked, the last one gets the exact per-token mask (key position <= query
+position and < S). Padded keys sit only in the last block, which is always a row's last entry
+when kept, so the same mask hides them. causal=False masks the last entry for padding only.
+
+Layout: q/o [B, S, N, H], k/v [B, S, K, H] (S padded inside to a multiple of block_size). Query
+head h reads kv head h // G (GQA, G = N // K). CTAs are ordered heads fastest (the G heads of a
+kv group run side by side and share K/V blocks in L2), then query blocks heaviest first (the
+last query blocks keep the most blocks), then batch.
+
+P @ V variants (BlockSizes.pv), the one Hopper-vs-interpreter difference:
+- "registers" (GPU default, FA3): P stays in registers as wgmma's A operand and the output
+  accumulator is updated in place (pl.run_state over a preinitialised plgpu.ACC).
+- "smem": P is stored to a per-warpgroup shared-memory tile (then commit_smem) and fed to wgmma
+  from there, into a fresh accumulator that is added to acc in registers. It costs one 16 KB
+  tile store per step and a register add, and it is the variant the CPU runs: the Mosaic GPU
+  interpreter (plgpu.InterpretGPUParams) of jax 0.11.2 supports neither a register A operand
+  nor pl.run_state nor stores into an accumulator ref. interpret=True therefore defaults to
+  "smem"; the "registers" variant has never run on the CPU.
+
+Limits: bfloat16 and float16 only (wgmma operands; float32 is rejected, no silent downcast);
+head dim a multiple of 64 (64 and 128 tested); T == S (prefill); forward only. On the GPU
+block_size must be 128 (compute warpgroups of 64 rows; 256 would need 128-row warpgroups whose
+accumulators do not fit the register budget); the interpreter accepts any block_size divisible
+by 16. Every row keeps at least its diagonal block (BlockMask invariant), so counts >= 1.
+Shared memory at block_size 128, H 128, bf16: Q 32 KB + K/V 64 KB per stage (+ P 32 KB for
+"smem"): 2 stages fit Hopper's 227 KB, 3 stages only with pv="registers".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pflash_jax.attention.blockmask import BlockMask
+from pflash_jax.numerics import MASK_VALUE
+
+LOG2E = math.log2(math.e)
+COMPUTE_WGS = 2  # compute warpgroups per CTA (FA3 ping-pong); a third one issues the TMA copies
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Pipeline knobs. The tiles themselves are fixed by the selection block: each compute
+    warpgroup owns block_size / 2 query rows and a K/V step is one kept selection block."""
+
+    stages: int = 2  # K/V shared-memory slots in flight (attention_mgpu: max_concurrent_steps)
+    pv: Literal["registers", "smem"] | None = None  # None: "registers" on GPU, "smem" interpret
+    schedule_barrier: bool = True  # ping-pong the two compute warpgroups (FA3)
+    compute_registers: int = 232  # setmaxnreg for compute / memory warpgroups:
+    memory_registers: int = 40  # 2 * 232 + 40 = 504 regs x 128 threads fits the 64K file
+
+
+def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, q_smem2, k_smem, v_smem, p_smem2,
+            k_loaded, v_loaded, q_loaded, k_consumed, v_consumed, schedule, *, scale: float,
+            causal: bool, seq_len: int, block: int, n_blocks: int, heads_per_kv: int,
+            stages: int, pv: str, schedule_barrier: bool, compute_registers: int,
+            memory_registers: int):
+    # idx_ref    [B, N, M, M] int32 GMEM  kept key blocks per selection row (ascending, padded)
+    # cnt_ref    [B, N, M]    int32 GMEM  kept counts
+    # q_ref/o_ref [B, S_pad, N, H] GMEM; k_ref/v_ref [B, S_pad, K, H] GMEM
+    # q_smem2    [2, bq, H]          this CTA's query rows, one tile per compute warpgroup;
+    #                                reused for the output tile
+    # k_smem, v_smem [stages, block, H]  the K/V ring
+    # p_smem2    [2, bq, block] or None  P tiles (pv="smem" only)
+    # *_loaded: TMA-completion barriers; *_consumed: both compute warpgroups done with a slot
+    b = lax.axis_index("batch")
+    h = lax.axis_index("heads")
+    m = n_blocks - 1 - lax.axis_index("q_blocks")  # heaviest query blocks first
+    wg = lax.axis_index("wg")
+    count = cnt_ref[b, h, m]
+    bq = block // COMPUTE_WGS
+    dtype = q_ref.dtype
+
+    def slot_of(j):
+        return lax.rem(j, jnp.int32(stages))
+
+    def schedule_sync():
+        if schedule_barrier:
+            plgpu.barrier_arrive(schedule)
+            plgpu.barrier_wait(schedule)
+
+    @pl.when(wg < COMPUTE_WGS)
+    def _compute():
+        plgpu.set_max_registers(compute_registers, action="increase")
+        q_smem = q_smem2.at[wg]
+        q0 = m * block + wg * bq  # first query row of this warpgroup
+        plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q0, bq), h], q_smem, q_loaded.at[wg])
+        plgpu.barrier_wait(q_loaded.at[wg])
+        H = q_smem.shape[-1]
+        qk_scale = scale * LOG2E
+
+        def step(j, carry, masked: bool, kv0=None):
+            acc, m_i, l_i = carry
+            slot = slot_of(j)
+            plgpu.barrier_wait(k_loaded.at[slot])
+
+            def qk(acc_ref):
+                plgpu.wgmma(acc_ref, q_smem, k_smem.at[slot].T)
+                schedule_sync()  # let the other warpgroup issue its matmul meanwhile
+                return acc_ref[...]
+
+            s = pl.run_scoped(qk, plgpu.ACC((bq, block), jnp.float32))
+            plgpu.barrier_arrive(k_consumed.at[slot])
+            s = s * qk_scale  # float32 logits in log2 units
+            if masked:
+                rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
+                cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
+                k_pos = cols + kv0
+                ok = k_pos < seq_len
+                if causal:
+                    ok = ok & (k_pos <= rows + q0)
+                s = jnp.where(ok, s, MASK_VALUE)
+            m_new = jnp.maximum(m_i, s.max(axis=1))
+            corr = jnp.exp2(m_i - m_new)
+            p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
+            l_i = l_i * corr + p.sum(axis=1)
+            acc = acc * lax.broadcast_in_dim(corr, acc.shape, [0])
+            p16 = p.astype(dtype)
+            schedule_sync()  # softmax done: the other warpgroup's turn on the tensor cores
+            plgpu.barrier_wait(v_loaded.at[slot])
+            if pv == "registers":
+                def pv_mm(acc_ref):
+                    plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+
+                acc = pl.run_state(pv_mm)(plgpu.ACC.init(acc))
+            else:
+                p_smem = p_smem2.at[wg]
+                p_smem[...] = p16
+                plgpu.commit_smem()  # make the tile visible to the tensor cores (async proxy)
+
+                def pv_mm(acc_ref):
+                    plgpu.wgmma(acc_ref, p_smem, v_smem.at[slot])
+                    return acc_ref[...]
+
+                acc = acc + pl.run_scoped(pv_mm, plgpu.ACC((bq, H), jnp.float32))
+            plgpu.barrier_arrive(v_consumed.at[slot])
+            return acc, m_new, l_i
+
+        carry = (
+            plgpu.layout_cast(jnp.zeros((bq, H), jnp.float32), plgpu.Layout.WGMMA),
+            plgpu.layout_cast(jnp.full((bq,), MASK_VALUE, jnp.float32),
+                              plgpu.Layout.WGMMA.reduce(1)),
+            plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
+        )
+        pl.when(wg == 1)(schedule_sync)  # warpgroup 0 goes first
+        carry = lax.fori_loop(0, count - 1, functools.partial(step, masked=False), carry)
+        last = count - 1
+        kv0 = idx_ref[b, h, m, last] * block  # the diagonal block when causal
+        acc, _, l_i = step(last, carry, masked=True, kv0=kv0)
+        pl.when(wg == 0)(schedule_sync)  # balance warpgroup 1's opening arrival
+
+        out = acc / lax.broadcast_in_dim(l_i, acc.shape, [0])
+        q_smem[...] = out.astype(dtype)  # all wgmmas reading Q have completed
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(q_smem, o_ref.at[b, pl.ds(q0, bq), h])
+        plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == COMPUTE_WGS)
+    def _memory():
+        plgpu.set_max_registers(memory_registers, action="decrease")
+        kv_h = lax.div(h, jnp.int32(heads_per_kv))
+
+        def issue(j, slot):
+            rows = pl.ds(idx_ref[b, h, m, j] * block, block)
+            plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kv_h], k_smem.at[slot], k_loaded.at[slot])
+            plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_h], v_smem.at[slot], v_loaded.at[slot])
+
+        for j in range(stages):  # fill the ring
+            pl.when(j < count)(functools.partial(issue, jnp.int32(j), j))
+
+        def refill(j, _):
+            slot = slot_of(j)
+            # Slot j % stages held step j - stages: reuse it once both warpgroups are done.
+            plgpu.barrier_wait(k_consumed.at[slot])
+            plgpu.barrier_wait(v_consumed.at[slot])
+            issue(j, slot)
+
+        lax.fori_loop(jnp.int32(stages), count, refill, None)
+
+        def drain(j, _):
+            # Observe the last steps' "consumed" phases too. The hardware does not need it (the
+            # CTA ends), but the interpreter rejects a barrier freed with unobserved phases.
+            plgpu.barrier_wait(k_consumed.at[slot_of(j)])
+            plgpu.barrier_wait(v_consumed.at[slot_of(j)])
+
+        lax.fori_loop(jnp.maximum(count - stages, 0), count, drain, None)
+
+
+def _smem(shape, dtype):
+    """Shared-memory tile in the swizzled layout wgmma and TMA want (minor dim 16 B multiple)."""
+    swizzle = plgpu.find_swizzle(shape[-1] * jnp.dtype(dtype).itemsize * 8)
+    tiling = plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize))
+    return plgpu.SMEM(shape, dtype, transforms=(tiling, plgpu.SwizzleTransform(swizzle)))
+
+
+def _check_device(interpret: bool):
+    if interpret:
+        return
+    dev = jax.devices()[0]
+    cc = getattr(dev, "compute_capability", None)
+    if dev.platform != "gpu" or cc is None or not str(cc).startswith("9"):
+        raise NotImplementedError(
+            f"impl='mosaic' (Pallas Mosaic GPU: TMA + wgmma) needs a Hopper GPU (sm_90), got "
+            f"{dev.device_kind!r} ({dev.platform}, compute capability {cc}); use impl='triton', "
+            f"or interpret=True to run the Mosaic GPU interpreter on the CPU")
+
+
+@functools.partial(jax.jit, static_argnames=("causal", "block_sizes", "interpret"))
+def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = True,
+                           block_sizes: BlockSizes = BlockSizes(),
+                           interpret: bool | plgpu.InterpretGPUParams = False):
+    """q [B,S,N,H], k/v [B,S,K,H] bf16/f16, BlockMask over M = ceil(S/bs) -> [B,S,N,H] q.dtype.
+
+    interpret=True (or an InterpretGPUParams, e.g. with detect_races=True) runs the Mosaic GPU
+    interpreter on the CPU, with the pv="smem" variant by default.
+    """
+    if interpret is True:
+        interpret = plgpu.InterpretGPUParams()
+    interpret = interpret or None
+    _check_device(interpret is not None)
+    B, S, N, H = q.shape
+    K = k.shape[2]
+    bs = block_mask.block_size
+    dtype = jnp.dtype(q.dtype)
+    if dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        raise NotImplementedError(f"impl='mosaic' runs bfloat16 or float16 (wgmma operands), "
+                                  f"got {dtype.name}; cast, or use impl='triton'")
+    if k.dtype != dtype or v.dtype != dtype:
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if H % 64:
+        raise ValueError(f"head dim {H} must be a multiple of 64 (128-byte swizzled tiles)")
+    if N % K:
+        raise ValueError(f"query heads N={N} must be a multiple of kv heads K={K}")
+    if interpret is None and bs != 128:
+        raise ValueError(f"impl='mosaic' on the GPU needs block_size 128 (two 64-row wgmma "
+                         f"warpgroups per query block), got {bs}")
+    if bs % (16 * COMPUTE_WGS):
+        raise ValueError(f"block_size {bs} must be a multiple of {16 * COMPUTE_WGS}")
+    M = block_mask.num_blocks
+    if block_mask.shape != (B, N, M, M) or M != -(-S // bs):
+        raise ValueError(f"block mask {block_mask.shape} does not fit q {q.shape} with "
+                         f"block_size {bs}")
+    pv = block_sizes.pv or ("registers" if interpret is None else "smem")
+    if interpret is not None and pv == "registers":
+        raise ValueError("pv='registers' (register A operand, pl.run_state) does not run in the "
+                         "Mosaic GPU interpreter; use pv='smem' or pv=None with interpret=True")
+    stages = max(1, min(block_sizes.stages, M))
+    S_pad = M * bs
+    if S_pad != S:
+        pad = ((0, 0), (0, S_pad - S), (0, 0), (0, 0))
+        q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
+    bq = bs // COMPUTE_WGS
+    scratch = [
+        _smem((COMPUTE_WGS, bq, H), dtype),  # Q tiles, then O tiles
+        _smem((stages, bs, H), dtype),  # K ring
+        _smem((stages, bs, H), dtype),  # V ring
+        _smem((COMPUTE_WGS, bq, bs), dtype) if pv == "smem" else None,  # P tiles
+        plgpu.Barrier(num_barriers=stages),  # k_loaded
+        plgpu.Barrier(num_barriers=stages),  # v_loaded
+        plgpu.Barrier(num_barriers=COMPUTE_WGS),  # q_loaded
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),  # k_consumed
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),  # v_consumed
+        plgpu.Barrier(num_arrivals=COMPUTE_WGS),  # schedule
+    ]
+    kernel = functools.partial(
+        _kernel, scale=1.0 / math.sqrt(H), causal=causal, seq_len=S, block=bs, n_blocks=M,
+        heads_per_kv=N // K, stages=stages, pv=pv, schedule_barrier=block_sizes.schedule_barrier,
+        compute_registers=block_sizes.compute_registers,
+        memory_registers=block_sizes.memory_registers)
+    out = plgpu.kernel(
+        kernel,
+        out_type=jax.ShapeDtypeStruct((B, S_pad, N, H), dtype),
+        scratch_types=scratch,
+        grid=(N, M, B),
+        grid_names=("heads", "q_blocks", "batch"),
+        num_threads=COMPUTE_WGS + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+        interpret=interpret,
+        kernel_name="block_sparse_attention_mgpu",
+    )(block_mask.indices, block_mask.counts, q, k, v)
+    return out[:, :S]

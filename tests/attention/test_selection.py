@@ -1,0 +1,196 @@
+"""FlashPrefill block selection against a plain NumPy re-implementation (DESIGN 1.1)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pflash_jax.attention import BlockMask, select_blocks, select_blocks_fixed_density
+from pflash_jax.attention.blockmask import compress
+from pflash_jax.attention.selection import block_mass, block_mass_xla
+from tests.tolerances import assert_close
+
+
+def np_mass(q, k, bs):
+    """float64 loops, written straight from the spec: [B, N, M, M] normalised mass."""
+    q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    B, S, N, H = q.shape
+    G = N // k.shape[2]
+    M = -(-S // bs)
+    out = np.zeros((B, N, M, M))
+    for b in range(B):
+        for h in range(N):
+            kbar = np.stack([k[b, n * bs:min((n + 1) * bs, S), h // G].mean(0) for n in range(M)])
+            s = q[b, :, h] @ kbar.T / np.sqrt(H)  # [S, M]
+            for m in range(M):
+                for n in range(M):
+                    last = min((n + 1) * bs, S) - 1
+                    rows = [i for i in range(m * bs, min((m + 1) * bs, S)) if i >= last]
+                    out[b, h, m, n] = sum(np.exp(s[i, n]) for i in rows)
+                out[b, h, m] /= out[b, h, m].sum()
+    return out
+
+
+def np_structural(M, sink, window, last_full):
+    keep = np.zeros((M, M), bool)
+    for m in range(M):
+        for n in range(m + 1):
+            keep[m, n] = n < sink or m - n < window or m >= M - last_full or n == m
+    return keep
+
+
+def np_select(mass, alpha, sink, window, last_full):
+    M = mass.shape[-1]
+    keep = mass >= alpha * mass.max(-1, keepdims=True)
+    return (keep | np_structural(M, sink, window, last_full)) & np.tri(M, dtype=bool)
+
+
+def np_fixed(mass, density, sink, window, last_full):
+    B, N, M, _ = mass.shape
+    st = np_structural(M, sink, window, last_full)
+    keep = np.zeros(mass.shape, bool)
+    for b in range(B):
+        for h in range(N):
+            for m in range(M):
+                budget = min(m + 1, max(1, int(np.ceil(density * (m + 1)))))
+                row = st[m].copy()
+                others = sorted((n for n in range(m + 1) if not row[n]),
+                                key=lambda n: -mass[b, h, m, n])
+                for n in others[:max(0, budget - row.sum())]:
+                    row[n] = True
+                keep[b, h, m] = row
+    return keep
+
+
+def _qk(seed, S, N, K, H=32, B=1, scale=1.0):
+    kq, kk = jax.random.split(jax.random.PRNGKey(seed))
+    q = scale * jax.random.normal(kq, (B, S, N, H), jnp.float32)
+    k = jax.random.normal(kk, (B, S, K, H), jnp.float32) + jax.random.normal(kk, (1, 1, K, H))
+    return q, k
+
+
+@pytest.mark.parametrize("impl", ["xla", "triton"])
+@pytest.mark.parametrize("S,bs", [(200, 32), (256, 32), (20, 32)])
+def test_mass_matches_numpy(S, bs, impl):
+    """Includes a partial last block (200 = 6 * 32 + 8): its mean and padding-row rule.
+    impl="triton" runs the Pallas kernel in interpret mode here (compiled in test_gpu_*)."""
+    q, k = _qk(S, S, 4, 2, scale=3.0)
+    exp = np_mass(q, k, bs)
+    got = block_mass(q, k, block_size=bs, impl=impl, interpret=impl == "triton")
+    assert_close(got, exp, dtype="float32", what=f"mass S={S}", atol=1e-6, rtol=1e-4)
+    # Above the diagonal nobody votes; on it only the last valid row of the block does.
+    M = exp.shape[-1]
+    assert np.all(np.asarray(got)[..., np.triu_indices(M, 1)[0], np.triu_indices(M, 1)[1]] == 0)
+
+
+def test_mass_chunked_equals_unchunked():
+    q, k = _qk(5, 200, 4, 2)
+    a = block_mass_xla(q, k, block_size=32, chunk_bytes=1)  # one query block per chunk
+    b = block_mass_xla(q, k, block_size=32)
+    assert_close(a, b, dtype="float32", what="chunking")
+
+
+@pytest.mark.parametrize("impl", ["xla", "triton"])
+def test_mass_no_overflow_at_large_logits(impl):
+    q, k = _qk(6, 128, 2, 1, scale=400.0)  # logits in the thousands: exp would overflow
+    got = np.asarray(block_mass(q, k, block_size=32, impl=impl, interpret=impl == "triton"))
+    assert np.all(np.isfinite(got))
+    assert_close(got.sum(-1), np.ones(got.shape[:-1]), dtype="float32", what="rows sum to 1")
+
+
+@pytest.mark.parametrize("S,alpha,sink,window,last_full,impl", [
+    (200, 0.1, 2, 4, 2, "xla"), (200, 0.3, 1, 2, 1, "xla"), (256, 0.05, 0, 1, 0, "xla"),
+    (100, 0.5, 2, 4, 2, "xla"), (200, 0.2, 2, 4, 2, "triton")])
+def test_select_matches_numpy(S, alpha, sink, window, last_full, impl):
+    bs = 32
+    q, k = _qk(S + int(alpha * 100), S, 4, 2, scale=3.0)
+    mass = np_mass(q, k, bs)
+    exp = np_select(mass, alpha, sink, window, last_full)
+    got = select_blocks(q, k, alpha=alpha, block_size=bs, sink=sink, window=window,
+                        last_full=last_full, impl=impl, interpret=impl == "triton")
+    # Entries within float error of the threshold may legitimately differ.
+    edge = np.abs(mass - alpha * mass.max(-1, keepdims=True)) < 1e-6
+    diff = (np.asarray(got.mask) != exp) & ~edge
+    assert not diff.any(), f"{diff.sum()} of {diff.size} mask entries differ"
+    assert 0 < float(got.density()) <= 1
+
+
+def test_structural_blocks_alone():
+    """alpha > 1 keeps nothing by mass: exactly sinks, window, last rows, diagonal."""
+    q, k = _qk(7, 320, 2, 1)
+    got = select_blocks(q, k, alpha=1.5, block_size=32, sink=2, window=3, last_full=2)
+    exp = np_structural(10, 2, 3, 2)
+    assert np.array_equal(np.asarray(got.mask), np.broadcast_to(exp, (1, 2, 10, 10)))
+
+
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.6, 1.0])
+def test_fixed_density_matches_numpy(density):
+    S, bs = 320, 16
+    q, k = _qk(8, S, 2, 1, scale=2.0)
+    mass = np_mass(q, k, bs)
+    exp = np_fixed(mass, density, 2, 2, 1)
+    got = select_blocks_fixed_density(q, k, density=density, block_size=bs, sink=2, window=2,
+                                      last_full=1)
+    assert np.array_equal(np.asarray(got.mask), exp), "fixed-density mask differs"
+    if density == 1.0:
+        assert float(got.density()) == 1.0
+
+
+@pytest.mark.parametrize("share", ["union", "mean"])
+def test_gqa_sharing(share):
+    q, k = _qk(9, 256, 4, 2, scale=3.0)
+    own = select_blocks(q, k, alpha=0.2, block_size=32)
+    shared = select_blocks(q, k, alpha=0.2, block_size=32, share=share)
+    m = np.asarray(shared.mask).reshape(1, 2, 2, 8, 8)
+    assert np.array_equal(m[:, :, 0], m[:, :, 1]), "heads of one kv group differ"
+    if share == "union":
+        assert np.array_equal(m.any(2), np.asarray(own.mask).reshape(1, 2, 2, 8, 8).any(2))
+
+
+def test_blockmask_compress_and_invariants():
+    rng = np.random.default_rng(0)
+    raw = rng.random((2, 3, 9, 9)) < 0.3
+    bm = BlockMask.from_dense(raw, block_size=16, seq_len=140)
+    mask = np.asarray(bm.mask)
+    assert np.all(np.diagonal(mask, axis1=-2, axis2=-1)), "diagonal not kept"
+    assert not np.any(np.triu(mask, 1)), "future block kept"
+    idx, cnt = np.asarray(bm.indices), np.asarray(bm.counts)
+    for b, h, m in np.ndindex(2, 3, 9):
+        kept = np.flatnonzero(mask[b, h, m])
+        assert cnt[b, h, m] == len(kept)
+        assert list(idx[b, h, m, :len(kept)]) == list(kept)
+        assert np.all(idx[b, h, m, len(kept):] == kept[-1]), "padding must repeat the last"
+        assert kept[-1] == m, "diagonal must be the last kept entry of a causal row"
+    assert np.isclose(float(bm.density()), mask.sum() / (2 * 3 * 45))
+    # pytree: passes through jit with static block_size / seq_len
+    out = jax.jit(lambda x: x)(bm)
+    assert out.block_size == 16 and out.seq_len == 140
+    with pytest.raises(ValueError, match="blocks"):
+        BlockMask.from_dense(raw, block_size=16, seq_len=200)
+
+
+def test_compress_empty_row():
+    idx, cnt = compress(jnp.zeros((1, 4), bool))
+    assert int(cnt[0]) == 0 and np.all(np.asarray(idx) == 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("S", [1000, 4096])
+def test_gpu_mass_kernel_matches_xla(S):
+    """Compiled kernel (TF32/bf16 dots) against the chunked jnp path, bf16 inputs."""
+    q, k = _qk(11, S, 4, 2, H=128, scale=2.0)
+    q, k = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
+    a = block_mass(q, k, block_size=128, impl="triton")
+    b = block_mass(q, k, block_size=128, impl="xla")
+    assert_close(a, b, dtype="float32", what=f"triton vs xla mass S={S}", atol=1e-4, rtol=2e-2)
+
+
+@pytest.mark.gpu
+def test_gpu_select_matches_numpy():
+    q, k = _qk(12, 1500, 4, 2, H=64, scale=3.0)
+    mass = np_mass(q, k, 128)
+    exp = np_select(mass, 0.15, 2, 4, 2)
+    got = select_blocks(q, k, alpha=0.15, block_size=128, impl="triton")
+    edge = np.abs(mass - 0.15 * mass.max(-1, keepdims=True)) < 1e-2 * mass.max(-1, keepdims=True)
+    diff = (np.asarray(got.mask) != exp) & ~edge
+    assert not diff.any(), f"{diff.sum()} of {diff.size} mask entries differ"
