@@ -36,7 +36,7 @@ def full_accuracy(target, cases, tok, batch: int, attn: str) -> list[float]:
         chunk = cases[i:i + batch]
         ids = np.stack([c.ids for c in chunk])
         gen = greedy_generate(target, ids, n_new, attn=attn)
-        out += [score(c, g, tok) for c, g in zip(chunk, gen)]
+        out += [score(c, g, tok) for c, g in zip(chunk, gen, strict=True)]
     return out
 
 

@@ -94,8 +94,9 @@ def speed_table(rows: list[dict]) -> str:
                  f"{_fmt(r.get('pflash_selection_s'), '.2g')} | "
                  f"{_fmt(r.get('pflash_target_prefill_s'), '.4g')} | "
                  f"{_fmt(r.get('pflash_first_token_s'), '.2g')} | **{r['speedup']:.2f}x** | "
-                 f"{_fmt(r.get('full_compile_s'), '.3g')} / {_fmt(r.get('pflash_compile_s'), '.3g')}"
-                 f" | {_fmt(r['peak_memory_gib'], '.3g')} |\n")
+                 f"{_fmt(r.get('full_compile_s'), '.3g')} / "
+                 f"{_fmt(r.get('pflash_compile_s'), '.3g')} | "
+                 f"{_fmt(r['peak_memory_gib'], '.3g')} |\n")
     return head + body
 
 
@@ -113,12 +114,13 @@ def quality_table(rows: list[dict]) -> str:
         g = groups[key]
         n = sum(r["n_cases"] for r in g)
 
-        def wavg(k):
+        def wavg(k, g=g):
             vals = [(r[k], r["n_cases"]) for r in g if r.get(k) is not None]
             return sum(v * w for v, w in vals) / sum(w for _, w in vals) if vals else None
         body += (f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | "
                  f"{_fmt(wavg('full_acc'), '.2f')} | {_fmt(wavg('pflash_acc'), '.2f')} | "
-                 f"{_fmt(wavg('recall'), '.2f')} | {_fmt(wavg('kept_frac'), '.3f')} | {n} |\n")
+                 f"{_fmt(wavg('recall'), '.2f')} | {_fmt(wavg('kept_frac'), '.3f')} | "
+                 f"{n} |\n")
     return head + body
 
 
@@ -181,7 +183,7 @@ def plots(rows: list[dict], out: Path) -> list[str]:
             pts = [(k, np.mean([r["pflash_acc"] for r in qual if r["task"] == t
                                 and r["keep_ratio"] == k])) for k in keeps
                    if any(r["task"] == t and r["keep_ratio"] == k for r in qual)]
-            ax.plot(*zip(*pts), "o-", label=t)
+            ax.plot(*zip(*pts, strict=True), "o-", label=t)
         full = [r["full_acc"] for r in qual if r.get("full_acc") is not None]
         if full:
             ax.axhline(np.mean(full), color="k", ls="--", label="full prefill (mean)")

@@ -21,7 +21,6 @@ from pathlib import Path
 import hydra
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from omegaconf import DictConfig, OmegaConf
@@ -117,7 +116,7 @@ def main(c: DictConfig) -> None:
                      optax.adamw(sched, b2=0.95, weight_decay=c.weight_decay))
     keys = jax.random.split(jax.random.key(c.seed), len(names))
     state = {}
-    for n, k in zip(names, keys):
+    for n, k in zip(names, keys, strict=True):
         p = init_params(cfgs[n], k, jnp.float32)
         state[n] = {"params": p, "opt": tx.init(p)}
     steps_fns = {n: make_step(cfgs[n], attn, compute_dtype, tx, c.lm_weight) for n in names}

@@ -67,4 +67,5 @@ def tiny_pair(dtype: str = "f32") -> tuple[Model, Model]:
         raise FileNotFoundError(
             f"embedded tiny model(s) {missing} missing under {TINY_DIR}: train them with "
             f"`python experiments/train_tiny.py` (see README)")
-    return open_model(TINY_DIR / "drafter", dtype=dtype), open_model(TINY_DIR / "target", dtype=dtype)
+    return (open_model(TINY_DIR / "drafter", dtype=dtype),
+            open_model(TINY_DIR / "target", dtype=dtype))

@@ -113,7 +113,7 @@ def _spans(kept: np.ndarray) -> list[tuple[int, int]]:
     breaks = np.flatnonzero(np.diff(kept) != 1)
     starts = np.concatenate([[kept[0]], kept[breaks + 1]])
     ends = np.concatenate([kept[breaks] + 1, [kept[-1] + 1]])
-    return list(zip(starts.tolist(), ends.tolist()))
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
 def run_job(c: RunConfig) -> dict:
@@ -201,7 +201,9 @@ def print_case(row: dict, kept: np.ndarray) -> None:
     if "expected" in row:
         print(f"expected {row['expected']}")
     if "pflash_answer" in row:
-        acc = f"  [{'correct' if row.get('pflash_acc') else 'wrong'}]" if "pflash_acc" in row else ""
+        acc = ""
+        if "pflash_acc" in row:
+            acc = f"  [{'correct' if row['pflash_acc'] else 'wrong'}]"
         print(f"PFlash answer: {row['pflash_answer']!r}{acc}")
     if "full_answer" in row:
         print(f"full answer:   {row['full_answer']!r}  "
@@ -213,8 +215,8 @@ def print_case(row: dict, kept: np.ndarray) -> None:
         print(f"  {s:15s} {1e3 * row['pflash'][s]:10.2f}"
               + (f"  {1e3 * full:10.2f}" if full is not None else ""))
     if "speedup" in row:
-        print(f"TTFT speedup over full prefill: {row['speedup']:.2f}x "
-              f"(compile: PFlash {row['pflash_compile_s']:.1f} s, full {row['full_compile_s']:.1f} s)")
+        print(f"TTFT speedup over full prefill: {row['speedup']:.2f}x (compile: PFlash "
+              f"{row['pflash_compile_s']:.1f} s, full {row['full_compile_s']:.1f} s)")
     if row.get("block_density") is not None:
         print(f"drafter block density kept: {row['block_density']:.3f}")
 

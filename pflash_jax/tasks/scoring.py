@@ -1,9 +1,9 @@
 """Exact-match scoring of a model's continuation.
 
-The continuation (ids cut at the first eos and decoded, or text cut at the first eos token) is split into runs: maximal
-pieces between whitespace and commas, each stripped of surrounding punctuation .;:!?"'()[]
-and lowercased (answers are digits, lowercase words or upper-case variable names, so case never
-decides a match).
+The continuation (ids cut at the first eos and decoded, or text cut at the eos token) is split
+into runs: maximal pieces between whitespace and commas, each stripped of surrounding
+punctuation .;:!?"'()[] and lowercased (answers are digits, lowercase words or upper-case
+variable names, so case never decides a match).
 - Single-value tasks (niah_single, niah_pflash, niah_multikey): 1.0 iff the FIRST run equals
   the value. " 1234567." and " 1234567 is the number" score 1; " 12345678", " 123 4567" and
   " The number is 1234567" score 0.

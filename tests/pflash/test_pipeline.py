@@ -70,7 +70,7 @@ def _unfused(drafter, ids, cfg):
     from pflash_jax.attention.selection import select_blocks
 
     for i in range(mcfg.num_hidden_layers):
-        layer = jax.tree.map(lambda a: a[i], params.layers)
+        layer = jax.tree.map(lambda a, i=i: a[i], params.layers)
         qkv = qwen3.layer_qkv(layer, x, pos, mcfg)
         qs, kk = (qkv.q_pre, qkv.k_pre) if cfg.scoring.rope == "nope" else (qkv.q, qkv.k)
         q_tails.append(qs[0, S - cfg.scoring.n_tail:])

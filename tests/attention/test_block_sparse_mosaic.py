@@ -1,0 +1,139 @@
+"""The shared block-sparse cases for impl="mosaic" (Pallas Mosaic GPU, Hopper), plus its own.
+
+The kernel takes bfloat16/float16 only (wgmma operands): the base's float32 cases run here on
+inputs rounded to bfloat16 (the production dtype) and are checked at bfloat16 tolerance against
+the float32 reference on the unrounded inputs; the dtype cases (test_low_precision) run as is.
+
+On the CPU the kernel runs in the Mosaic GPU interpreter with its pv="smem" variant (P staged
+through shared memory; the interpreter has no register A operand and no pl.run_state), at the
+GPU's own selection block of 128 (two 64-row compute warpgroups). The GPU class runs both
+variants compiled.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pflash_jax.attention import BlockMask, block_sparse_attention, reference
+from pflash_jax.attention.mosaic import BlockSizes
+from tests.attention.test_block_sparse import BlockSparseBase, _qkv, _random_mask
+from tests.tolerances import assert_close
+
+plgpu = pytest.importorskip("jax.experimental.pallas.mosaic_gpu")
+
+
+class MosaicBase(BlockSparseBase):
+    impl = "mosaic"
+    kernel_dtype = jnp.bfloat16  # what the base's float32 cases run in
+
+    def attend(self, q, k, v, mask, causal=True, block_sizes=None):
+        dtype = q.dtype
+        if dtype == jnp.float32:
+            q, k, v = (x.astype(self.kernel_dtype) for x in (q, k, v))
+        out = block_sparse_attention(q, k, v, mask, impl="mosaic", block_size=self.block_size,
+                                     causal=causal, interpret=self.interpret,
+                                     block_sizes=block_sizes or self.block_sizes)
+        return out.astype(dtype)
+
+    def close(self, out, exp, dtype, what):
+        if dtype == jnp.float32:
+            dtype = self.kernel_dtype
+        assert_close(out, exp, dtype=jnp.dtype(dtype).name, what=what)
+
+    def _check_variant(self, sizes, seed=90, S=None, causal=True):
+        S = S or self.S
+        q, k, v = _qkv(seed, S, 4, 2, 128, jnp.bfloat16)
+        mask = _random_mask(seed, 1, 4, self.blocks(S))
+        bm = BlockMask.from_dense(mask, block_size=self.block_size, seq_len=S, causal=causal)
+        exp = reference.block_sparse_attention(*(x.astype(jnp.float32) for x in (q, k, v)),
+                                               bm.mask, block_size=self.block_size,
+                                               causal=causal)
+        out = self.attend(q, k, v, bm, causal=causal, block_sizes=sizes)
+        self.close(out, exp, jnp.bfloat16, f"{sizes}")
+
+
+class TestMosaicInterpret(MosaicBase):
+    """The kernel through the Mosaic GPU interpreter on the CPU (pv="smem")."""
+
+    interpret = True
+    block_size = 128
+    S = 300  # 3 blocks, the last one ragged
+
+    @pytest.mark.parametrize("sizes", [BlockSizes(stages=1), BlockSizes(stages=3),
+                                       BlockSizes(schedule_barrier=False)])
+    def test_pipeline_variants(self, sizes):
+        """Ring depth and the ping-pong barrier change the schedule, never the answer."""
+        self._check_variant(sizes, S=520)  # 5 blocks: the 3-slot ring wraps
+
+    def test_no_races(self):
+        """The interpreter's happens-before race detector finds no race in the barrier protocol
+        (TMA ring, consumed barriers, the P tiles, the output tile)."""
+        from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call as ipc
+
+        q, k, v = _qkv(91, 400, 2, 1, 64, jnp.bfloat16)
+        mask = _random_mask(91, 1, 2, self.blocks(400), p=0.7)
+        params = plgpu.InterpretGPUParams(detect_races=True)
+        out = block_sparse_attention(q, k, v, mask, impl="mosaic", block_size=128,
+                                     interpret=params)
+        jax.block_until_ready(out)
+        assert not ipc.get_races().races_found, "race detected in the mosaic kernel"
+
+    def test_small_selection_block(self):
+        """The interpreter also runs selection blocks other than 128 (16-row warpgroups here);
+        the GPU path needs 128."""
+        q, k, v = _qkv(92, 150, 4, 2, 64, jnp.float16)
+        mask = _random_mask(92, 1, 4, 5)
+        bm = BlockMask.from_dense(mask, block_size=32, seq_len=150)
+        exp = reference.block_sparse_attention(*(x.astype(jnp.float32) for x in (q, k, v)),
+                                               bm.mask, block_size=32)
+        out = block_sparse_attention(q, k, v, bm, impl="mosaic", block_size=32, interpret=True)
+        assert_close(out, exp, dtype="float16", what="block_size 32")
+
+    def test_rejects_float32_and_register_variant(self):
+        q, k, v = _qkv(0, 128, 1, 1, 64)
+        mask = jnp.ones((1, 1, 1, 1), bool)
+        with pytest.raises(NotImplementedError, match="bfloat16 or float16"):
+            block_sparse_attention(q, k, v, mask, impl="mosaic", block_size=128, interpret=True)
+        q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+        with pytest.raises(ValueError, match="interpreter"):
+            block_sparse_attention(q, k, v, mask, impl="mosaic", block_size=128, interpret=True,
+                                   block_sizes=BlockSizes(pv="registers"))
+
+    def test_needs_hopper_without_interpret(self):
+        if any(d.platform == "gpu" for d in jax.devices()):
+            pytest.skip("a GPU is visible")
+        q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(0, 128, 1, 1, 64))
+        with pytest.raises(NotImplementedError, match="Hopper"):
+            block_sparse_attention(q, k, v, jnp.ones((1, 1, 1, 1), bool), impl="mosaic",
+                                   block_size=128)
+
+
+@pytest.mark.gpu
+class TestMosaicGPU(MosaicBase):
+    """Compiled for Hopper (sm_90) with the production selection block; default pv="registers"."""
+
+    block_size = 128
+    S = 700
+
+    @pytest.mark.parametrize("sizes", [BlockSizes(pv="smem"), BlockSizes(stages=3),
+                                       BlockSizes(schedule_barrier=False),
+                                       BlockSizes(pv="smem", stages=1)])
+    def test_pipeline_variants(self, sizes):
+        self._check_variant(sizes, S=1000)
+
+    def test_non_causal_registers_and_smem(self):
+        for pv in ("registers", "smem"):
+            self._check_variant(BlockSizes(pv=pv), seed=93, S=1000, causal=False)
+
+    def test_matches_interpreter(self):
+        """The compiled registers variant equals the interpreted smem variant up to rounding."""
+        q, k, v = _qkv(94, 600, 4, 2, 128, jnp.bfloat16)
+        mask = _random_mask(94, 1, 4, self.blocks(600))
+        gpu = block_sparse_attention(q, k, v, mask, impl="mosaic", block_size=128)
+        host = jax.devices("cpu")[0]
+        with jax.default_device(host):
+            cpu = block_sparse_attention(*(jax.device_put(x, host) for x in (q, k, v, mask)),
+                                         impl="mosaic", block_size=128, interpret=True)
+        assert_close(np.asarray(gpu, np.float32), np.asarray(cpu, np.float32),
+                     dtype="bfloat16", what="GPU vs interpreter")
