@@ -21,13 +21,21 @@ from pathlib import Path
 import numpy as np
 
 
-class ConfigError(ValueError):
-    """Every problem found in one config file, each naming the file and the key."""
+class ProblemsError(ValueError):
+    """Every problem found in one input, raised together (each names its file and culprit)."""
+
+    kind = "input"
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        super().__init__(f"{len(problems)} config problem(s):\n" +
+        super().__init__(f"{len(problems)} {self.kind} problem(s):\n" +
                          "\n".join(f"  - {p}" for p in problems))
+
+
+class ConfigError(ProblemsError):
+    """Every problem found in one config file, each naming the file and the key."""
+
+    kind = "config"
 
 
 @dataclasses.dataclass(frozen=True)

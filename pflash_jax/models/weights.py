@@ -18,7 +18,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from pflash_jax.models.config import Qwen3Config
+from pflash_jax.models.config import ProblemsError, Qwen3Config
 from pflash_jax.models.params import layer_shapes, param_shapes
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
@@ -29,13 +29,10 @@ FLOAT_DTYPES = ("F32", "BF16", "F16")
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ProblemsError):
     """Every problem found in a checkpoint, each naming the file and the tensor."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__(f"{len(problems)} checkpoint problem(s):\n" +
-                         "\n".join(f"  - {p}" for p in problems))
+    kind = "checkpoint"
 
 
 @dataclasses.dataclass(frozen=True)
