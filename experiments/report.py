@@ -52,6 +52,8 @@ def flat_rows(paths: list[Path]) -> list[dict]:
                                      "block_density", "pflash_ttft_s", "full_ttft_s")},
             "peak_memory_gib": (m.get("peak_memory_bytes") or 0) / 2**30 or None,
             "repeats": m["run_config"].get("repeats", 1),
+            "random_init": bool(m["models"]["drafter"].get("random_init")
+                                or m["models"]["target"].get("random_init")),
         }
         if cases:
             for path in ("pflash", "full"):
@@ -97,6 +99,9 @@ def speed_table(rows: list[dict]) -> str:
                  f"{_fmt(r.get('full_compile_s'), '.3g')} / "
                  f"{_fmt(r.get('pflash_compile_s'), '.3g')} | "
                  f"{_fmt(r['peak_memory_gib'], '.3g')} |\n")
+    if any(r["random_init"] for r in rows):
+        body += ("\nRandom-init weights attend diffusely, so their drafter block density is fixed "
+                 "(not alpha-selected) and these rows measure speed only, not quality.\n")
     return head + body
 
 
