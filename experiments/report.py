@@ -159,25 +159,34 @@ def plots(rows: list[dict], out: Path) -> list[str]:
     qual = [r for r in rows if r.get("pflash_acc") is not None]
     spans = sorted({r["span_size"] for r in qual})
     keeps = sorted({r["keep_ratio"] for r in qual})
+    presets = sorted({r["preset"] for r in qual})
     if qual and len(spans) > 1 and len(keeps) > 1:
-        grid = np.full((len(spans), len(keeps)), np.nan)
-        acc = defaultdict(list)
-        for r in qual:
-            acc[(r["span_size"], r["keep_ratio"])].append(r["pflash_acc"])
-        for (sp, kp), v in acc.items():
-            grid[spans.index(sp), keeps.index(kp)] = np.mean(v)
-        fig, ax = plt.subplots(figsize=(5, 4))
-        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
-        ax.set_xticks(range(len(keeps)), [str(k) for k in keeps])
-        ax.set_yticks(range(len(spans)), [str(s) for s in spans])
-        for i in range(len(spans)):
-            for j in range(len(keeps)):
-                if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="w" if grid[i, j] < 0.6 else "k")
-        ax.set(xlabel="keep ratio", ylabel="span size", title="PFlash accuracy (all tasks, S)")
-        fig.colorbar(im)
-        fig.tight_layout()
+        # One panel per preset, averaged over the tasks that cover every cell of the grid, so
+        # a partially run task cannot tilt some cells and not others.
+        fig, axes = plt.subplots(1, len(presets), figsize=(4.6 * len(presets), 4), squeeze=False)
+        for ax, pre in zip(axes[0], presets, strict=True):
+            rp = [r for r in qual if r["preset"] == pre]
+            cells = {(sp, kp) for sp in spans for kp in keeps}
+            tasks = sorted(t for t in {r["task"] for r in rp}
+                           if {(r["span_size"], r["keep_ratio"]) for r in rp
+                               if r["task"] == t} >= cells)
+            grid = np.full((len(spans), len(keeps)), np.nan)
+            for i, sp in enumerate(spans):
+                for j, kp in enumerate(keeps):
+                    v = [r["pflash_acc"] for r in rp if r["task"] in tasks
+                         and r["span_size"] == sp and r["keep_ratio"] == kp]
+                    if v:
+                        grid[i, j] = np.mean(v)
+                        ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
+                                fontsize=7, color="w" if grid[i, j] < 0.6 else "k")
+            im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
+            ax.set_xticks(range(len(keeps)), [str(k) for k in keeps])
+            ax.set_yticks(range(len(spans)), [str(s) for s in spans])
+            ax.set(xlabel="keep ratio", ylabel="span size",
+                   title=f"{pre}: {', '.join(tasks) or 'no task covers the grid'}")
+            ax.title.set_fontsize(8)
+        fig.colorbar(im, ax=axes[0].tolist())
+        fig.suptitle("PFlash accuracy (mean over the listed tasks)", fontsize=9)
         fig.savefig(out / "acc_heatmap.png", dpi=120)
         plt.close(fig)
         made.append("acc_heatmap.png")
