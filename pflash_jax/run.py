@@ -129,7 +129,8 @@ def run_job(c: RunConfig) -> dict:
     cases = []
     for p in tqdm(prompts(c, target), desc="cases", disable=c.quiet):
         row: dict = {"S": int(p.ids.shape[0])}
-        kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk)
+        eos = tok.eos_token_id if tok is not None else None
+        kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk, eos_id=eos)
         t0 = time.perf_counter()
         first = speculative_prefill(drafter, target, p.ids, pcfg, **kw)  # compiles
         row["pflash_first_call_s"] = time.perf_counter() - t0
@@ -152,14 +153,15 @@ def run_job(c: RunConfig) -> dict:
         if p.case is not None:
             row["task"] = p.case.task
             row["recall"] = needle_recall(r.kept_positions, p.case.needle_positions)
-            row["pflash_answer"] = tok.decode(r.tokens)
+            row["pflash_answer"] = tok.decode(r.tokens, skip_special_tokens=True)
             row["pflash_acc"] = score(p.case, r.tokens, tok)
             row["expected"] = list(p.case.answers)
             if c.compare_full:
-                row["full_answer"] = tok.decode(np.asarray(row["full_tokens"]))
+                row["full_answer"] = tok.decode(np.asarray(row["full_tokens"]),
+                                                skip_special_tokens=True)
                 row["full_acc"] = score(p.case, fulls[-1].tokens, tok)
         elif tok is not None:
-            row["pflash_answer"] = tok.decode(r.tokens)
+            row["pflash_answer"] = tok.decode(r.tokens, skip_special_tokens=True)
         cases.append(row)
         if not c.quiet:
             print_case(row, r.kept_positions)

@@ -187,7 +187,8 @@ def _target_attn() -> str:
     return "cudnn" if jax.default_backend() == "gpu" else "reference"
 
 
-def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, attn=None):
+def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, attn=None,
+                        eos_id=None):
     """Shared tail of both paths: prefill (timed), first token (timed), decode (timed)."""
     n = ids.shape[0]
     nb = bucket(n)
@@ -208,6 +209,8 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
     timings.update(target_prefill=t1 - t0, first_token=t2 - t1)
     out, pos = [tok], int(positions[-1])
     for _ in range(max_new_tokens - 1):
+        if tok == eos_id:
+            break
         pos += 1
         lg, cache = qwen3.decode_jit(target.params, cfg, jnp.asarray([tok], jnp.int32),
                                      jnp.asarray([pos], jnp.int32), cache)
@@ -218,12 +221,13 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
 
 
 def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = None,
-                 attn: str | None = None) -> FullResult:
-    """The baseline: prefill of all S tokens (cuDNN on GPU), then greedy decode."""
+                 attn: str | None = None, eos_id: int | None = None) -> FullResult:
+    """The baseline: prefill of all S tokens (cuDNN on GPU), then greedy decode (stopping
+    after eos_id when given)."""
     ids = np.asarray(ids, np.int32)
     timings: dict = {}
     tokens = _prefill_and_decode(target, ids, np.arange(ids.shape[0], dtype=np.int32),
-                                 max_new_tokens, chunk, timings, attn)
+                                 max_new_tokens, chunk, timings, attn, eos_id)
     timings["ttft"] = timings["target_prefill"] + timings["first_token"]
     return FullResult(tokens, timings)
 
@@ -239,9 +243,10 @@ def _lookahead_importance(drafter, ids: np.ndarray, cfg: PFlashConfig, chunk):
 
 
 def speculative_prefill(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int = 1,
-                        chunk: int | None = None, target_attn: str | None = None
-                        ) -> PFlashResult:
-    """Run PFlash on one prompt (1-D ids). See the module docstring for stages and choices."""
+                        chunk: int | None = None, target_attn: str | None = None,
+                        eos_id: int | None = None) -> PFlashResult:
+    """Run PFlash on one prompt (1-D ids). See the module docstring for stages and choices.
+    Greedy decoding stops after eos_id when given (tokens then ends with it)."""
     ids = np.asarray(ids, np.int32)
     _check_inputs(drafter, target, ids, cfg)
     S = ids.shape[0]
@@ -267,7 +272,7 @@ def speculative_prefill(drafter, target, ids, cfg: PFlashConfig, *, max_new_toke
 
     positions = target_positions(kept, cfg.selection.positions)
     tokens = _prefill_and_decode(target, ids[kept], positions, max_new_tokens, chunk, timings,
-                                 target_attn)
+                                 target_attn, eos_id)
     timings["ttft"] = sum(timings[s] for s in STAGES)
     dens = None if density is None else float(density)
     if resolve_impl(cfg.attention_impl) == "dense":

@@ -25,7 +25,8 @@ def test_pflash_run_end_to_end(tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     case = m["cases"][0]
     assert case["S"] == 2048 and 0 < case["n_kept"] < 2048
-    assert len(case["pflash_tokens"]) == 4 and len(case["full_tokens"]) == 4
+    # greedy decoding stops after eos, so at most max_new_tokens tokens
+    assert 1 <= len(case["pflash_tokens"]) <= 4 and 1 <= len(case["full_tokens"]) <= 4
     assert case["speedup"] > 0 and m["provenance"]["device"]
     for stage in ("drafter_forward", "scoring", "selection", "target_prefill", "first_token"):
         assert case["pflash"][stage] >= 0
