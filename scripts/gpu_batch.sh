@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A device call's worth of GPU work in named, time-boxed stages; everything lands under $OUT.
+# Run on the GPU machine from the repo root (hydra wheels installed, PYTHONPATH set, see
+# DEVICE.md), e.g.:
+#   bash scripts/gpu_batch.sh tests prefill speedup
+# Stages:
+#   tests     every `gpu`-marked test                                   (~2 min)
+#   prefill   full-prefill baselines, Qwen3-0.6B and -8B at 131072      (~2 min)
+#   kernel    kernel bench at 32K/128K x density 1.0/0.1 (triton)       (~1 min)
+#   speedup   experiment=speedup (0.6B -> 8B, 32K-128K)                 (~2.5 min)
+#   speedup14 the same with a Qwen3-14B target                          (~3 min)
+# Each stage writes a log and its metrics; all of it comes back as $OUT/gpu_batch.tgz, and a
+# short table of what ran is printed last.
+set -uo pipefail
+: "${OUT:?OUT must be set (the device tool sets it)}"
+summary=()
+stage() {  # name, timeout seconds, command...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  summary+=("$(printf '%-10s rc=%-3s %4ss' "$name" "$rc" $((SECONDS - t0)))")
+}
+nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/device.txt"
+for s in "$@"; do
+  case $s in
+    tests) stage tests 300 env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q tests ;;
+    prefill)
+      mkdir -p "$OUT/prefill"
+      stage prefill06 150 python3 experiments/bench_prefill.py --model qwen3-0.6b --out "$OUT/prefill"
+      stage prefill8 200 python3 experiments/bench_prefill.py --model qwen3-8b --out "$OUT/prefill"
+      python3 experiments/bench_prefill.py --report --out "$OUT/prefill" > /dev/null 2>&1 ;;
+    kernel) stage kernel 150 python3 experiments/kernel_bench.py 'seq_lens=[32768,131072]' \
+        'densities=[1.0,0.1]' tune.enabled=false gqa_share.enabled=false out_dir="$OUT/kernel" ;;
+    speedup) stage speedup 300 python3 experiments/run.py -m experiment=speedup \
+        hydra.sweep.dir="$OUT/speedup" ;;
+    speedup14) stage speedup14 360 python3 experiments/run.py -m experiment=speedup \
+        model@target=qwen3_14b target.random_init=true hydra.sweep.dir="$OUT/speedup14" ;;
+    *) echo "unknown stage $s" >&2; exit 2 ;;
+  esac
+done
+# The device returns at most 8 files, 2 folders deep: pack everything into one archive.
+tar czf /tmp/gpu_batch.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gpu_batch.tgz "$OUT/"
+printf '%s\n' "${summary[@]}"
