@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from pflash_jax import bench  # noqa: E402
 from pflash_jax.attention import dense_attention, select_blocks, select_blocks_fixed_density  # noqa: E402
+from pflash_jax.attention import mosaic as mg  # noqa: E402
 from pflash_jax.attention import triton as tr  # noqa: E402
 from pflash_jax.attention.blockmask import BlockMask  # noqa: E402
 from pflash_jax.attention.selection import (  # noqa: E402
@@ -61,9 +62,15 @@ def tile_sizes(c):
 
 
 INTERPRET = False  # set from cfg.interpret in main (CPU smoke runs only)
+IMPL = "triton"  # set from cfg.impl in main: triton | mosaic | mosaic_smem (Hopper)
+# Mosaic kernel knobs per impl name; "mosaic_smem" is its P-through-shared-memory variant.
+MOSAIC = {"mosaic": mg.BlockSizes(), "mosaic_smem": mg.BlockSizes(pv="smem")}
 
 
 def sparse_fn(sizes):
+    if IMPL in MOSAIC:  # Triton tiles do not apply: the Mosaic kernel's tiles are the block
+        return jax.jit(lambda q, k, v, bm: mg.block_sparse_attention(
+            q, k, v, bm, block_sizes=MOSAIC[IMPL], interpret=INTERPRET))
     return jax.jit(lambda q, k, v, bm: tr.block_sparse_attention(q, k, v, bm, block_sizes=sizes,
                                                                  interpret=INTERPRET))
 
@@ -213,7 +220,8 @@ def table(metrics) -> str:
         f"Qwen3-0.6B attention: B={metrics['config']['batch']}, "
         f"{metrics['config']['num_heads']} q / {metrics['config']['num_kv_heads']} kv heads, "
         f"H={metrics['config']['head_dim']}, {metrics['config']['dtype']}; selection block "
-        f"{metrics['config']['block_size']}; Triton tiles {kc}. Fixed-density masks (structural "
+        f"{metrics['config']['block_size']}; {metrics['config'].get('impl', 'triton')} "
+        f"kernel {kc}. Fixed-density masks (structural "
         f"blocks always kept). 'alpha sel' = alpha={metrics['config']['alpha']} selection with the "
         f"Triton mass kernel (the production path; its density on these random inputs is "
         f"irrelevant to its time), 'xla sel' = the same in plain jnp, 'fixed sel' = the "
@@ -248,9 +256,13 @@ def table(metrics) -> str:
 
 @hydra.main(config_path="../configs", config_name="kernel_bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    global INTERPRET
+    global INTERPRET, IMPL
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     INTERPRET = bool(cfg.interpret)
+    IMPL = str(cfg.impl)
+    if IMPL not in ("triton", *MOSAIC) or (IMPL != "triton" and cfg.tune.enabled):
+        raise ValueError(f"impl={IMPL!r}: expected triton, mosaic or mosaic_smem (tune is "
+                         f"Triton tiles only)")
     print(bench.provenance(), flush=True)
     sizes = tile_sizes([cfg.kernel.block_q, cfg.kernel.block_k, cfg.kernel.num_warps,
                         cfg.kernel.num_stages, cfg.kernel.group_heads])
@@ -260,6 +272,8 @@ def main(cfg: DictConfig) -> None:
         print("best tiles", metrics["tune"]["best"], flush=True)
     metrics["kernel"] = [sizes.block_q, sizes.block_k, sizes.num_warps, sizes.num_stages,
                          sizes.group_heads]
+    if IMPL in MOSAIC:
+        metrics["kernel"] = [IMPL, str(MOSAIC[IMPL])]
     if cfg.gqa_share.enabled:
         metrics["gqa_share"] = gqa_share(cfg, sizes)
     if cfg.selection_breakdown:

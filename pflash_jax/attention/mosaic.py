@@ -66,7 +66,7 @@ class BlockSizes:
     """Pipeline knobs. The tiles themselves are fixed by the selection block: each compute
     warpgroup owns block_size / 2 query rows and a K/V step is one kept selection block."""
 
-    stages: int = 2  # K/V shared-memory slots in flight (attention_mgpu: max_concurrent_steps)
+    stages: int = 2  # K/V shared-memory slots in flight (>= 2 with the schedule barrier)
     pv: Literal["registers", "smem"] | None = None  # None: "registers" on GPU, "smem" interpret
     schedule_barrier: bool = True  # ping-pong the two compute warpgroups (FA3)
     compute_registers: int = 232  # setmaxnreg for compute / memory warpgroups:
@@ -267,7 +267,11 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
     if interpret is not None and pv == "registers":
         raise ValueError("pv='registers' (register A operand, pl.run_state) does not run in the "
                          "Mosaic GPU interpreter; use pv='smem' or pv=None with interpret=True")
-    stages = max(1, min(block_sizes.stages, M))
+    if block_sizes.stages < (2 if block_sizes.schedule_barrier else 1):
+        # With one slot, warpgroup 0's next load waits for warpgroup 1's P @ V, which waits
+        # (schedule barrier) for warpgroup 0's next Q K^T: a deadlock.
+        raise ValueError(f"stages={block_sizes.stages}: the schedule barrier needs >= 2 stages")
+    stages = min(block_sizes.stages, M)  # a row keeps at most M blocks
     S_pad = M * bs
     if S_pad != S:
         pad = ((0, 0), (0, S_pad - S), (0, 0), (0, 0))

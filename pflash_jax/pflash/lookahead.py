@@ -23,21 +23,15 @@ from pflash_jax.models import qwen3
 from pflash_jax.models.qwen3 import KVCache, embed, final_logits, layer_finish, layer_qkv
 from pflash_jax.numerics import MASK_VALUE, SOFTMAX_DTYPE
 from pflash_jax.pflash.config import PFlashConfig
+from pflash_jax.pflash.pipeline import _PAD_POS, _scoring_qk, drafter_attention
 from pflash_jax.pflash.scoring import fold_layer, init_running_max
 
-_PAD_POS = np.iinfo(np.int32).max
 # Not donating: the prompt cache is read again by the extend pass after decoding.
 _decode = jax.jit(qwen3.decode, static_argnames=("cfg",))
 
 
-def _scoring_qk(qkv, rope):
-    return (qkv.q_pre, qkv.k_pre) if rope == "nope" else (qkv.q, qkv.k)
-
-
 @partial(jax.jit, static_argnames=("mcfg", "pcfg", "chunk", "cache_len"))
 def _prefill_keep(params, mcfg, ids, length, pcfg: PFlashConfig, chunk, cache_len):
-    from pflash_jax.pflash.pipeline import drafter_attention
-
     scfg = pcfg.scoring
     Sb = ids.shape[1]
     positions = jnp.arange(Sb, dtype=jnp.int32)[None]
