@@ -125,6 +125,13 @@ def run_job(c: RunConfig) -> dict:
 
     pcfg = pflash_config(c)
     drafter, target = load(c.drafter, "drafter"), load(c.target, "target")
+    if not c.quiet:
+        for role, m, spec in (("drafter", drafter, c.drafter), ("target", target, c.target)):
+            d = describe(m, spec)
+            src = ("random init" if spec.random_init else spec.path
+                   or f"embedded tiny pair ({spec.embedded})")
+            print(f"{role}: {d['name']} [{src}], {d['layers']} layers, hidden {d['hidden']}, "
+                  f"{d['heads']}/{d['kv_heads']} heads, {d['dtype']}, {jax.default_backend()}")
     tok = target.tokenizer
     cases = []
     for p in tqdm(prompts(c, target), desc="cases", disable=c.quiet):
