@@ -9,17 +9,17 @@ from pathlib import Path
 
 import hydra
 import jax
-import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pflash_jax.bench import provenance, write_metrics
-from pflash_jax.embedded import open_model, tiny_pair
 from pflash_jax.models.qwen3 import greedy_generate
 from pflash_jax.pflash.config import preset
 from pflash_jax.pflash.pipeline import speculative_prefill
 from pflash_jax.pflash.spans import needle_recall
+from pflash_jax.run import load
+from pflash_jax.run_config import ModelSpec
 from pflash_jax.tasks import make_cases, score
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,15 +55,11 @@ def render(rows: list[dict], prov: dict, cfg: dict) -> str:
 
 @hydra.main(config_path="../configs", config_name="eval_tiny", version_base=None)
 def main(c: DictConfig) -> None:
-    if c.models_dir:
-        drafter = open_model(Path(c.models_dir) / "drafter")
-        target = open_model(Path(c.models_dir) / "target")
-    else:
-        drafter, target = tiny_pair()
-    if jax.default_backend() == "gpu":  # cuDNN flash attention needs a 16-bit dtype
-        cast = lambda m: m.__class__(m.config, jax.tree.map(  # noqa: E731
-            lambda a: a.astype(jnp.bfloat16), m.params), m.tokenizer)
-        drafter, target = cast(drafter), cast(target)
+    # dtype "auto": bf16 on GPU (cuDNN flash attention needs a 16-bit dtype), f32 on CPU
+    drafter, target = (
+        load(ModelSpec(name, path=str(Path(c.models_dir) / role) if c.models_dir else None,
+                       embedded=role), role)
+        for name, role in (("tiny_drafter", "drafter"), ("tiny_target", "target")))
     attn = "cudnn" if jax.default_backend() == "gpu" else "reference"
     tok = target.tokenizer
     pcfg = preset(c.preset, keep_ratio=c.keep_ratio, span_size=c.span_size,

@@ -23,7 +23,13 @@ from pflash_jax.models import qwen3
 from pflash_jax.models.qwen3 import KVCache, embed, final_logits, layer_finish, layer_qkv
 from pflash_jax.numerics import MASK_VALUE, SOFTMAX_DTYPE
 from pflash_jax.pflash.config import PFlashConfig
-from pflash_jax.pflash.pipeline import _PAD_POS, _scoring_qk, drafter_attention
+from pflash_jax.pflash.pipeline import (
+    _PAD_POS,
+    _scoring_qk,
+    drafter_attention,
+    layer_finish_chunked,
+    layer_qkv_chunked,
+)
 from pflash_jax.pflash.scoring import fold_layer, init_running_max
 
 # Not donating: the prompt cache is read again by the extend pass after decoding.
@@ -38,17 +44,16 @@ def _prefill_keep(params, mcfg, ids, length, pcfg: PFlashConfig, chunk, cache_le
     k_pos = jnp.where(positions[0] < length, positions[0], _PAD_POS)
     q_pos = (length - 1)[None]
     attn = drafter_attention(pcfg)
-    cos, sin = qwen3.rope_tables(mcfg, positions)  # once, outside the layer scan
+    rope = qwen3.rope_tables(mcfg, positions)  # once, outside the layer scan
 
     def body(carry, layer):
         x, rmax, dens = carry
-        qkv = qwen3._chunked(lambda xc, cc, sc: layer_qkv(layer, xc, None, mcfg, rope=(cc, sc)),
-                             chunk, x, cos, sin)
+        qkv = layer_qkv_chunked(layer, x, rope, mcfg, chunk)
         qs, ks = _scoring_qk(qkv, scfg.rope)
         q_last = jax.lax.dynamic_slice_in_dim(qs[0], length - 1, 1, axis=0)
         rmax = fold_layer(rmax, q_last, ks[0], q_pos, k_pos, scfg)
         o, d = attn(qkv.q, qkv.k, qkv.v)
-        x = qwen3._chunked(lambda xc, oc: layer_finish(layer, xc, oc, mcfg), chunk, x, o)
+        x = layer_finish_chunked(layer, x, o, mcfg, chunk)
         pad = [(0, 0), (0, cache_len - Sb), (0, 0), (0, 0)]
         return (x, rmax, dens + d), (jnp.pad(qkv.k, pad), jnp.pad(qkv.v, pad), ks[0])
 

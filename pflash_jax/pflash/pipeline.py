@@ -129,6 +129,17 @@ def drafter_attention(cfg: PFlashConfig):
     return attn
 
 
+def layer_qkv_chunked(layer, x, rope, mcfg, chunk):
+    """layer_qkv over sequence chunks with RoPE tables (cos, sin) built once by the caller."""
+    cos, sin = rope
+    return qwen3._chunked(lambda xc, cc, sc: layer_qkv(layer, xc, None, mcfg, rope=(cc, sc)),
+                          chunk, x, cos, sin)
+
+
+def layer_finish_chunked(layer, x, o, mcfg, chunk):
+    return qwen3._chunked(lambda xc, oc: layer_finish(layer, xc, oc, mcfg), chunk, x, o)
+
+
 def _scoring_qk(qkv, rope: str):
     return (qkv.q_pre, qkv.k_pre) if rope == "nope" else (qkv.q, qkv.k)
 
@@ -144,11 +155,10 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
     k_pos = jnp.where(positions[0] < length, positions[0], _PAD_POS)
     q_pos = length - T + jnp.arange(T, dtype=jnp.int32)
     attn = drafter_attention(pcfg)
-    cos, sin = qwen3.rope_tables(mcfg, positions)  # once, outside the layer scan
+    rope = qwen3.rope_tables(mcfg, positions)  # once, outside the layer scan
 
     def qkv_of(layer, x):
-        return qwen3._chunked(lambda xc, cc, sc: layer_qkv(layer, xc, None, mcfg, rope=(cc, sc)),
-                              chunk, x, cos, sin)
+        return layer_qkv_chunked(layer, x, rope, mcfg, chunk)
 
     def fold(rmax, qkv):
         qs, ks = _scoring_qk(qkv, scfg.rope)
@@ -160,7 +170,7 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
         qkv = qkv_of(layer, x)
         rmax = fold(rmax, qkv)
         o, d = attn(qkv.q, qkv.k, qkv.v)
-        x = qwen3._chunked(lambda xc, oc: layer_finish(layer, xc, oc, mcfg), chunk, x, o)
+        x = layer_finish_chunked(layer, x, o, mcfg, chunk)
         return (x, rmax, dens + d), None
 
     L = mcfg.num_hidden_layers
