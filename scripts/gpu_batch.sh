@@ -7,6 +7,9 @@
 #   tests     every `gpu`-marked test                                   (~2 min)
 #   prefill   full-prefill baselines, Qwen3-0.6B and -8B at 131072      (~2 min)
 #   kernel    kernel bench at 32K/128K x density 1.0/0.1 (triton)       (~1 min)
+#   kb:IMPL:H the same grid for impl IMPL (triton|mosaic|mosaic_smem), H query heads
+#             (16 = Qwen3-0.6B, 32 = Qwen3-8B; 8 kv heads), 3 repeats      (~1 min)
+#   mtests    the `gpu`-marked tests of the Mosaic kernel only             (~1 min)
 #   speedup   experiment=speedup (0.6B -> 8B, 32K-128K)                 (~2.5 min)
 #   speedup14 the same with a Qwen3-14B target                          (~3 min)
 # Each stage writes a log and its metrics; all of it comes back as $OUT/gpu_batch.tgz, and a
@@ -25,10 +28,18 @@ nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/device.txt"
 for s in "$@"; do
   case $s in
     tests) stage tests 300 env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q tests ;;
+    mtests) stage mtests 110 env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q -x \
+        tests/attention/test_block_sparse_mosaic.py ;;
+    kb:*:*)
+      IFS=: read -r _ impl heads <<< "$s"
+      stage "kb_${impl}_$heads" 90 python3 experiments/kernel_bench.py impl="$impl" \
+        num_heads="$heads" 'seq_lens=[32768,131072]' 'densities=[1.0,0.1]' repeats=3 \
+        tune.enabled=false gqa_share.enabled=false selection_breakdown=false \
+        out_dir="$OUT/kb_${impl}_$heads" ;;
     prefill)
       mkdir -p "$OUT/prefill"
-      stage prefill06 150 python3 experiments/bench_prefill.py --model qwen3-0.6b --out "$OUT/prefill"
-      stage prefill8 200 python3 experiments/bench_prefill.py --model qwen3-8b --out "$OUT/prefill"
+      stage prefill06 100 python3 experiments/bench_prefill.py --model qwen3-0.6b --out "$OUT/prefill"
+      stage prefill8 160 python3 experiments/bench_prefill.py --model qwen3-8b --out "$OUT/prefill"
       python3 experiments/bench_prefill.py --report --out "$OUT/prefill" > /dev/null 2>&1 ;;
     kernel) stage kernel 150 python3 experiments/kernel_bench.py 'seq_lens=[32768,131072]' \
         'densities=[1.0,0.1]' tune.enabled=false gqa_share.enabled=false out_dir="$OUT/kernel" ;;
