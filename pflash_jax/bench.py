@@ -52,7 +52,11 @@ def time_fn(fn: Callable[..., Any], *args, warmup: int = 1, repeats: int = 5, **
 
 
 def git_commit() -> str:
-    """The commit of the working tree (with '+dirty' when it has changes), or 'unknown'."""
+    """$PFLASH_COMMIT when set (the GPU machine gets a copy of the working tree whose .git may
+    lag behind: the device calls pass the real commit), else the commit of the working tree
+    (with '+dirty' when it has changes), else 'unknown'."""
+    if os.environ.get("PFLASH_COMMIT"):
+        return os.environ["PFLASH_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,

@@ -10,6 +10,8 @@
 #   kb:IMPL:H the same grid for impl IMPL (triton|mosaic|mosaic_smem), H query heads
 #             (16 = Qwen3-0.6B, 32 = Qwen3-8B; 8 kv heads), 3 repeats      (~1 min)
 #   mtests    the `gpu`-marked tests of the Mosaic kernel only             (~1 min)
+#   prefillm  the prefill baselines with the Mosaic kernel as dense attention (~2 min)
+#   probe     experiments/probe_selection.py at 128K, 16/8 heads           (~30 s)
 #   speedup   experiment=speedup (0.6B -> 8B, 32K-128K)                 (~2.5 min)
 #   speedup14 the same with a Qwen3-14B target                          (~3 min)
 # Each stage writes a log and its metrics; all of it comes back as $OUT/gpu_batch.tgz, and a
@@ -41,6 +43,14 @@ for s in "$@"; do
       stage prefill06 100 python3 experiments/bench_prefill.py --model qwen3-0.6b --out "$OUT/prefill"
       stage prefill8 160 python3 experiments/bench_prefill.py --model qwen3-8b --out "$OUT/prefill"
       python3 experiments/bench_prefill.py --report --out "$OUT/prefill" > /dev/null 2>&1 ;;
+    prefillm)
+      mkdir -p "$OUT/prefill"
+      stage prefillm06 100 python3 experiments/bench_prefill.py --model qwen3-0.6b --attn mosaic \
+        --out "$OUT/prefill"
+      stage prefillm8 160 python3 experiments/bench_prefill.py --model qwen3-8b --attn mosaic \
+        --out "$OUT/prefill"
+      python3 experiments/bench_prefill.py --report --out "$OUT/prefill" > /dev/null 2>&1 ;;
+    probe) stage probe 90 python3 experiments/probe_selection.py --out "$OUT/probe" ;;
     kernel) stage kernel 150 python3 experiments/kernel_bench.py 'seq_lens=[32768,131072]' \
         'densities=[1.0,0.1]' tune.enabled=false gqa_share.enabled=false out_dir="$OUT/kernel" ;;
     speedup) stage speedup 300 python3 experiments/run.py -m experiment=speedup \

@@ -1,10 +1,12 @@
 """One entry per attention mode, dispatching on `impl=`.
 
-dense_attention: impl in {"reference", "xla", "cudnn"}.
+dense_attention: impl in {"reference", "xla", "cudnn", "mosaic"}.
   reference  chunked plain-jnp spec (any backend, float32 softmax)
   xla        jax.nn.dot_product_attention(implementation="xla"): materialises T x S, small only
   cudnn      jax.nn.dot_product_attention(implementation="cudnn"): the dense flash baseline on
              NVIDIA GPUs. Never given a boolean mask (it would become a dense S x S bias).
+  mosaic     the Mosaic GPU block-sparse kernel with every causal block kept (Hopper, prefill
+             T == S, bf16/f16): measured against cudnn in results/prefill_baseline.
 
 block_sparse_attention: impl in {"reference", "triton", "mosaic"}.
   reference  dense attention with the block mask expanded to tokens (the spec)
@@ -22,8 +24,22 @@ import jax
 from pflash_jax.attention import reference
 from pflash_jax.attention.blockmask import BlockMask
 
-DENSE_IMPLS = ("reference", "xla", "cudnn")
+DENSE_IMPLS = ("reference", "xla", "cudnn", "mosaic")
 SPARSE_IMPLS = ("reference", "triton", "mosaic")
+
+
+def is_hopper() -> bool:
+    """True when the default device is an sm_90 GPU (H100/H200): Mosaic GPU kernels run there."""
+    dev = jax.devices()[0]
+    return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")
+
+
+def default_sparse_impl() -> str:
+    """The block-sparse kernel to use here: "mosaic" on Hopper, "triton" on other GPUs (sm_80+,
+    e.g. an RTX 3090), "reference" without a GPU."""
+    if jax.default_backend() != "gpu":
+        return "reference"
+    return "mosaic" if is_hopper() else "triton"
 
 
 def dense_attention(q, k, v, *, impl: str = "reference", causal: bool = True):
@@ -39,6 +55,10 @@ def dense_attention(q, k, v, *, impl: str = "reference", causal: bool = True):
             raise ValueError(f"impl={impl!r} with causal=True needs T == S, got "
                              f"T={q.shape[1]}, S={k.shape[1]}")
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
+    if impl == "mosaic":
+        from pflash_jax.attention import mosaic
+
+        return mosaic.dense_attention(q, k, v, causal=causal)
     raise ValueError(f"unknown dense attention impl {impl!r}; expected one of {DENSE_IMPLS}")
 
 

@@ -77,9 +77,10 @@ def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, q_smem2, k_smem, v_sme
             k_loaded, v_loaded, q_loaded, k_consumed, v_consumed, schedule, *, scale: float,
             causal: bool, seq_len: int, block: int, n_blocks: int, heads_per_kv: int,
             stages: int, pv: str, schedule_barrier: bool, compute_registers: int,
-            memory_registers: int):
-    # idx_ref    [B, N, M, M] int32 GMEM  kept key blocks per selection row (ascending, padded)
-    # cnt_ref    [B, N, M]    int32 GMEM  kept counts
+            memory_registers: int, shared_mask: bool):
+    # idx_ref    [B, N, M, M] int32 GMEM  kept key blocks per selection row (ascending, padded);
+    #            [B, 1, M, M] when shared_mask (one pattern for every head, e.g. dense causal)
+    # cnt_ref    [B, N, M]    int32 GMEM  kept counts ([B, 1, M] when shared_mask)
     # q_ref/o_ref [B, S_pad, N, H] GMEM; k_ref/v_ref [B, S_pad, K, H] GMEM
     # q_smem2    [2, bq, H]          this CTA's query rows, one tile per compute warpgroup;
     #                                reused for the output tile
@@ -90,7 +91,8 @@ def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, q_smem2, k_smem, v_sme
     h = lax.axis_index("heads")
     m = n_blocks - 1 - lax.axis_index("q_blocks")  # heaviest query blocks first
     wg = lax.axis_index("wg")
-    count = cnt_ref[b, h, m]
+    hm = 0 if shared_mask else h  # the mask row's head
+    count = cnt_ref[b, hm, m]
     bq = block // COMPUTE_WGS
     dtype = q_ref.dtype
 
@@ -168,7 +170,7 @@ def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, q_smem2, k_smem, v_sme
         pl.when(wg == 1)(schedule_sync)  # warpgroup 0 goes first
         carry = lax.fori_loop(0, count - 1, functools.partial(step, masked=False), carry)
         last = count - 1
-        kv0 = idx_ref[b, h, m, last] * block  # the diagonal block when causal
+        kv0 = idx_ref[b, hm, m, last] * block  # the diagonal block when causal
         acc, _, l_i = step(last, carry, masked=True, kv0=kv0)
         pl.when(wg == 0)(schedule_sync)  # balance warpgroup 1's opening arrival
 
@@ -184,7 +186,7 @@ def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, q_smem2, k_smem, v_sme
         kv_h = lax.div(h, jnp.int32(heads_per_kv))
 
         def issue(j, slot):
-            rows = pl.ds(idx_ref[b, h, m, j] * block, block)
+            rows = pl.ds(idx_ref[b, hm, m, j] * block, block)
             plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kv_h], k_smem.at[slot], k_loaded.at[slot])
             plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_h], v_smem.at[slot], v_loaded.at[slot])
 
@@ -235,7 +237,8 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
     """q [B,S,N,H], k/v [B,S,K,H] bf16/f16, BlockMask over M = ceil(S/bs) -> [B,S,N,H] q.dtype.
 
     interpret=True (or an InterpretGPUParams, e.g. with detect_races=True) runs the Mosaic GPU
-    interpreter on the CPU, with the pv="smem" variant by default.
+    interpreter on the CPU, with the pv="smem" variant by default. A mask with one head
+    ([B, 1, M, M]) applies to every query head.
     """
     if interpret is True:
         interpret = plgpu.InterpretGPUParams()
@@ -260,7 +263,8 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
     if bs % (16 * COMPUTE_WGS):
         raise ValueError(f"block_size {bs} must be a multiple of {16 * COMPUTE_WGS}")
     M = block_mask.num_blocks
-    if block_mask.shape != (B, N, M, M) or M != -(-S // bs):
+    shared_mask = block_mask.shape[1] == 1 and N > 1
+    if block_mask.shape != (B, 1 if shared_mask else N, M, M) or M != -(-S // bs):
         raise ValueError(f"block mask {block_mask.shape} does not fit q {q.shape} with "
                          f"block_size {bs}")
     pv = block_sizes.pv or ("registers" if interpret is None else "smem")
@@ -293,7 +297,7 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         _kernel, scale=1.0 / math.sqrt(H), causal=causal, seq_len=S, block=bs, n_blocks=M,
         heads_per_kv=N // K, stages=stages, pv=pv, schedule_barrier=block_sizes.schedule_barrier,
         compute_registers=block_sizes.compute_registers,
-        memory_registers=block_sizes.memory_registers)
+        memory_registers=block_sizes.memory_registers, shared_mask=shared_mask)
     out = plgpu.kernel(
         kernel,
         out_type=jax.ShapeDtypeStruct((B, S_pad, N, H), dtype),
@@ -307,3 +311,20 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         kernel_name="block_sparse_attention_mgpu",
     )(block_mask.indices, block_mask.counts, q, k, v)
     return out[:, :S]
+
+
+def dense_attention(q, k, v, *, causal: bool = True, block_sizes: BlockSizes = BlockSizes(),
+                    interpret: bool | plgpu.InterpretGPUParams = False):
+    """Dense (causal) prefill attention through the same kernel: every block up to the diagonal,
+    as one [1, 1, M, M] pattern shared by all heads (4 MiB of indices at 128K, not per head).
+    q [B,S,N,H], k/v [B,S,K,H] with T == S -> [B,S,N,H]."""
+    B, S = q.shape[:2]
+    if k.shape[1] != S:
+        raise ValueError(f"impl='mosaic' dense attention is prefill only (T == S), got "
+                         f"T={S}, S={k.shape[1]}")
+    bs = 128
+    M = -(-S // bs)
+    full = jnp.ones((B, 1, M, M), bool)
+    bm = BlockMask.from_dense(full, block_size=bs, seq_len=S, causal=causal)
+    return block_sparse_attention(q, k, v, bm, causal=causal, block_sizes=block_sizes,
+                                  interpret=interpret)

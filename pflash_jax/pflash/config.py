@@ -18,7 +18,8 @@ Preset values ("pflash" / "specprefill") and where they come from:
   10% of the tokens).
 - rounding: "floor" (at least 1) / "ceil"; forced spans: 8 head + 24 tail / none (DESIGN 1.2).
 - positions: "renumbered" (PFlash's text round-trip) / "original" (DESIGN 1.2).
-- attention_impl: "auto" (block-sparse: Triton kernel on GPU, reference on CPU) / "dense":
+- attention_impl: "auto" (block-sparse: Mosaic kernel on Hopper, Triton on other GPUs,
+  reference on CPU) / "dense":
   PFlash's drafter is block-sparse, SpecPrefill's dense.
   "reference", "triton" and "mosaic" are the same block-sparse math; on a GPU pick a kernel.
 - alpha 0.12, block_density None, block_size 128 for both (only read by block-sparse impls).
@@ -125,10 +126,11 @@ class SelectionConfig:
 class PFlashConfig:
     """Everything the speculative-prefill pipeline needs besides the two models.
 
-    attention_impl: the drafter's attention. "auto" = "triton" on GPU, "reference" elsewhere.
-        "reference" / "triton" / "mosaic" are the same
-        block-sparse algorithm (DESIGN 1.1) on different backends; "dense" runs full causal
-        attention (SpecPrefill's drafter, and the ablation without block sparsity).
+    attention_impl: the drafter's attention. "auto" = "mosaic" on Hopper (bf16/f16; "triton"
+        for float32 there), "triton" on other GPUs, "reference" without a GPU.
+        "reference" / "triton" / "mosaic" are the same block-sparse algorithm (DESIGN 1.1) on
+        different backends; "dense" runs full causal attention (SpecPrefill's drafter, and the
+        ablation without block sparsity).
     alpha: FlashPrefill block-selection threshold on the *normalised* mass scale (DESIGN 1.1,
         0.08-0.18 in the paper's configs; not comparable with unnormalised 0.7-0.85 values).
     block_density: None = alpha-driven dynamic selection; a fraction in (0, 1] = keep that

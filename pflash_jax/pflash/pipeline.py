@@ -10,7 +10,8 @@ Design choices:
   MLP cannot change the scores). Look-ahead mode (SpecPrefill) is the exception: it needs the
   drafter's KV cache to generate, so it keeps one (see `_lookahead_importance`).
 - Drafter attention is block-sparse (select_blocks + kernel, every layer, per head) unless
-  `attention_impl="dense"`. "auto" picks the Triton kernel on GPU and the reference on CPU.
+  `attention_impl="dense"`. "auto" picks the Mosaic kernel on Hopper (16-bit inputs), the Triton
+  kernel on other GPUs and the reference on CPU.
 - The target prefills the kept tokens at their original positions (or renumbered 0..K-1), as
   one square causal attention call: kept positions are sorted, so index causality is position
   causality. Greedy decode continues at the last position + 1, + 2, ...
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pflash_jax.attention import block_sparse_attention, dense_attention
+from pflash_jax.attention.api import default_sparse_impl
 from pflash_jax.attention.selection import select_blocks, select_blocks_fixed_density
 from pflash_jax.models import qwen3
 from pflash_jax.models.qwen3 import KVCache, embed, final_logits, layer_finish, layer_qkv
@@ -105,9 +107,13 @@ def _check_inputs(drafter, target, ids: np.ndarray, cfg: PFlashConfig) -> None:
 
 
 # ---------------------------------------------------------------- drafter
-def resolve_impl(impl: str) -> str:
+def resolve_impl(impl: str, dtype=None) -> str:
+    """"auto" -> the Mosaic kernel on Hopper for 16-bit inputs (its wgmma operands), the Triton
+    kernel on other GPUs (and for float32 on Hopper), the reference without a GPU."""
     if impl == "auto":
-        return "triton" if jax.default_backend() == "gpu" else "reference"
+        impl = default_sparse_impl()
+        if impl == "mosaic" and dtype is not None and jnp.dtype(dtype).itemsize != 2:
+            impl = "triton"
     return impl
 
 
@@ -124,7 +130,8 @@ def drafter_attention(cfg: PFlashConfig):
                                                block_size=cfg.block_size)
         else:
             mask = select_blocks(q, k, alpha=cfg.alpha, block_size=cfg.block_size)
-        o = block_sparse_attention(q, k, v, mask, impl=impl, block_size=cfg.block_size)
+        o = block_sparse_attention(q, k, v, mask, impl=resolve_impl(cfg.attention_impl, q.dtype),
+                                   block_size=cfg.block_size)
         return o, mask.density()
     return attn
 

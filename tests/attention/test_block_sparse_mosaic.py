@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pflash_jax.attention import BlockMask, block_sparse_attention, reference
+from pflash_jax.attention import BlockMask, block_sparse_attention, dense_attention, reference
 from pflash_jax.attention.mosaic import BlockSizes
 from tests.attention.test_block_sparse import BlockSparseBase, _qkv, _random_mask
 from tests.tolerances import assert_close
@@ -55,7 +55,40 @@ class MosaicBase(BlockSparseBase):
         self.close(out, exp, jnp.bfloat16, f"{sizes}")
 
 
-class TestMosaicInterpret(MosaicBase):
+class SharedMaskCases:
+    """One [B, 1, M, M] pattern for all heads, and dense attention built on it."""
+
+    interpret: bool
+    S: int
+
+    def test_shared_mask_equals_per_head(self):
+        N, K = 4, 2
+        q, k, v = _qkv(95, self.S, N, K, 64, jnp.bfloat16)
+        one = _random_mask(95, 1, 1, -(-self.S // 128), p=0.5)
+        shared = block_sparse_attention(q, k, v, one, impl="mosaic", block_size=128,
+                                        interpret=self.interpret)
+        per_head = block_sparse_attention(q, k, v, jnp.broadcast_to(one, (1, N, *one.shape[2:])),
+                                          impl="mosaic", block_size=128,
+                                          interpret=self.interpret)
+        assert_close(np.asarray(shared, np.float32), np.asarray(per_head, np.float32),
+                     dtype="bfloat16", what="shared vs per-head mask")
+
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_dense_matches_reference(self, causal):
+        q, k, v = _qkv(96, self.S, 4, 2, 128, jnp.bfloat16)
+        exp = reference.dense_attention(*(x.astype(jnp.float32) for x in (q, k, v)),
+                                        causal=causal)
+        if self.interpret:
+            from pflash_jax.attention import mosaic
+
+            out = mosaic.dense_attention(q, k, v, causal=causal, interpret=True)
+        else:
+            out = dense_attention(q, k, v, impl="mosaic", causal=causal)
+        assert_close(np.asarray(out, np.float32), np.asarray(exp), dtype="bfloat16",
+                     what=f"dense mosaic causal={causal}")
+
+
+class TestMosaicInterpret(SharedMaskCases, MosaicBase):
     """The kernel through the Mosaic GPU interpreter on the CPU (pv="smem")."""
 
     interpret = True
@@ -112,7 +145,7 @@ class TestMosaicInterpret(MosaicBase):
 
 
 @pytest.mark.gpu
-class TestMosaicGPU(MosaicBase):
+class TestMosaicGPU(SharedMaskCases, MosaicBase):
     """Compiled for Hopper (sm_90) with the production selection block; default pv="registers"."""
 
     block_size = 128

@@ -152,3 +152,21 @@ def test_bad_options():
         preset("pflash", keep_ratio=1.5)
     with pytest.raises(ValueError, match="span_size"):
         preset("pflash", span_size=0)
+
+
+def test_auto_attention_picks_kernel_per_device_and_dtype(monkeypatch):
+    """"auto": the reference without a GPU; on Hopper the Mosaic kernel for 16-bit inputs only
+    (wgmma operands), Triton for float32 there and on every other GPU."""
+    from pflash_jax.attention import api
+    from pflash_jax.pflash import pipeline
+
+    if jax.default_backend() != "gpu":
+        assert pipeline.resolve_impl("auto", jnp.bfloat16) == "reference"
+    monkeypatch.setattr(pipeline, "default_sparse_impl", lambda: "mosaic")
+    assert pipeline.resolve_impl("auto", jnp.bfloat16) == "mosaic"
+    assert pipeline.resolve_impl("auto", jnp.float16) == "mosaic"
+    assert pipeline.resolve_impl("auto", jnp.float32) == "triton"
+    assert pipeline.resolve_impl("triton", jnp.bfloat16) == "triton"  # explicit choices stay
+    monkeypatch.setattr(api, "is_hopper", lambda: False)
+    monkeypatch.setattr(api.jax, "default_backend", lambda: "gpu")
+    assert api.default_sparse_impl() == "triton"

@@ -1,0 +1,122 @@
+"""Probe: where alpha-mode block selection spends its time at long S, and which rewrites of its
+pieces are faster (GPU). Every variant is checked equal to the current code before it is timed.
+
+    python experiments/probe_selection.py --seq 131072 --heads 16 --out DIR
+
+Prints one table (ms per call, median of repeats) and writes DIR/probe_selection.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pflash_jax import bench
+from pflash_jax.attention import blockmask, selection
+
+
+def block_means_sum(k, block_size: int):
+    """Variant: reduce the bf16 blocks with float32 accumulation, no float32 copy of k."""
+    B, S, K, H = k.shape
+    M = -(-S // block_size)
+    kp = k if M * block_size == S else jnp.pad(k, ((0, 0), (0, M * block_size - S), (0, 0),
+                                                    (0, 0)))
+    sums = kp.reshape(B, M, block_size, K, H).sum(axis=2, dtype=jnp.float32)
+    valid = jnp.minimum(block_size, S - jnp.arange(M) * block_size).astype(jnp.float32)
+    return sums / valid[None, :, None, None]
+
+
+def block_means_dot(k, block_size: int):
+    """Variant: the block sum as a contraction with a ones vector (a GEMV for XLA)."""
+    B, S, K, H = k.shape
+    M = -(-S // block_size)
+    kp = k if M * block_size == S else jnp.pad(k, ((0, 0), (0, M * block_size - S), (0, 0),
+                                                    (0, 0)))
+    ones = jnp.ones((block_size,), k.dtype)
+    sums = jnp.einsum("bmrkh,r->bmkh", kp.reshape(B, M, block_size, K, H), ones,
+                      preferred_element_type=jnp.float32)
+    valid = jnp.minimum(block_size, S - jnp.arange(M) * block_size).astype(jnp.float32)
+    return sums / valid[None, :, None, None]
+
+
+def compress_sort(mask):
+    """Variant: kept-first ascending order by a stable argsort of the negated mask."""
+    M = mask.shape[-1]
+    lead = mask.shape[:-1]
+    flat = mask.reshape(-1, M)
+    counts = jnp.sum(flat, axis=-1, dtype=jnp.int32)
+    order = jnp.argsort(~flat, axis=-1, stable=True).astype(jnp.int32)
+    n = jnp.arange(M, dtype=jnp.int32)
+    last = jnp.take_along_axis(order, jnp.maximum(counts - 1, 0)[:, None], axis=-1)
+    indices = jnp.where(n < counts[:, None], order, last)
+    return indices.reshape(lead + (M,)), counts.reshape(lead)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seq", type=int, default=131072)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    kq, kk = jax.random.split(jax.random.key(0))
+    shape = (1, a.seq, a.heads, 128)
+    q = jax.random.normal(kq, shape, jnp.bfloat16)
+    k = jax.random.normal(kk, (1, a.seq, a.kv_heads, 128), jnp.bfloat16)
+    rows = []
+
+    def timed(name, fn, *args):
+        t = bench.time_fn(fn, *args, repeats=a.repeats)
+        rows.append({"piece": name, "ms": 1e3 * t.median_s})
+
+    base_means = jax.jit(selection.block_means, static_argnums=1)
+    ref = np.asarray(base_means(k, 128))
+    for name, fn in [("block_means (current)", selection.block_means),
+                     ("block_means sum(dtype=f32)", block_means_sum),
+                     ("block_means einsum ones", block_means_dot)]:
+        f = jax.jit(fn, static_argnums=1)
+        np.testing.assert_allclose(np.asarray(f(k, 128)), ref, rtol=1e-5, atol=1e-5)
+        timed(name, f, k, 128)
+
+    sel = jax.jit(lambda q, k: selection.select_blocks(q, k, alpha=0.1))
+    base = sel(q, k)
+    timed("select_blocks (current)", sel, q, k)
+    mask = base.mask
+    for name, fn in [("compress (current)", blockmask.compress),
+                     ("compress argsort", compress_sort)]:
+        f = jax.jit(fn)
+        idx, cnt = f(mask)
+        np.testing.assert_array_equal(np.asarray(cnt), np.asarray(base.counts))
+        np.testing.assert_array_equal(np.asarray(idx), np.asarray(base.indices))
+        timed(name, f, mask)
+
+    saved = (selection.block_means, blockmask.compress)
+    for name, means, comp in [("select_blocks sum-means", block_means_sum, saved[1]),
+                              ("select_blocks sum-means + argsort", block_means_sum,
+                               compress_sort)]:
+        selection.block_means, blockmask.compress = means, comp
+        jax.clear_caches()  # the jitted selection functions would reuse their old traces
+        f = jax.jit(lambda q, k: selection.select_blocks(q, k, alpha=0.1))
+        out = f(q, k)
+        np.testing.assert_array_equal(np.asarray(out.indices), np.asarray(base.indices))
+        timed(name, f, q, k)
+        selection.block_means, blockmask.compress = saved
+        jax.clear_caches()
+
+    prov = bench.provenance()
+    print(f"# selection probe ({prov['device']}, jax {prov['jax']}, commit {prov['commit']}), "
+          f"S={a.seq}, {a.heads}/{a.kv_heads} heads, alpha 0.1, random bf16")
+    for r in rows:
+        print(f"| {r['piece']} | {r['ms']:.3f} |")
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        bench.write_metrics(a.out / "probe_selection.json", {"seq": a.seq, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
