@@ -29,7 +29,7 @@ stage() {  # name, timeout seconds, command...
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/device.txt"
 for s in "$@"; do
   case $s in
-    tests) stage tests 300 env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q tests ;;
+    tests) stage tests "${TESTS_LIMIT:-300}" env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q tests ;;
     mtests) stage mtests 110 env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q -x \
         tests/attention/test_block_sparse_mosaic.py ;;
     kb:*:*)
