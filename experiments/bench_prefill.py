@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from pflash_jax import bench
 from pflash_jax.attention import dense_attention
+from pflash_jax.attention.api import default_dense_impl
 from pflash_jax.models import qwen3
 from pflash_jax.models.config import Qwen3Config, preset
 from pflash_jax.models.params import init_params
@@ -157,7 +158,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen3-8b")
     ap.add_argument("--seq", type=int, default=131072)
-    ap.add_argument("--attn", default="cudnn")
+    ap.add_argument("--attn", default="auto",
+                    help="dense attention impl; auto = what full prefill uses on this card")
     ap.add_argument("--chunk", type=int, default=0, help="0: no sequence chunking")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--layers", type=int, default=0, help="override layer count (smoke test)")
@@ -174,6 +176,8 @@ def main() -> None:
         rows = breakdown(args.model, args.seq, args.repeats)
         bench.write_metrics(args.out / f"breakdown_{args.model}_{args.seq}.json", {"rows": rows})
         return
+    if args.attn == "auto":
+        args.attn = default_dense_impl(jnp.bfloat16)
     qwen3.FUSE_PROJECTIONS = not args.unfused
     args.tag += "_unfused" if args.unfused else ""
     r = run(args.model, args.seq, args.attn, args.chunk or None, args.repeats, args.layers)

@@ -56,6 +56,51 @@ def compress_sort(mask):
     return indices.reshape(lead + (M,)), counts.reshape(lead)
 
 
+def compress_sortkeys(mask):
+    """Variant: one int32 sort per row of keys n (kept) / M + n (dropped)."""
+    M = mask.shape[-1]
+    lead = mask.shape[:-1]
+    flat = mask.reshape(-1, M)
+    counts = jnp.sum(flat, axis=-1, dtype=jnp.int32)
+    n = jnp.arange(M, dtype=jnp.int32)
+    keys = jnp.sort(jnp.where(flat, n, n + M), axis=-1)
+    last = jnp.take_along_axis(keys, jnp.maximum(counts - 1, 0)[:, None], axis=-1)
+    indices = jnp.where(n < counts[:, None], keys, jnp.where(counts[:, None] > 0, last, 0))
+    return indices.reshape(lead + (M,)), counts.reshape(lead)
+
+
+def compress_bits(mask):
+    """Variant: pack each row into 32-bit words; output slot j finds its word by comparing
+    against the words' running popcounts, then its bit by a 5-step binary select. No scatter,
+    no sort: one elementwise pass over the [rows, M] output."""
+    M = mask.shape[-1]
+    lead = mask.shape[:-1]
+    W = -(-M // 32)
+    flat = jnp.pad(mask.reshape(-1, M), ((0, 0), (0, W * 32 - M)))
+    shifts = jnp.arange(32, dtype=jnp.uint32)
+    words = jnp.sum(flat.reshape(-1, W, 32).astype(jnp.uint32) << shifts, axis=-1,
+                    dtype=jnp.uint32)  # [R, W]
+    pop = jax.lax.population_count(words).astype(jnp.int32)
+    incl = jnp.cumsum(pop, axis=-1)
+    counts = incl[:, -1]
+    j = jnp.arange(M, dtype=jnp.int32)
+    last_slot = jnp.maximum(counts - 1, 0)[:, None]
+    jj = jnp.minimum(j[None, :], last_slot)  # slots past the count repeat the last kept block
+    w = jnp.sum(incl[:, None, :] <= jj[:, :, None], axis=-1, dtype=jnp.int32)  # [R, M]
+    w = jnp.minimum(w, W - 1)
+    word = jnp.take_along_axis(words, w, axis=-1)
+    r = jj - jnp.take_along_axis(incl - pop, w, axis=-1)  # rank of the slot within its word
+    pos = jnp.zeros_like(r)
+    for s in (16, 8, 4, 2, 1):
+        low = ((jnp.uint32(1) << jnp.uint32(s)) - jnp.uint32(1)) << pos.astype(jnp.uint32)
+        c = jax.lax.population_count(word & low).astype(jnp.int32)
+        go = r >= c
+        pos = jnp.where(go, pos + s, pos)
+        r = jnp.where(go, r - c, r)
+    indices = jnp.where(counts[:, None] > 0, w * 32 + pos, 0)
+    return indices.reshape(lead + (M,)), counts.reshape(lead)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seq", type=int, default=131072)
@@ -88,7 +133,8 @@ def main() -> None:
     timed("select_blocks (current)", sel, q, k)
     mask = base.mask
     for name, fn in [("compress (current)", blockmask.compress),
-                     ("compress argsort", compress_sort)]:
+                     ("compress argsort", compress_sort), ("compress sortkeys", compress_sortkeys),
+                     ("compress bits", compress_bits)]:
         f = jax.jit(fn)
         idx, cnt = f(mask)
         np.testing.assert_array_equal(np.asarray(cnt), np.asarray(base.counts))
@@ -96,9 +142,8 @@ def main() -> None:
         timed(name, f, mask)
 
     saved = (selection.block_means, blockmask.compress)
-    for name, means, comp in [("select_blocks sum-means", block_means_sum, saved[1]),
-                              ("select_blocks sum-means + argsort", block_means_sum,
-                               compress_sort)]:
+    for name, means, comp in [("select_blocks + compress sortkeys", saved[0], compress_sortkeys),
+                              ("select_blocks + compress bits", saved[0], compress_bits)]:
         selection.block_means, blockmask.compress = means, comp
         jax.clear_caches()  # the jitted selection functions would reuse their old traces
         f = jax.jit(lambda q, k: selection.select_blocks(q, k, alpha=0.1))

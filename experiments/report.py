@@ -48,6 +48,9 @@ def flat_rows(paths: list[Path]) -> list[dict]:
             "preset": pc["preset"], "keep_ratio": pc["keep_ratio"], "span_size": pc["span_size"],
             "alpha": pc["alpha"], "density_cfg": pc["block_density"],
             "attention": pc["attention_impl"], "rope": pc["rope"], "pooling": pc["pooling"],
+            # resolved kernels ("auto" on this card); older metrics files lack them
+            "kernels": "{drafter} / {target_and_full_prefill}".format(**m["kernels"])
+            if "kernels" in m else "-",
             **{k: s.get(k) for k in ("speedup", "pflash_acc", "full_acc", "recall", "kept_frac",
                                      "block_density", "pflash_ttft_s", "full_ttft_s")},
             "peak_memory_gib": (m.get("peak_memory_bytes") or 0) / 2**30 or None,
@@ -80,15 +83,17 @@ def speed_table(rows: list[dict]) -> str:
     if not rows:
         return ""
     rows = sorted(rows, key=lambda r: (r["target"], r["S"], r["keep_ratio"], r["span_size"]))
-    head = ("| device | drafter -> target | dtype | S | keep | span | alpha / density | "
-            "blocks kept | full TTFT (s) | PFlash TTFT (s) | drafter | scoring | selection | "
+    head = ("| device | drafter -> target | dtype | attention: drafter / full + target | S | "
+            "keep | span | alpha / density | blocks kept | full TTFT (s) | PFlash TTFT (s) | "
+            "drafter | scoring | selection | "
             "target prefill | first token | speedup | compile full / PFlash (s) | peak GiB |\n"
-            "|" + " --- |" * 18 + "\n")
+            "|" + " --- |" * 19 + "\n")
     body = ""
     for r in rows:
         sel = (f"density {r['density_cfg']}" if r["density_cfg"] is not None
                else f"alpha {r['alpha']}")
-        body += (f"| {r['device']} | {r['drafter']} -> {r['target']} | {r['dtype']} | {r['S']} | "
+        body += (f"| {r['device']} | {r['drafter']} -> {r['target']} | {r['dtype']} | "
+                 f"{r['kernels']} | {r['S']} | "
                  f"{r['keep_ratio']} | {r['span_size']} | {sel} | {_fmt(r['block_density'])} | "
                  f"{r['full_ttft_s']:.4g} | {r['pflash_ttft_s']:.4g} | "
                  f"{_fmt(r.get('pflash_drafter_forward_s'), '.4g')} | "

@@ -173,8 +173,15 @@ def run_job(c: RunConfig) -> dict:
         if not c.quiet:
             print_case(row, r.kept_positions)
     summary = summarize(cases)
+    from pflash_jax.attention.api import default_dense_impl
+    from pflash_jax.pflash.pipeline import resolve_impl
+
     metrics = {"experiment": c.experiment, "run_config": dataclasses.asdict(c),
                "pflash_config": pcfg.to_dict(),
+               "kernels": {  # what "auto" resolved to on this machine
+                   "drafter": resolve_impl(pcfg.attention_impl, drafter.params.embed_tokens.dtype),
+                   "target_and_full_prefill": default_dense_impl(
+                       target.params.embed_tokens.dtype)},
                "models": {"drafter": describe(drafter, c.drafter),
                           "target": describe(target, c.target)},
                "peak_memory_bytes": peak_memory_bytes(), "summary": summary, "cases": cases}

@@ -121,8 +121,7 @@ def drafter_attention(cfg: PFlashConfig):
     """(q, k, v) -> (o, density) for one layer of the drafter (DESIGN 1.1)."""
     impl = resolve_impl(cfg.attention_impl)
     if impl == "dense":
-        dense = "cudnn" if jax.default_backend() == "gpu" else "reference"
-        return lambda q, k, v: (dense_attention(q, k, v, impl=dense), jnp.float32(1.0))
+        return lambda q, k, v: (dense_attention(q, k, v, impl="auto"), jnp.float32(1.0))
 
     def attn(q, k, v):
         if cfg.block_density is not None:
@@ -200,8 +199,9 @@ def prefill_at(params, cfg, ids, positions, length, *, attn, chunk=None, cache_l
     return final_logits(params, cfg, last), KVCache(cache.k, cache.v, length.astype(jnp.int32))
 
 
-def _target_attn() -> str:
-    return "cudnn" if jax.default_backend() == "gpu" else "reference"
+# The target's (and full prefill's) attention: mosaic on Hopper, cudnn on other GPUs, the
+# reference on CPU (api.default_dense_impl).
+TARGET_ATTN = "auto"
 
 
 def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, attn=None,
@@ -217,7 +217,7 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
     cfg = target.config
     t0 = time.perf_counter()
     lg, cache = prefill_at(target.params, cfg, jnp.asarray(ids_p)[None], jnp.asarray(pos_p)[None],
-                           jnp.int32(n), attn=attn or _target_attn(), chunk=chunk,
+                           jnp.int32(n), attn=attn or TARGET_ATTN, chunk=chunk,
                            cache_len=nb + max(max_new_tokens - 1, 0))
     jax.block_until_ready(lg)
     t1 = time.perf_counter()
