@@ -117,13 +117,49 @@ def _spans(kept: np.ndarray) -> list[tuple[int, int]]:
 
 
 def run_job(c: RunConfig) -> dict:
+    """One run: PFlash and (compare_full) full prefill on every prompt -> metrics dict."""
+    if c.grid.span_sizes or c.grid.keep_ratios:
+        raise ValueError("run_job runs one cell; use run_cells for a grid")
+    return run_cells(c)[0][1]
+
+
+def grid_cells(c: RunConfig) -> list[tuple[str | None, RunConfig]]:
+    """(cell name, the RunConfig of that cell): one unnamed cell without a grid."""
+    spans = c.grid.span_sizes or [c.selection.span_size]
+    keeps = c.grid.keep_ratios or [c.selection.keep_ratio]
+    if not (c.grid.span_sizes or c.grid.keep_ratios):
+        return [(None, c)]
+    cells = []
+    for sp in spans:
+        for kr in keeps:
+            sel = dataclasses.replace(c.selection, span_size=sp, keep_ratio=kr)
+            cell = dataclasses.replace(c, selection=sel, grid=type(c.grid)())
+            pc = pflash_config(cell)  # the preset's value where the grid leaves one axis
+            cells.append((f"span{pc.selection.span_size}_keep{pc.selection.keep_ratio}", cell))
+    return cells
+
+
+def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
+    """Every cell of the job's grid on the same prompts. Per prompt the drafter pass and the
+    full-prefill baseline run once (they do not depend on span size or keep ratio); each cell
+    then selects spans, prefills the target and decodes. Timings are per cell as in a single
+    run (the drafter pass's time counted in each)."""
     from tqdm import tqdm
 
-    from pflash_jax.pflash.pipeline import full_prefill, speculative_prefill
+    from pflash_jax.pflash.pipeline import (
+        _check_inputs,
+        drafter_pass,
+        full_prefill,
+        prefill_selected,
+    )
     from pflash_jax.pflash.spans import needle_recall
     from pflash_jax.tasks import score
 
-    pcfg = pflash_config(c)
+    cells = grid_cells(c)
+    cfgs = [pflash_config(cc) for _, cc in cells]
+    pcfg = cfgs[0]
+    # One drafter pass serves every cell: the cells may differ in span size and keep ratio only.
+    assert all(dataclasses.replace(cfg, selection=pcfg.selection) == pcfg for cfg in cfgs)
     drafter, target = load(c.drafter, "drafter"), load(c.target, "target")
     if not c.quiet:
         for role, m, spec in (("drafter", drafter, c.drafter), ("target", target, c.target)):
@@ -133,59 +169,74 @@ def run_job(c: RunConfig) -> dict:
             print(f"{role}: {d['name']} [{src}], {d['layers']} layers, hidden {d['hidden']}, "
                   f"{d['heads']}/{d['kv_heads']} heads, {d['dtype']}, {jax.default_backend()}")
     tok = target.tokenizer
-    cases = []
-    for p in tqdm(prompts(c, target), desc="cases", disable=c.quiet):
-        row: dict = {"S": int(p.ids.shape[0])}
-        eos = tok.eos_token_id if tok is not None else None
-        kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk, eos_id=eos)
-        t0 = time.perf_counter()
-        first = speculative_prefill(drafter, target, p.ids, pcfg, **kw)  # compiles
-        row["pflash_first_call_s"] = time.perf_counter() - t0
-        runs = [speculative_prefill(drafter, target, p.ids, pcfg, **kw) for _ in range(c.repeats)]
-        runs = runs or [first]  # repeats=0 (quality sweeps): timings include compile
-        r = runs[-1]
-        row.update(pflash=_median([x.timings for x in runs]), n_kept=r.n_kept,
-                   kept_frac=r.n_kept / row["S"], block_density=r.block_density,
-                   pflash_tokens=r.tokens.tolist(), n_spans_kept=len(_spans(r.kept_positions)))
-        row["pflash_compile_s"] = row["pflash_first_call_s"] - row["pflash"]["ttft"]
+    eos = tok.eos_token_id if tok is not None else None
+    kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk, eos_id=eos)
+    rows: list[list[dict]] = [[] for _ in cells]
+    ps = prompts(c, target)
+    bar = tqdm(total=len(ps) * len(cells), desc="cases x cells", disable=c.quiet)
+    for p in ps:
+        S = int(p.ids.shape[0])
+        for cfg in cfgs:
+            _check_inputs(drafter, target, np.asarray(p.ids, np.int32), cfg)
+        full_row: dict = {}
         if c.compare_full:
             t0 = time.perf_counter()
             first = full_prefill(target, p.ids, **kw)
-            row["full_first_call_s"] = time.perf_counter() - t0
+            full_row["full_first_call_s"] = time.perf_counter() - t0
             fulls = [full_prefill(target, p.ids, **kw) for _ in range(c.repeats)] or [first]
-            row.update(full=_median([x.timings for x in fulls]),
-                       full_tokens=fulls[-1].tokens.tolist())
-            row["full_compile_s"] = row["full_first_call_s"] - row["full"]["ttft"]
-            row["speedup"] = row["full"]["ttft"] / row["pflash"]["ttft"]
-        if p.case is not None:
-            row["task"] = p.case.task
-            row["recall"] = needle_recall(r.kept_positions, p.case.needle_positions)
-            row["pflash_answer"] = tok.decode(r.tokens, skip_special_tokens=True)
-            row["pflash_acc"] = score(p.case, r.tokens, tok)
-            row["expected"] = list(p.case.answers)
+            full_row.update(full=_median([x.timings for x in fulls]),
+                            full_tokens=fulls[-1].tokens.tolist())
+            full_row["full_compile_s"] = full_row["full_first_call_s"] - full_row["full"]["ttft"]
+            if p.case is not None:
+                full_row["full_answer"] = tok.decode(fulls[-1].tokens, skip_special_tokens=True)
+                full_row["full_acc"] = score(p.case, fulls[-1].tokens, tok)
+        t0 = time.perf_counter()
+        dp_first = drafter_pass(drafter, p.ids, pcfg, chunk=c.chunk)  # compiles
+        dp_first_s = time.perf_counter() - t0
+        dps = [drafter_pass(drafter, p.ids, pcfg, chunk=c.chunk) for _ in range(c.repeats)]
+        for i, cfg in enumerate(cfgs):
+            row: dict = {"S": S}
+            t0 = time.perf_counter()
+            first = prefill_selected(target, p.ids, dp_first, cfg, **kw)
+            row["pflash_first_call_s"] = time.perf_counter() - t0 + dp_first_s
+            runs = [prefill_selected(target, p.ids, dp, cfg, **kw) for dp in dps] or [first]
+            r = runs[-1]
+            row.update(pflash=_median([x.timings for x in runs]), n_kept=r.n_kept,
+                       kept_frac=r.n_kept / S, block_density=r.block_density,
+                       pflash_tokens=r.tokens.tolist(), n_spans_kept=len(_spans(r.kept_positions)))
+            row["pflash_compile_s"] = row["pflash_first_call_s"] - row["pflash"]["ttft"]
+            row.update(full_row)
             if c.compare_full:
-                row["full_answer"] = tok.decode(np.asarray(row["full_tokens"]),
-                                                skip_special_tokens=True)
-                row["full_acc"] = score(p.case, fulls[-1].tokens, tok)
-        elif tok is not None:
-            row["pflash_answer"] = tok.decode(r.tokens, skip_special_tokens=True)
-        cases.append(row)
-        if not c.quiet:
-            print_case(row, r.kept_positions)
-    summary = summarize(cases)
+                row["speedup"] = row["full"]["ttft"] / row["pflash"]["ttft"]
+            if p.case is not None:
+                row["task"] = p.case.task
+                row["recall"] = needle_recall(r.kept_positions, p.case.needle_positions)
+                row["pflash_answer"] = tok.decode(r.tokens, skip_special_tokens=True)
+                row["pflash_acc"] = score(p.case, r.tokens, tok)
+                row["expected"] = list(p.case.answers)
+            elif tok is not None:
+                row["pflash_answer"] = tok.decode(r.tokens, skip_special_tokens=True)
+            rows[i].append(row)
+            bar.update()
+            if not c.quiet:
+                print_case(row, r.kept_positions)
+    bar.close()
     from pflash_jax.attention.api import default_dense_impl
     from pflash_jax.pflash.pipeline import resolve_impl
 
-    metrics = {"experiment": c.experiment, "run_config": dataclasses.asdict(c),
-               "pflash_config": pcfg.to_dict(),
-               "kernels": {  # what "auto" resolved to on this machine
-                   "drafter": resolve_impl(pcfg.attention_impl, drafter.params.embed_tokens.dtype),
-                   "target_and_full_prefill": default_dense_impl(
-                       target.params.embed_tokens.dtype)},
-               "models": {"drafter": describe(drafter, c.drafter),
-                          "target": describe(target, c.target)},
-               "peak_memory_bytes": peak_memory_bytes(), "summary": summary, "cases": cases}
-    return metrics
+    kernels = {  # what "auto" resolved to on this machine
+        "drafter": resolve_impl(pcfg.attention_impl, drafter.params.embed_tokens.dtype),
+        "target_and_full_prefill": default_dense_impl(target.params.embed_tokens.dtype)}
+    out = []
+    for (name, cc), cfg, cases in zip(cells, cfgs, rows, strict=True):
+        out.append((name, {
+            "experiment": c.experiment, "run_config": dataclasses.asdict(cc),
+            "pflash_config": cfg.to_dict(), "kernels": kernels,
+            "models": {"drafter": describe(drafter, c.drafter),
+                       "target": describe(target, c.target)},
+            "peak_memory_bytes": peak_memory_bytes(), "summary": summarize(cases),
+            "cases": cases}))
+    return out
 
 
 def describe(m, spec: ModelSpec) -> dict:
@@ -248,13 +299,14 @@ def main() -> None:
     @hydra.main(config_path=str(REPO / "configs"), config_name="config", version_base=None)
     def _main(d) -> None:
         c = run_config.to_run_config(d)
-        metrics = run_job(c)
         out = Path(c.metrics_dir) if c.metrics_dir else Path(HydraConfig.get().runtime.output_dir)
-        path = write_metrics(out / "metrics.json", metrics)
-        s = metrics["summary"]
-        print(f"\nwrote {path}  ({provenance()['device']}; "
-              + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in s.items()) + ")")
+        for name, metrics in run_cells(c):
+            path = write_metrics(out / ("cells/" + name if name else "") / "metrics.json",
+                                 metrics)
+            s = metrics["summary"]
+            print(f"\nwrote {path}  ({provenance()['device']}; "
+                  + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in s.items()) + ")")
 
     _main()
 

@@ -59,6 +59,16 @@ class TaskSpec:
 
 
 @dataclass
+class GridSpec:
+    """Span size x keep ratio cells evaluated inside one job (quality sweeps): the drafter pass
+    and the full-prefill baseline run once per prompt, then each cell only re-selects spans and
+    prefills the target. Empty lists: no grid (the selection's own span_size / keep_ratio)."""
+
+    span_sizes: list[int] = field(default_factory=list)
+    keep_ratios: list[float] = field(default_factory=list)
+
+
+@dataclass
 class RunConfig:
     drafter: ModelSpec = field(default_factory=lambda: ModelSpec("tiny_drafter",
                                                                  embedded="drafter"))
@@ -74,6 +84,7 @@ class RunConfig:
     metrics_dir: str | None = None  # where metrics.json goes; None: Hydra's output dir
     experiment: str = "run"  # name recorded in metrics (set by experiment/ files)
     quiet: bool = False  # no per-case summary (sweeps)
+    grid: GridSpec = field(default_factory=GridSpec)  # cells/<span>_<keep>/metrics.json each
 
 
 def register() -> None:
@@ -95,7 +106,7 @@ def to_run_config(d) -> RunConfig:
         d = OmegaConf.to_container(d, resolve=True)
     d = {k: v for k, v in d.items() if k != "hydra"}
     sub = {"drafter": ModelSpec, "target": ModelSpec, "attention": AttentionSpec,
-           "selection": SelectionSpec, "task": TaskSpec}
+           "selection": SelectionSpec, "task": TaskSpec, "grid": GridSpec}
     names = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = set(d) - names
     if unknown:

@@ -259,16 +259,20 @@ def _lookahead_importance(drafter, ids: np.ndarray, cfg: PFlashConfig, chunk):
     return lookahead_running_max(drafter, ids, cfg, chunk=chunk)
 
 
-def speculative_prefill(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int = 1,
-                        chunk: int | None = None, target_attn: str | None = None,
-                        eos_id: int | None = None) -> PFlashResult:
-    """Run PFlash on one prompt (1-D ids). See the module docstring for stages and choices.
-    Greedy decoding stops after eos_id when given (tokens then ends with it)."""
-    ids = np.asarray(ids, np.int32)
-    _check_inputs(drafter, target, ids, cfg)
-    S = ids.shape[0]
-    timings: dict = {}
+@dataclasses.dataclass
+class DrafterPass:
+    """What the drafter contributes, before any span choice: per-token importance. Span size
+    and keep ratio only act after it, so a sweep over them reuses one pass per prompt."""
 
+    importance: np.ndarray  # float32 [S]
+    block_density: float | None  # mean kept fraction of causal blocks (None: dense drafter)
+    timings: dict  # drafter_forward, importance (the scoring stage before span pooling)
+
+
+def drafter_pass(drafter, ids, cfg: PFlashConfig, *, chunk: int | None = None) -> DrafterPass:
+    """The drafter stage of PFlash on one prompt (1-D ids): forward + token importance."""
+    ids = np.asarray(ids, np.int32)
+    S = ids.shape[0]
     t0 = time.perf_counter()
     if cfg.scoring.tail_mode == "lookahead":
         rmax, density, Sb = _lookahead_importance(drafter, ids, cfg, chunk)
@@ -281,17 +285,42 @@ def speculative_prefill(drafter, target, ids, cfg: PFlashConfig, *, max_new_toke
     jax.block_until_ready(rmax)
     t1 = time.perf_counter()
     imp = np.asarray(_importance(rmax, cfg.scoring, length=jnp.int32(S)))[:S]
-    scores = span_scores(imp, cfg.selection.span_size)
+    t2 = time.perf_counter()
+    dens = None if density is None or resolve_impl(cfg.attention_impl) == "dense" else float(
+        density)
+    return DrafterPass(imp, dens, {"drafter_forward": t1 - t0, "importance": t2 - t1})
+
+
+def prefill_selected(target, ids, dp: DrafterPass, cfg: PFlashConfig, *,
+                     max_new_tokens: int = 1, chunk: int | None = None,
+                     target_attn: str | None = None,
+                     eos_id: int | None = None) -> PFlashResult:
+    """The rest of PFlash given a drafter pass: span scores, selection under cfg.selection,
+    target prefill of the kept tokens, greedy decode. Timings count the drafter pass too."""
+    ids = np.asarray(ids, np.int32)
+    S = ids.shape[0]
+    timings = {"drafter_forward": dp.timings["drafter_forward"]}
+    t1 = time.perf_counter()
+    scores = span_scores(dp.importance, cfg.selection.span_size)
     t2 = time.perf_counter()
     kept = kept_positions(select_spans(scores, cfg.selection), cfg.selection.span_size, S)
     t3 = time.perf_counter()
-    timings.update(drafter_forward=t1 - t0, scoring=t2 - t1, selection=t3 - t2)
-
+    timings.update(scoring=dp.timings["importance"] + t2 - t1, selection=t3 - t2)
     positions = target_positions(kept, cfg.selection.positions)
     tokens = _prefill_and_decode(target, ids[kept], positions, max_new_tokens, chunk, timings,
                                  target_attn, eos_id)
     timings["ttft"] = sum(timings[s] for s in STAGES)
-    dens = None if density is None else float(density)
-    if resolve_impl(cfg.attention_impl) == "dense":
-        dens = None
-    return PFlashResult(kept, tokens, timings, imp, dens)
+    return PFlashResult(kept, tokens, timings, dp.importance, dp.block_density)
+
+
+def speculative_prefill(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int = 1,
+                        chunk: int | None = None, target_attn: str | None = None,
+                        eos_id: int | None = None) -> PFlashResult:
+    """Run PFlash on one prompt (1-D ids): `drafter_pass` then `prefill_selected`. See the
+    module docstring for stages and choices. Greedy decoding stops after eos_id when given
+    (tokens then ends with it)."""
+    ids = np.asarray(ids, np.int32)
+    _check_inputs(drafter, target, ids, cfg)
+    dp = drafter_pass(drafter, ids, cfg, chunk=chunk)
+    return prefill_selected(target, ids, dp, cfg, max_new_tokens=max_new_tokens, chunk=chunk,
+                            target_attn=target_attn, eos_id=eos_id)

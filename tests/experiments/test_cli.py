@@ -76,3 +76,26 @@ def test_training_and_eval_scripts_smoke(tmp_path, script):
         _run([f"experiments/{script}", *args], tmp_path)
         rows = json.loads((tmp_path / "eval" / "metrics.json").read_text())["rows"]
         assert rows[0]["task"] == "niah_single" and 0 <= rows[0]["full_acc"] <= 1
+
+
+def test_grid_job_writes_one_metrics_file_per_cell(tmp_path):
+    """grid: one job, one drafter pass + one full prefill per case, every span x keep cell."""
+    _run(["experiments/run.py", "task.seq_len=1024", "task.n_cases=2", "max_new_tokens=4",
+          "repeats=0", "quiet=true", "grid.span_sizes=[16,64]", "grid.keep_ratios=[0.1,0.5]",
+          f"metrics_dir={tmp_path}/job", f"hydra.run.dir={tmp_path}/hydra"], tmp_path)
+    cells = {p.parent.name: json.loads(p.read_text())
+             for p in (tmp_path / "job/cells").glob("*/metrics.json")}
+    assert set(cells) == {"span16_keep0.1", "span16_keep0.5", "span64_keep0.1",
+                          "span64_keep0.5"}
+    for name, m in cells.items():
+        span, keep = name.removeprefix("span").split("_keep")
+        assert m["run_config"]["selection"]["span_size"] == int(span)
+        assert m["pflash_config"]["span_size"] == int(span)
+        assert m["pflash_config"]["keep_ratio"] == float(keep)
+        assert m["summary"]["n_cases"] == 2
+    # the same cases: full prefill's answers agree across cells, and more budget keeps more
+    full = {n: [c["full_tokens"] for c in m["cases"]] for n, m in cells.items()}
+    assert len({json.dumps(v) for v in full.values()}) == 1
+    for span in (16, 64):
+        lo, hi = cells[f"span{span}_keep0.1"], cells[f"span{span}_keep0.5"]
+        assert lo["summary"]["kept_frac"] <= hi["summary"]["kept_frac"]
