@@ -13,6 +13,9 @@
 #   prefillm  the prefill baselines with the Mosaic kernel as dense attention (~2 min)
 #   probe     experiments/probe_selection.py at 128K, 16/8 heads           (~30 s)
 #   speedup   experiment=speedup (0.6B -> 8B and 14B, 16K-128K)          (~7 min)
+#   speedup14 the 14B target at 128K alone, sequence-chunked (chunk=16384): unchunked it does
+#             not fit 80 GB                                               (~2 min)
+#   quality   experiment=quality (tiny pair: 8 tasks x 3 S x 2 presets, span x keep grid)
 # Each stage writes a log and its metrics; all of it comes back as $OUT/gpu_batch.tgz, and a
 # short table of what ran is printed last.
 set -uo pipefail
@@ -54,6 +57,12 @@ for s in "$@"; do
         'densities=[1.0,0.1]' tune.enabled=false gqa_share.enabled=false out_dir="$OUT/kernel" ;;
     speedup) stage speedup "${SPEEDUP_LIMIT:-480}" python3 experiments/run.py -m \
         experiment=speedup hydra.sweep.dir="$OUT/speedup" ;;
+    speedup14) stage speedup14 "${SPEEDUP14_LIMIT:-200}" python3 experiments/run.py \
+        experiment=speedup model@target=qwen3_14b task.seq_len=131072 chunk=16384 \
+        repeats="${SPEEDUP14_REPEATS:-3}" metrics_dir="$OUT/speedup14" \
+        hydra.run.dir="$OUT/speedup14/hydra" ;;
+    quality) stage quality "${QUALITY_LIMIT:-400}" python3 experiments/run.py -m \
+        experiment=quality hydra.sweep.dir="$OUT/quality" ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done
