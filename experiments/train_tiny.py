@@ -9,6 +9,10 @@ Design choices:
 - Loss: mean cross-entropy on answer tokens plus `lm_weight` x the mean on haystack tokens
   (separate means: see make_loss).
 - orbax CheckpointManager: rerunning the same command resumes from the latest step.
+- Fine-tuning: `init_from` starts from exported HF checkpoints instead of random weights
+  (strictly checked against the configured shapes); `train` picks the models that get updates.
+  A model not trained keeps its init_from weights and is re-exported unchanged; with random
+  init it is neither trained nor exported (random weights are worth nothing downstream).
 """
 
 from __future__ import annotations
@@ -21,18 +25,27 @@ from pathlib import Path
 import hydra
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pflash_jax.bench import provenance, write_metrics
-from pflash_jax.data import step_batch
+from pflash_jax.data import step_batch, training_batch
 from pflash_jax.models import qwen3
 from pflash_jax.models.config import Qwen3Config
 from pflash_jax.models.export_hf import export_hf
-from pflash_jax.models.params import init_params
-from pflash_jax.tasks import tiny_tokenizer
+from pflash_jax.models.params import Params, init_params, unflatten
+from pflash_jax.models.weights import (
+    TIED_EXTRA,
+    CheckpointError,
+    check_tensors,
+    hf_expected,
+    hf_to_ours,
+    read_checkpoint,
+)
+from pflash_jax.tasks import as_tokenizer, tiny_tokenizer
 from pflash_jax.tasks.tokenizer import TINY_TOKENIZER_PATH
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +55,25 @@ EOS = "<|endoftext|>"
 def model_config(shape: dict, vocab: int, max_pos: int) -> Qwen3Config:
     return Qwen3Config(vocab_size=vocab, tie_word_embeddings=True,
                        max_position_embeddings=max_pos, **shape)
+
+
+def load_init(path: Path, cfg: Qwen3Config) -> Params:
+    """float32 params from an exported HF checkpoint directory, which must match `cfg` (the
+    configured shapes with the padded vocab) exactly; every mismatch is reported at once."""
+    problems: list[str] = []
+    found = Qwen3Config.from_file(path / "config.json")
+    problems += [f"{path}/config.json: {f.name}={getattr(found, f.name)!r}, configured "
+                 f"{getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
+                 if getattr(found, f.name) != getattr(cfg, f.name)]
+    if problems:  # every tensor would mismatch too: the config lines say it all
+        raise CheckpointError([f"init_from: {p}" for p in problems])
+    refs = read_checkpoint(path, problems)
+    extra = (TIED_EXTRA,) if cfg.tie_word_embeddings else ()
+    check_tensors(refs, {k: s for k, (_, s) in hf_expected(cfg).items()}, path, problems, extra)
+    if problems:
+        raise CheckpointError([f"init_from: {p}" for p in problems])
+    return unflatten({k: jnp.asarray(t.make()) for k, t in
+                      hf_to_ours(refs, cfg, np.float32).items()})
 
 
 def stage_at(step: int, steps: int, curriculum) -> tuple[int, int]:
@@ -85,19 +117,33 @@ def make_step(cfg, attn, compute_dtype, tx, lm_weight):
     return step
 
 
+def batch_with_opts(spec: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """data.step_batch plus per-task generator options (spec's last item); same rng
+    convention, so with no options the batches are step_batch's exactly."""
+    *spec, task_opts = spec
+    if not task_opts:
+        return step_batch(tuple(spec))
+    tasks, seed, step, seq_len, batch, lm_weight, tok_path = spec
+    return training_batch(tasks, batch, seq_len, as_tokenizer(tok_path),
+                          np.random.default_rng([seed, step]), lm_weight=lm_weight,
+                          task_opts=task_opts)
+
+
 def prefetch(c: DictConfig, start: int):
     """Batches built by worker processes (host-side generation is the bottleneck at short
     lengths: ~0.1 s for 64 x 512 tokens), in step order; each depends on (seed, step) only,
     so a resumed run sees the same data."""
     tasks = OmegaConf.to_container(c.tasks)  # list, or {name: weight}
+    task_opts = OmegaConf.to_container(c.task_opts) if c.task_opts else {}
     specs = [(tasks, c.seed, step, *stage_at(step, c.steps, c.curriculum),
-              c.lm_weight, str(TINY_TOKENIZER_PATH)) for step in range(start, c.steps)]
+              c.lm_weight, str(TINY_TOKENIZER_PATH), task_opts)
+             for step in range(start, c.steps)]
     if c.workers <= 1:
-        yield from map(step_batch, specs)
+        yield from map(batch_with_opts, specs)
         return
     # spawn, not fork: the parent already runs JAX threads.
     with mp.get_context("spawn").Pool(c.workers) as pool:
-        yield from pool.imap(step_batch, specs, chunksize=4)
+        yield from pool.imap(batch_with_opts, specs, chunksize=4)
 
 
 @hydra.main(config_path="../configs", config_name="train_tiny", version_base=None)
@@ -108,6 +154,9 @@ def main(c: DictConfig) -> None:
     attn = c.attn if c.attn != "auto" else ("cudnn" if on_gpu else "xla")
     compute_dtype = jnp.bfloat16 if on_gpu else jnp.float32
     names = ("target", "drafter")
+    train = list(c.train)
+    if not train or set(train) - set(names):
+        raise ValueError(f"train must be a non-empty subset of {list(names)}, got {train}")
     cfgs = {n: model_config(OmegaConf.to_container(c[n]), vocab, c.max_position_embeddings)
             for n in names}
     sched = optax.warmup_cosine_decay_schedule(0.0, c.lr, c.warmup, max(c.steps, c.warmup + 1),
@@ -115,11 +164,16 @@ def main(c: DictConfig) -> None:
     tx = optax.chain(optax.clip_by_global_norm(c.grad_clip),
                      optax.adamw(sched, b2=0.95, weight_decay=c.weight_decay))
     keys = jax.random.split(jax.random.key(c.seed), len(names))
-    state = {}
+    init = {}  # the starting weights; for models not trained, also the exported ones
     for n, k in zip(names, keys, strict=True):
-        p = init_params(cfgs[n], k, jnp.float32)
-        state[n] = {"params": p, "opt": tx.init(p)}
-    steps_fns = {n: make_step(cfgs[n], attn, compute_dtype, tx, c.lm_weight) for n in names}
+        if c.init_from:
+            init[n] = load_init(REPO / c.init_from / n, cfgs[n])
+        elif n in train:
+            init[n] = init_params(cfgs[n], k, jnp.float32)
+    if c.init_from:
+        print(f"initialized {', '.join(names)} from {REPO / c.init_from}")
+    state = {n: {"params": init[n], "opt": tx.init(init[n])} for n in train}
+    steps_fns = {n: make_step(cfgs[n], attn, compute_dtype, tx, c.lm_weight) for n in train}
 
     ckpt_dir = (REPO / c.checkpoint_dir).resolve()
     mgr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2))
@@ -133,15 +187,16 @@ def main(c: DictConfig) -> None:
     bar = tqdm(prefetch(c, start), total=c.steps, initial=start, desc="train_tiny")
     for step, (ids, mask) in enumerate(bar, start=start):
         row = {"step": step + 1, "seq_len": int(ids.shape[1])}
-        for n in names:
+        for n in train:
             s = state[n]
             s["params"], s["opt"], m = steps_fns[n](s["params"], s["opt"], ids, mask)
             row.update({f"{n}_{k}": v for k, v in m.items()})
         if (step + 1) % 25 == 0 or step + 1 == c.steps:
             row = {k: float(v) for k, v in row.items()}
             history.append(row)
-            bar.set_postfix(T=row["seq_len"], tgt=f"{row['target_answer_acc']:.2f}",
-                            dft=f"{row['drafter_answer_acc']:.2f}")
+            bar.set_postfix(T=row["seq_len"], **{
+                {"target": "tgt", "drafter": "dft"}[n]: f"{row[f'{n}_answer_acc']:.2f}"
+                for n in train})
             if (step + 1) % c.log_every == 0:
                 tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
         if c.max_minutes and time.perf_counter() - t0 > 60 * c.max_minutes:
@@ -156,10 +211,11 @@ def main(c: DictConfig) -> None:
     train_s = time.perf_counter() - t0
 
     if c.export_dir:
-        for n in names:
-            out = export_hf(state[n]["params"], cfgs[n], REPO / c.export_dir / n,
+        final = init | {n: state[n]["params"] for n in train}
+        for n in final:
+            out = export_hf(final[n], cfgs[n], REPO / c.export_dir / n,
                             tokenizer_json=TINY_TOKENIZER_PATH, eos_token=EOS)
-            print(f"exported {n} -> {out}")
+            print(f"exported {n}{'' if n in train else ' (not trained)'} -> {out}")
     if c.metrics_path:
         write_metrics(REPO / c.metrics_path, {
             "config": OmegaConf.to_container(c, resolve=True),
