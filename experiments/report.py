@@ -55,6 +55,7 @@ def flat_rows(paths: list[Path]) -> list[dict]:
                                      "block_density", "pflash_ttft_s", "full_ttft_s")},
             "peak_memory_gib": (m.get("peak_memory_bytes") or 0) / 2**30 or None,
             "repeats": m["run_config"].get("repeats", 1),
+            "chunk": m["run_config"].get("chunk"),
             "random_init": bool(m["models"]["drafter"].get("random_init")
                                 or m["models"]["target"].get("random_init")),
         }
@@ -139,6 +140,7 @@ def plots(rows: list[dict], out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     made = []
     speed = [r for r in rows if r.get("full_ttft_s") is not None and r["repeats"] > 0]
@@ -165,50 +167,81 @@ def plots(rows: list[dict], out: Path) -> list[str]:
     spans = sorted({r["span_size"] for r in qual})
     keeps = sorted({r["keep_ratio"] for r in qual})
     presets = sorted({r["preset"] for r in qual})
+    lengths = sorted({r["S"] for r in qual})
     if qual and len(spans) > 1 and len(keeps) > 1:
-        # One panel per preset, averaged over the tasks that cover every cell of the grid, so
-        # a partially run task cannot tilt some cells and not others.
-        fig, axes = plt.subplots(1, len(presets), figsize=(4.6 * len(presets), 4), squeeze=False)
-        for ax, pre in zip(axes[0], presets, strict=True):
-            rp = [r for r in qual if r["preset"] == pre]
-            cells = {(sp, kp) for sp in spans for kp in keeps}
-            tasks = sorted(t for t in {r["task"] for r in rp}
-                           if {(r["span_size"], r["keep_ratio"]) for r in rp
-                               if r["task"] == t} >= cells)
-            grid = np.full((len(spans), len(keeps)), np.nan)
-            for i, sp in enumerate(spans):
-                for j, kp in enumerate(keeps):
-                    v = [r["pflash_acc"] for r in rp if r["task"] in tasks
-                         and r["span_size"] == sp and r["keep_ratio"] == kp]
-                    if v:
-                        grid[i, j] = np.mean(v)
-                        ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
-                                fontsize=7, color="w" if grid[i, j] < 0.6 else "k")
-            im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
-            ax.set_xticks(range(len(keeps)), [str(k) for k in keeps])
-            ax.set_yticks(range(len(spans)), [str(s) for s in spans])
-            ax.set(xlabel="keep ratio", ylabel="span size",
-                   title=f"{pre}: {', '.join(tasks) or 'no task covers the grid'}")
-            ax.title.set_fontsize(8)
-        fig.colorbar(im, ax=axes[0].tolist())
-        fig.suptitle("PFlash accuracy (mean over the listed tasks)", fontsize=9)
+        # One panel per preset x S, averaged over the tasks that (a) cover every cell of the
+        # grid there, so a partially run task cannot tilt some cells and not others, and (b) the
+        # target solves with full prefill (mean full acc >= 0.5): on a task it cannot do, PFlash
+        # accuracy says nothing about the drafter. The caption names the tasks of each panel.
+        fig, axes = plt.subplots(len(presets), len(lengths), squeeze=False,
+                                 figsize=(3.6 * len(lengths) + 1, 3.3 * len(presets) + 1.2))
+        cells = {(sp, kp) for sp in spans for kp in keeps}
+        captions, im = [], None
+        for a, pre in enumerate(presets):
+            for b, S in enumerate(lengths):
+                ax = axes[a][b]
+                rp = [r for r in qual if r["preset"] == pre and r["S"] == S]
+                tasks = sorted(t for t in {r["task"] for r in rp}
+                               if {(r["span_size"], r["keep_ratio"]) for r in rp
+                                   if r["task"] == t} >= cells
+                               and np.mean([r["full_acc"] for r in rp if r["task"] == t
+                                            and r.get("full_acc") is not None] or [0]) >= 0.5)
+                grid = np.full((len(spans), len(keeps)), np.nan)
+                for i, sp in enumerate(spans):
+                    for j, kp in enumerate(keeps):
+                        v = [r["pflash_acc"] for r in rp if r["task"] in tasks
+                             and r["span_size"] == sp and r["keep_ratio"] == kp]
+                        if v:
+                            grid[i, j] = np.mean(v)
+                            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center",
+                                    fontsize=7, color="w" if grid[i, j] < 0.6 else "k")
+                im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower",
+                               aspect="auto")
+                ax.set_xticks(range(len(keeps)), [str(k) for k in keeps], fontsize=7)
+                ax.set_yticks(range(len(spans)), [str(s) for s in spans], fontsize=7)
+                full = [r["full_acc"] for r in rp if r["task"] in tasks
+                        and r.get("full_acc") is not None]
+                ax.set_title(f"{pre}, S={S}: {len(tasks)} task(s)"
+                             + (f", full {np.mean(full):.2f}" if full else ""), fontsize=8)
+                if b == 0:
+                    ax.set_ylabel("span size", fontsize=8)
+                if a == len(presets) - 1:
+                    ax.set_xlabel("keep ratio", fontsize=8)
+                captions.append(f"{pre} S={S}: {', '.join(tasks) or '-'}")
+        fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03)
+        fig.suptitle("PFlash accuracy (mean over the tasks full prefill solves; "
+                     "'full' = their full-prefill accuracy)", fontsize=9)
         fig.savefig(out / "acc_heatmap.png", dpi=120)
         plt.close(fig)
+        (out / "acc_heatmap_tasks.txt").write_text("\n".join(captions) + "\n")
         made.append("acc_heatmap.png")
     if qual and len(keeps) > 1:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        # One panel per preset: per task, PFlash accuracy against keep ratio (mean over span
+        # sizes and lengths) with the task's full-prefill accuracy dashed in the same colour.
+        fig, axes = plt.subplots(1, len(presets), figsize=(5.2 * len(presets), 4), squeeze=False,
+                                 sharey=True)
         tasks = sorted({r["task"] for r in qual})
-        for t in tasks:
-            pts = [(k, np.mean([r["pflash_acc"] for r in qual if r["task"] == t
-                                and r["keep_ratio"] == k])) for k in keeps
-                   if any(r["task"] == t and r["keep_ratio"] == k for r in qual)]
-            ax.plot(*zip(*pts, strict=True), "o-", label=t)
-        full = [r["full_acc"] for r in qual if r.get("full_acc") is not None]
-        if full:
-            ax.axhline(np.mean(full), color="k", ls="--", label="full prefill (mean)")
-        ax.set(xscale="log", xlabel="keep ratio", ylabel="accuracy", ylim=(-0.02, 1.02),
-               title="PFlash accuracy against keep ratio")
-        ax.legend(fontsize=7)
+        colors = plt.get_cmap("tab10")
+        for ax, pre in zip(axes[0], presets, strict=True):
+            rp = [r for r in qual if r["preset"] == pre]
+            for c, t in enumerate(tasks):
+                pts = [(k, np.mean([r["pflash_acc"] for r in rp if r["task"] == t
+                                    and r["keep_ratio"] == k])) for k in keeps
+                       if any(r["task"] == t and r["keep_ratio"] == k for r in rp)]
+                if not pts:
+                    continue
+                ax.plot(*zip(*pts, strict=True), "o-", color=colors(c % 10), label=t)
+                full = [r["full_acc"] for r in rp if r["task"] == t
+                        and r.get("full_acc") is not None]
+                if full:
+                    ax.axhline(np.mean(full), color=colors(c % 10), ls="--", lw=0.8)
+            ax.set(xscale="log", xlabel="keep ratio", ylim=(-0.02, 1.02),
+                   title=f"{pre} (dashed: full prefill)")
+            ax.set_xticks(keeps, [str(k) for k in keeps])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.title.set_fontsize(9)
+        axes[0][0].set_ylabel("accuracy (mean over spans and S)")
+        axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
         fig.tight_layout()
         fig.savefig(out / "acc_vs_keep.png", dpi=120)
         plt.close(fig)
