@@ -5,7 +5,8 @@ Design choices:
   (sorted, possibly gapped) positions; causality between kept tokens is then plain index
   causality, so attention is always a square causal call: `attn(q, k, v) -> o` with
   q [B,T,N,H], k/v [B,T,K,H]. `attn` is a name for `pflash_jax.attention.dense_attention`
-  ("reference" | "xla" | "cudnn") or any callable with that signature (block-sparse kernels).
+  ("auto" | "reference" | "xla" | "cudnn" | "mosaic") or any callable with that signature
+  (block-sparse kernels).
 - q_norm / k_norm (RMSNorm over H) come before RoPE, as in transformers. RoPE tables are float32
   (positions near 128K times inv_freq lose all precision in bf16) and rotate in float32.
 - `chunk` splits the per-token work (projections, norms, RoPE, MLP) into `lax.map` chunks along

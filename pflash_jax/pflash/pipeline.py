@@ -239,8 +239,8 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
 
 def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = None,
                  attn: str | None = None, eos_id: int | None = None) -> FullResult:
-    """The baseline: prefill of all S tokens (cuDNN on GPU), then greedy decode (stopping
-    after eos_id when given)."""
+    """The baseline: prefill of all S tokens (dense attention "auto": Mosaic on Hopper, cuDNN on
+    other GPUs), then greedy decode (stopping after eos_id when given)."""
     ids = np.asarray(ids, np.int32)
     timings: dict = {}
     tokens = _prefill_and_decode(target, ids, np.arange(ids.shape[0], dtype=np.int32),
