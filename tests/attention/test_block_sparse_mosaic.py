@@ -96,10 +96,25 @@ class TestMosaicInterpret(SharedMaskCases, MosaicBase):
     S = 300  # 3 blocks, the last one ragged
 
     @pytest.mark.parametrize("sizes", [BlockSizes(stages=3),
-                                       BlockSizes(stages=1, schedule_barrier=False)])
+                                       BlockSizes(stages=1, schedule_barrier=False),
+                                       BlockSizes(persistent=True),
+                                       BlockSizes(persistent=True, stages=3)])
     def test_pipeline_variants(self, sizes):
-        """Ring depth and the ping-pong barrier change the schedule, never the answer."""
+        """Ring depth, the ping-pong barrier and persistent CTAs (3 CTAs over 8 items here:
+        uneven item counts, the K/V ring running across items) change the schedule, never
+        the answer."""
         self._check_variant(sizes, S=400, N=2, K=1, H=64)
+
+    def test_persistent_no_races(self):
+        from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call as ipc
+
+        q, k, v = _qkv(97, 300, 2, 1, 64, jnp.bfloat16)
+        mask = _random_mask(97, 1, 2, self.blocks(300), p=0.7)
+        params = plgpu.InterpretGPUParams(detect_races=True)
+        out = block_sparse_attention(q, k, v, mask, impl="mosaic", block_size=128,
+                                     interpret=params, block_sizes=BlockSizes(persistent=True))
+        jax.block_until_ready(out)
+        assert not ipc.get_races().races_found, "race detected in the persistent mosaic kernel"
 
     def test_no_races(self):
         """The interpreter's happens-before race detector finds no race in the barrier protocol
@@ -113,6 +128,24 @@ class TestMosaicInterpret(SharedMaskCases, MosaicBase):
                                      interpret=params)
         jax.block_until_ready(out)
         assert not ipc.get_races().races_found, "race detected in the mosaic kernel"
+
+    @pytest.mark.parametrize("sizes", [BlockSizes(), BlockSizes(persistent=True),
+                                       BlockSizes(persistent=True, stages=3)])
+    def test_gpu_variants_lower_for_cuda(self, sizes, monkeypatch):
+        """The variants the interpreter cannot run (P in registers) still lower to Mosaic GPU
+        IR for CUDA here: lowering errors show up on the CPU, PTX compilation only on a GPU."""
+        from pflash_jax.attention import mosaic
+
+        monkeypatch.setattr(mosaic, "_check_device", lambda interpret: None)
+        monkeypatch.setattr(mosaic, "_sm_count", lambda: 132)
+        q = jax.ShapeDtypeStruct((1, 1000, 4, 128), jnp.bfloat16)
+        k = jax.ShapeDtypeStruct((1, 1000, 2, 128), jnp.bfloat16)
+        bm = BlockMask.from_dense(_random_mask(98, 1, 4, self.blocks(1000)), block_size=128,
+                                  seq_len=1000)
+        f = jax.jit(lambda q, k, v, bm: mosaic.block_sparse_attention.__wrapped__(
+            q, k, v, bm, block_sizes=sizes))
+        text = f.trace(q, k, k, bm).lower(lowering_platforms=("cuda",)).as_text()
+        assert "mosaic_gpu" in text
 
     def test_small_selection_block(self):
         """The interpreter also runs selection blocks other than 128 (16-row warpgroups here);
@@ -152,7 +185,9 @@ class TestMosaicGPU(SharedMaskCases, MosaicBase):
     S = 700
 
     @pytest.mark.parametrize("sizes", [BlockSizes(pv="smem"), BlockSizes(schedule_barrier=False),
-                                       BlockSizes(pv="smem", stages=1, schedule_barrier=False)])
+                                       BlockSizes(pv="smem", stages=1, schedule_barrier=False),
+                                       BlockSizes(persistent=True),
+                                       BlockSizes(persistent=True, pv="smem")])
     def test_pipeline_variants(self, sizes):
         self._check_variant(sizes, S=1000)
 
