@@ -32,20 +32,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pflash_jax.bench import provenance, write_metrics
-from pflash_jax.data import step_batch, training_batch
+from pflash_jax.data import step_batch
 from pflash_jax.models import qwen3
 from pflash_jax.models.config import Qwen3Config
 from pflash_jax.models.export_hf import export_hf
 from pflash_jax.models.params import Params, init_params, unflatten
-from pflash_jax.models.weights import (
-    TIED_EXTRA,
-    CheckpointError,
-    check_tensors,
-    hf_expected,
-    hf_to_ours,
-    read_checkpoint,
-)
-from pflash_jax.tasks import as_tokenizer, tiny_tokenizer
+from pflash_jax.models.weights import CheckpointError, hf_to_ours, read_hf_checkpoint
+from pflash_jax.tasks import tiny_tokenizer
 from pflash_jax.tasks.tokenizer import TINY_TOKENIZER_PATH
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,9 +60,7 @@ def load_init(path: Path, cfg: Qwen3Config) -> Params:
                  if getattr(found, f.name) != getattr(cfg, f.name)]
     if problems:  # every tensor would mismatch too: the config lines say it all
         raise CheckpointError([f"init_from: {p}" for p in problems])
-    refs = read_checkpoint(path, problems)
-    extra = (TIED_EXTRA,) if cfg.tie_word_embeddings else ()
-    check_tensors(refs, {k: s for k, (_, s) in hf_expected(cfg).items()}, path, problems, extra)
+    refs = read_hf_checkpoint(path, cfg, problems)
     if problems:
         raise CheckpointError([f"init_from: {p}" for p in problems])
     return unflatten({k: jnp.asarray(t.make()) for k, t in
@@ -117,18 +108,6 @@ def make_step(cfg, attn, compute_dtype, tx, lm_weight):
     return step
 
 
-def batch_with_opts(spec: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """data.step_batch plus per-task generator options (spec's last item); same rng
-    convention, so with no options the batches are step_batch's exactly."""
-    *spec, task_opts = spec
-    if not task_opts:
-        return step_batch(tuple(spec))
-    tasks, seed, step, seq_len, batch, lm_weight, tok_path = spec
-    return training_batch(tasks, batch, seq_len, as_tokenizer(tok_path),
-                          np.random.default_rng([seed, step]), lm_weight=lm_weight,
-                          task_opts=task_opts)
-
-
 def prefetch(c: DictConfig, start: int):
     """Batches built by worker processes (host-side generation is the bottleneck at short
     lengths: ~0.1 s for 64 x 512 tokens), in step order; each depends on (seed, step) only,
@@ -139,11 +118,11 @@ def prefetch(c: DictConfig, start: int):
               c.lm_weight, str(TINY_TOKENIZER_PATH), task_opts)
              for step in range(start, c.steps)]
     if c.workers <= 1:
-        yield from map(batch_with_opts, specs)
+        yield from map(step_batch, specs)
         return
     # spawn, not fork: the parent already runs JAX threads.
     with mp.get_context("spawn").Pool(c.workers) as pool:
-        yield from pool.imap(batch_with_opts, specs, chunksize=4)
+        yield from pool.imap(step_batch, specs, chunksize=4)
 
 
 @hydra.main(config_path="../configs", config_name="train_tiny", version_base=None)

@@ -20,12 +20,9 @@ import numpy as np
 
 from pflash_jax.models.config import Qwen3Config
 from pflash_jax.models.weights import (
-    TIED_EXTRA,
     CheckpointError,
-    check_tensors,
-    hf_expected,
     hf_to_ours,
-    read_checkpoint,
+    read_hf_checkpoint,
     write_safetensors,
 )
 
@@ -43,10 +40,7 @@ def convert(hf_dir: str | Path, out_dir: str | Path, dtype: str = "bf16",
         raise FileExistsError(f"{out_dir} exists (pass --overwrite to replace it)")
     cfg = Qwen3Config.from_file(hf_dir / "config.json")
     problems: list[str] = []
-    refs = read_checkpoint(hf_dir, problems)
-    expected = hf_expected(cfg)
-    extra = (TIED_EXTRA,) if cfg.tie_word_embeddings else ()
-    check_tensors(refs, {k: s for k, (_, s) in expected.items()}, hf_dir, problems, extra)
+    refs = read_hf_checkpoint(hf_dir, cfg, problems)
     if problems:
         raise CheckpointError(problems)
 

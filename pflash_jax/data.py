@@ -74,8 +74,9 @@ def training_batch(
 
 def step_batch(spec: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Batch of one training step, a pure function of spec (picklable, for worker processes):
-    spec = (tasks, seed, step, seq_len, batch, lm_weight, tokenizer_path)."""
-    tasks, seed, step, seq_len, batch, lm_weight, tok_path = spec
+    spec = (tasks, seed, step, seq_len, batch, lm_weight, tokenizer_path, task_opts), task_opts
+    as in training_batch (None or {}: the generators' defaults)."""
+    tasks, seed, step, seq_len, batch, lm_weight, tok_path, task_opts = spec
     rng = np.random.default_rng([seed, step])
     return training_batch(tasks, batch, seq_len, as_tokenizer(tok_path), rng,
-                          lm_weight=lm_weight)
+                          lm_weight=lm_weight, task_opts=task_opts)

@@ -254,6 +254,17 @@ def check_tensors(refs: dict[str, TensorRef], expected: dict[str, tuple[int, ...
         problems.append(f"{refs[name].file}: unexpected tensor {name!r}{hint}")
 
 
+def read_hf_checkpoint(directory: Path, cfg: Qwen3Config,
+                       problems: list[str]) -> dict[str, TensorRef]:
+    """The tensors of a Hugging Face Qwen3 checkpoint, each checked against cfg's HF names and
+    shapes (a tied checkpoint may also carry lm_head.weight); problems are appended."""
+    refs = read_checkpoint(directory, problems)
+    extra = (TIED_EXTRA,) if cfg.tie_word_embeddings else ()
+    check_tensors(refs, {k: s for k, (_, s) in hf_expected(cfg).items()}, directory, problems,
+                  extra)
+    return refs
+
+
 def hf_to_ours(refs: dict[str, TensorRef], cfg: Qwen3Config, dtype) -> dict[str, Lazy]:
     """Apply HF_RULES lazily (refs already validated): our name -> Lazy tensor in `dtype`."""
     dtype = np.dtype(dtype)

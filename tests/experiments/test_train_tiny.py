@@ -103,14 +103,17 @@ def test_finetune_target_only(tmp_path):
 
 
 def test_task_opts_batches():
-    """No options: exactly data.step_batch's batch; options reach the task generator."""
-    from pflash_jax.data import step_batch
+    """No options: exactly the generators' default batch under the (seed, step) rng; options
+    reach the task generator."""
+    from pflash_jax.data import step_batch, training_batch
+    from pflash_jax.tasks import as_tokenizer
     from pflash_jax.tasks.tokenizer import TINY_TOKENIZER_PATH
 
-    tt = _train_tiny()
     spec = ({"niah_multikey": 1}, 0, 5, 512, 2, 0.1, str(TINY_TOKENIZER_PATH))
-    for a, b in zip(tt.batch_with_opts((*spec, {})), step_batch(spec), strict=True):
-        np.testing.assert_array_equal(a, b)
-    ids, _ = tt.batch_with_opts((*spec, {"niah_multikey": {"n_distractors": 7}}))
-    base, _ = step_batch(spec)
-    assert not np.array_equal(ids, base)
+    default = training_batch({"niah_multikey": 1}, 2, 512, as_tokenizer(TINY_TOKENIZER_PATH),
+                             np.random.default_rng([0, 5]), lm_weight=0.1)
+    for opts in (None, {}):
+        for a, b in zip(step_batch((*spec, opts)), default, strict=True):
+            np.testing.assert_array_equal(a, b)
+    ids, _ = step_batch((*spec, {"niah_multikey": {"n_distractors": 7}}))
+    assert not np.array_equal(ids, default[0])
