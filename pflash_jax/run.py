@@ -125,10 +125,10 @@ def run_job(c: RunConfig) -> dict:
 
 def grid_cells(c: RunConfig) -> list[tuple[str | None, RunConfig]]:
     """(cell name, the RunConfig of that cell): one unnamed cell without a grid."""
-    spans = c.grid.span_sizes or [c.selection.span_size]
-    keeps = c.grid.keep_ratios or [c.selection.keep_ratio]
     if not (c.grid.span_sizes or c.grid.keep_ratios):
         return [(None, c)]
+    spans = c.grid.span_sizes or [c.selection.span_size]
+    keeps = c.grid.keep_ratios or [c.selection.keep_ratio]
     cells = []
     for sp in spans:
         for kr in keeps:

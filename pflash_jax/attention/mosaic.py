@@ -288,12 +288,8 @@ def _sm_count() -> int:
 
 
 def _and(cond, flag):
-    """cond & flag, where flag is a Python bool (static: no extra op) or a traced bool."""
-    if flag is True:
-        return cond
-    if flag is False:
-        return jnp.bool_(False)
-    return cond & flag
+    """cond & flag, where flag is True (static: no extra op) or a traced bool."""
+    return cond if flag is True else cond & flag
 
 
 def _smem(shape, dtype):
