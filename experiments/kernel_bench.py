@@ -65,9 +65,11 @@ INTERPRET = False  # set from cfg.interpret in main (CPU smoke runs only)
 IMPL = "triton"  # set from cfg.impl in main: triton | mosaic | mosaic3 | mosaic_smem (Hopper)
 # Mosaic kernel knobs per impl name; "mosaic_smem" is its P-through-shared-memory variant,
 # "mosaic3" its three-slot K/V ring (224 of 227 KB of shared memory at H=128),
-# "mosaic_persistent" one CTA per SM with the K/V ring running across work items.
+# "mosaic_persistent" one CTA per SM with the K/V ring running across work items
+# ("mosaic_persistent3": with the three-slot ring).
 MOSAIC = {"mosaic": mg.BlockSizes(), "mosaic3": mg.BlockSizes(stages=3),
           "mosaic_persistent": mg.BlockSizes(persistent=True),
+          "mosaic_persistent3": mg.BlockSizes(persistent=True, stages=3),
           "mosaic_smem": mg.BlockSizes(pv="smem")}
 
 

@@ -7,7 +7,7 @@
 #   tests     every `gpu`-marked test                                   (~2 min)
 #   prefill   full-prefill baselines, Qwen3-0.6B and -8B at 131072      (~2 min)
 #   kernel    kernel bench at 32K/128K x density 1.0/0.1 (triton)       (~1 min)
-#   kb:IMPL:H the same grid for impl IMPL (triton|mosaic|mosaic_smem), H query heads
+#   kb:IMPL:H the same grid for impl IMPL (triton|mosaic|mosaic3|mosaic_smem|mosaic_persistent[3]), H query heads
 #             (16 = Qwen3-0.6B, 32 = Qwen3-8B; 8 kv heads), 3 repeats      (~1 min)
 #   mtests    the `gpu`-marked tests of the Mosaic kernel only             (~1 min)
 #   prefillm  the prefill baselines with the Mosaic kernel as dense attention (~2 min)
@@ -32,7 +32,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/device.txt"
 for s in "$@"; do
   case $s in
     tests) stage tests "${TESTS_LIMIT:-300}" env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q tests ;;
-    mtests) stage mtests 110 env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q -x \
+    mtests) stage mtests 200 env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q -x \
         tests/attention/test_block_sparse_mosaic.py ;;
     kb:*:*)
       IFS=: read -r _ impl heads <<< "$s"
