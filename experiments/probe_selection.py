@@ -101,6 +101,22 @@ def compress_bits(mask):
     return indices.reshape(lead + (M,)), counts.reshape(lead)
 
 
+def check_fused(fused, base, mass, *, alpha: float) -> None:
+    """The fused epilogue against the unfused path. Compiled, its row sum and float32 division
+    may round differently from XLA's, so masks may differ only within 1e-5 (relative) of the
+    threshold; its compressed layout must be exactly that of its own mask."""
+    mass = np.asarray(mass)
+    thr = alpha * mass.max(-1, keepdims=True)
+    diff = np.asarray(fused.mask) != np.asarray(base.mask)
+    far = diff & (np.abs(mass - thr) > 1e-5 * thr)
+    print(f"fused vs unfused: {diff.sum()} mask entries differ, {far.sum()} away from the "
+          f"threshold (of {diff.size})")
+    assert not far.any()
+    idx, cnt = jax.jit(blockmask.compress)(fused.mask)
+    np.testing.assert_array_equal(np.asarray(fused.counts), np.asarray(cnt))
+    np.testing.assert_array_equal(np.asarray(fused.indices), np.asarray(idx))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seq", type=int, default=131072)
@@ -128,9 +144,16 @@ def main() -> None:
         np.testing.assert_allclose(np.asarray(f(k, 128)), ref, rtol=1e-5, atol=1e-5)
         timed(name, f, k, 128)
 
+    # The unfused path (mass kernel, XLA epilogue over [B,N,M,M], from_dense) is the reference
+    # for every variant below, the fused one included.
+    unfused = jax.jit(lambda q, k: selection._select_dense(q, k, alpha=0.1))
+    base = unfused(q, k)
+    timed("select_blocks unfused (XLA epilogue + from_dense)", unfused, q, k)
     sel = jax.jit(lambda q, k: selection.select_blocks(q, k, alpha=0.1))
-    base = sel(q, k)
-    timed("select_blocks (current)", sel, q, k)
+    check_fused(sel(q, k), base, selection.block_mass(q, k, block_size=128), alpha=0.1)
+    timed("select_blocks (current: fused epilogue kernel)", sel, q, k)
+    chunks = jax.jit(lambda q, k: selection._mass_chunks(q, k, block_size=128, interpret=False))
+    timed("mass kernel alone (fused total minus this = epilogue kernel)", chunks, q, k)
     mask = base.mask
     for name, fn in [("compress (current)", blockmask.compress),
                      ("compress argsort", compress_sort), ("compress sortkeys", compress_sortkeys),
@@ -142,11 +165,11 @@ def main() -> None:
         timed(name, f, mask)
 
     saved = (selection.block_means, blockmask.compress)
-    for name, means, comp in [("select_blocks + compress sortkeys", saved[0], compress_sortkeys),
-                              ("select_blocks + compress bits", saved[0], compress_bits)]:
+    for name, means, comp in [("unfused select + compress sortkeys", saved[0], compress_sortkeys),
+                              ("unfused select + compress bits", saved[0], compress_bits)]:
         selection.block_means, blockmask.compress = means, comp
         jax.clear_caches()  # the jitted selection functions would reuse their old traces
-        f = jax.jit(lambda q, k: selection.select_blocks(q, k, alpha=0.1))
+        f = jax.jit(lambda q, k: selection._select_dense(q, k, alpha=0.1))
         out = f(q, k)
         np.testing.assert_array_equal(np.asarray(out.indices), np.asarray(base.indices))
         timed(name, f, q, k)

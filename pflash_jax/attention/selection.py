@@ -24,10 +24,21 @@ Two implementations of the mass (step 3), `impl=`:
 - "triton": a Pallas (Triton backend) kernel, one program per (query block, head): scores for
   BN key blocks at a time stay in registers, only the causal chunks are visited (only the one
   holding the diagonal is masked), exp2 of log2(e)-scaled scores, and each chunk writes its
-  row-summed exp and its own max constant; a tiny XLA epilogue rescales the chunks to one
+  row-summed exp and (once) its own max constant; a tiny XLA epilogue rescales the chunks to one
   constant per query block and normalises (exactly the same mass): 1.6 ms at 128K on an H200
   (whole alpha-mode selection 1.6 ms vs 11.8 ms with "xla"). "auto" picks triton on a GPU.
   The q . kbar product runs in q's dtype (kbar rounded to it) with float32 accumulation.
+
+alpha mode with "triton" and share="none" does not build the dense mass at all: a second Pallas
+kernel (`_select_kernel`, one program per query block, head and batch row) reads the mass
+kernel's raw chunks and does the rescale, normalisation, threshold, structural OR, causal AND and
+the compression (ranks by cumsum, one scatter store) in registers, writing the BlockMask's three
+arrays directly. It replaces a chain of XLA passes over [B,N,M,M] float32 plus from_dense
+(0.30 ms of compression alone at 128K, 16 heads on an H100). It uses the same float32 operations
+as the unfused path (`_select_dense`, kept for the other modes and as the reference), so the
+masks are identical in interpret mode (tested); compiled, the row sum's order and Triton's float32
+division may round differently from XLA's, which can flip only blocks within a few ulps of the
+threshold (the GPU test allows 1e-5 relative).
 
 GQA (`share`): selection is per query head (kbar from the head's kv group). `share="union"` keeps
 the union of a kv group's per-head masks, `share="mean"` thresholds the group's mean mass; both
@@ -68,10 +79,15 @@ def block_means(k, block_size: int):
     return sums / valid[None, :, None, None]
 
 
+def _resolve(impl: str, interpret: bool) -> str:
+    if impl == "auto":
+        return "triton" if jax.default_backend() == "gpu" or interpret else "xla"
+    return impl
+
+
 def block_mass(q, k, *, block_size: int = 128, impl: str = "auto", interpret: bool = False):
     """Normalised block mass float32 [B, N, M, M] (step 3 above); zero above the diagonal."""
-    if impl == "auto":
-        impl = "triton" if jax.default_backend() == "gpu" or interpret else "xla"
+    impl = _resolve(impl, interpret)
     if impl == "xla":
         return block_mass_xla(q, k, block_size=block_size)
     if impl == "triton":
@@ -116,11 +132,13 @@ def block_mass_xla(q, k, *, block_size: int = 128, chunk_bytes: int = 1 << 28):
 
 
 def _mass_kernel(q_ref, kbar_ref, e_ref, c_ref, *, seq_len: int, n_blocks: int, chunk: int,
-                 n_chunks: int, scale: float):
-    # q_ref    [b, H]   the rows of query block m (one head)
-    # kbar_ref [Mk, H]  block means of this head's kv head, Mk = n_chunks * chunk (zero-padded)
-    # e_ref    [Mk]     out: sum over voting rows of 2^(s' - c_j), s' = s * log2(e), per block n
-    # c_ref    [Mk]     out: c_j, the max voting s' of n's chunk j (MASK_VALUE if none)
+                 scale: float):
+    # q_ref    [b, H]          the rows of query block m (one head)
+    # kbar_ref [n_chunks * chunk, H]  block means of this head's kv head (zero-padded)
+    # e_ref    [Cp * chunk]    out: sum over voting rows of 2^(s' - c_j), s' = s * log2(e), per n
+    # c_ref    [Cp]            out: c_j, the max voting s' of chunk j (MASK_VALUE if none);
+    #                          Cp = next power of two >= n_chunks, so that the fused epilogue can
+    #                          hold the row as a [Cp, chunk] tensor (Triton shapes are powers of 2)
     m = n_blocks - 1 - pl.program_id(0)  # heaviest (most chunks) first
     q = q_ref[...]
     b = q.shape[0]
@@ -142,57 +160,69 @@ def _mass_kernel(q_ref, kbar_ref, e_ref, c_ref, *, seq_len: int, n_blocks: int, 
         c = jnp.max(jnp.max(s, axis=1), axis=0)
         e = jnp.sum(jnp.exp2(s - c), axis=1)  # masked entries underflow to exactly 0
         e_ref[pl.ds(j * chunk, chunk)] = e
-        c_ref[pl.ds(j * chunk, chunk)] = jnp.full((chunk,), c, jnp.float32)
+        c_ref[j] = c
 
     def full(j, carry):  # every n < m: all rows vote
         visit(j, masked=False)
         return carry
 
-    def skip(j, carry):  # chunks entirely above the diagonal: nobody votes
+    def skip(j, carry):  # chunks above the diagonal (and the padding chunks): nobody votes
         e_ref[pl.ds(j * chunk, chunk)] = jnp.zeros((chunk,), jnp.float32)
-        c_ref[pl.ds(j * chunk, chunk)] = jnp.full((chunk,), MASK_VALUE, jnp.float32)
+        # plgpu.store, not c_ref[j] = ...: JAX 0.11's Triton lowering of `ref[i] = constant`
+        # pairs the constant with the index's dtype (int32) and fails.
+        plgpu.store(c_ref.at[j], MASK_VALUE)
         return carry
 
     diag = jax.lax.div(m, chunk)
     jax.lax.fori_loop(0, diag, full, 0)
     visit(diag, masked=True)
-    jax.lax.fori_loop(diag + 1, n_chunks, skip, 0)
+    jax.lax.fori_loop(diag + 1, c_ref.shape[0], skip, 0)
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "interpret", "num_warps"))
-def block_mass_triton(q, k, *, block_size: int = 128, interpret: bool = False,
-                      num_warps: int = 8):
-    """block_mass through the Pallas/Triton kernel above (block_size and H powers of two)."""
+def _mass_chunks(q, k, *, block_size: int, interpret: bool, num_warps: int = 8):
+    """The mass kernel's raw output: e float32 [B,N,M,Cp,chunk] (zero past M), c [B,N,M,Cp]."""
     B, S, N, H = q.shape
     K = k.shape[2]
     G = N // K
     M = -(-S // block_size)
     chunk = max(16, min(128, pl.next_power_of_2(M)))  # key blocks per step (Triton dot >= 16)
     n_chunks = -(-M // chunk)
-    Mk = n_chunks * chunk
+    Cp = pl.next_power_of_2(n_chunks)
     kbar = block_means(k, block_size).astype(q.dtype)
-    kbar = jnp.pad(kbar, ((0, 0), (0, Mk - M), (0, 0), (0, 0)))
+    kbar = jnp.pad(kbar, ((0, 0), (0, n_chunks * chunk - M), (0, 0), (0, 0)))
     if M * block_size != S:
         q = jnp.pad(q, ((0, 0), (0, M * block_size - S), (0, 0), (0, 0)))
     kernel = functools.partial(_mass_kernel, seq_len=S, n_blocks=M, chunk=chunk,
-                               n_chunks=n_chunks, scale=1.0 / math.sqrt(H))
-    row_spec = pl.BlockSpec((None, None, None, Mk), lambda i, h, b: (b, h, M - 1 - i, 0))
+                               scale=1.0 / math.sqrt(H))
+    row = lambda i, h, b: (b, h, M - 1 - i, 0)
     e, c = pl.pallas_call(
         kernel,
         grid=(M, N, B),
         in_specs=[
             pl.BlockSpec((None, block_size, None, H), lambda i, h, b: (b, M - 1 - i, h, 0)),
-            pl.BlockSpec((None, Mk, None, H), lambda i, h, b: (b, 0, jax.lax.div(h, G), 0)),
+            pl.BlockSpec((None, n_chunks * chunk, None, H),
+                         lambda i, h, b: (b, 0, jax.lax.div(h, G), 0)),
         ],
-        out_specs=[row_spec, row_spec],
-        out_shape=[jax.ShapeDtypeStruct((B, N, M, Mk), jnp.float32)] * 2,
+        out_specs=[pl.BlockSpec((None, None, None, Cp * chunk), row),
+                   pl.BlockSpec((None, None, None, Cp), row)],
+        out_shape=[jax.ShapeDtypeStruct((B, N, M, Cp * chunk), jnp.float32),
+                   jax.ShapeDtypeStruct((B, N, M, Cp), jnp.float32)],
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
         interpret=interpret,
         name="flashprefill_block_mass",
     )(q, kbar)
+    return e.reshape(B, N, M, Cp, chunk), c
+
+
+@functools.partial(jax.jit, static_argnames=("block_size", "interpret", "num_warps"))
+def block_mass_triton(q, k, *, block_size: int = 128, interpret: bool = False,
+                      num_warps: int = 8):
+    """block_mass through the Pallas/Triton kernel above (block_size and H powers of two)."""
+    e, c = _mass_chunks(q, k, block_size=block_size, interpret=interpret, num_warps=num_warps)
+    B, N, M = c.shape[:3]
     # One constant per query block: rescale each chunk from its own max to the row's max.
-    e = e * jnp.exp2(c - jnp.max(c, axis=-1, keepdims=True))
-    mass = e[..., :M]
+    e = e * jnp.exp2(c - jnp.max(c, axis=-1, keepdims=True))[..., None]
+    mass = e.reshape(B, N, M, -1)[..., :M]
     return mass / jnp.sum(mass, axis=-1, keepdims=True)
 
 
@@ -212,6 +242,79 @@ def _share(keep_or_mass, K: int, how: str):
     return jnp.broadcast_to(x, (B, K, N // K, M, M)).reshape(B, N, M, M)
 
 
+def _select_kernel(alpha_ref, e_ref, c_ref, mask_ref, idx_ref, count_ref, *, n_blocks: int,
+                   sink: int, window: int, last_full: int):
+    # alpha_ref [1]          the threshold (an input, not a constant: no recompile per alpha)
+    # e_ref     [Cp, chunk]  row m of the mass kernel's e: key block n = j * chunk + i at [j, i]
+    # c_ref     [Cp]         the constant of each chunk j
+    # mask_ref  [M] int8     out: dense keep row (int8: a bool ref would be i1 pointers)
+    # idx_ref   [M] int32    out: kept n ascending, then m repeated (as blockmask.compress)
+    # count_ref []  int32    out: number of kept blocks
+    m = pl.program_id(0)
+    Cp, chunk = e_ref.shape
+    j = jnp.arange(Cp)
+    n = j[:, None] * chunk + jnp.arange(chunk)[None, :]  # [Cp, chunk]
+    # Chunks past the diagonal's hold exact zeros: skipping their load changes no value.
+    e = plgpu.load(e_ref, mask=jnp.broadcast_to((j <= m // chunk)[:, None], n.shape), other=0.0)
+    c = c_ref[...]
+    # The same float32 operations as block_mass_triton's epilogue and the threshold in
+    # _select_dense, so that the keep decisions match it (see the module docstring). Reductions
+    # over [Cp, chunk] go one axis at a time: a two-axis jnp.sum fails to lower under an
+    # abstract mesh (the CPU test's CUDA lowering), and Triton splits it that way anyway.
+    scaled = e * jnp.exp2(c - jnp.max(c))[:, None]
+    mass = scaled / jnp.sum(jnp.sum(scaled, axis=1))
+    keep = mass >= alpha_ref[0] * jnp.max(jnp.max(mass, axis=1))
+    keep = keep | (n < sink) | (n > m - window) | (m >= n_blocks - last_full) | (n == m)
+    keep = keep & (n <= m)  # causal; it also drops the padding columns n >= M
+    # Rank of every n among the kept (inclusive count): within a chunk by a cumsum along it,
+    # plus the kept total of the chunks before it (exclusive cumsum of the chunk totals).
+    kept = keep.astype(jnp.int32)
+    per_chunk = jnp.sum(kept, axis=1)
+    upto = jnp.cumsum(kept, axis=1) + (jnp.cumsum(per_chunk) - per_chunk)[:, None]
+    count = jnp.sum(per_chunk)
+    # One scatter store through a permutation of [0, Cp * chunk): kept n go to slot upto - 1,
+    # dropped n to count + (number dropped before n) and carry the value m, so the slots past
+    # count repeat the last kept block (m: the diagonal is kept and is the largest causal n).
+    # No two lanes share an address, so there is no write order to get wrong (also in the
+    # interpreter, which scatters masked-off lanes too); slots >= M are padding, not stored.
+    pos = jnp.where(keep, upto - 1, count + n - upto)
+    plgpu.store(idx_ref.at[pos], jnp.where(keep, n, m), mask=pos < n_blocks)
+    plgpu.store(mask_ref.at[n], keep.astype(jnp.int8), mask=n < n_blocks)
+    count_ref[...] = count
+
+
+def _select_fused(q, k, alpha, *, block_size: int, sink: int, window: int, last_full: int,
+                  interpret: bool, num_warps: int = 4) -> BlockMask:
+    """select_blocks for impl="triton", share="none": mass kernel + one epilogue kernel."""
+    e, c = _mass_chunks(q, k, block_size=block_size, interpret=interpret)
+    B, N, M, Cp, chunk = e.shape
+    kernel = functools.partial(_select_kernel, n_blocks=M, sink=sink, window=window,
+                               last_full=last_full)
+    row = lambda m, h, b: (b, h, m, 0)
+    mask, indices, counts = pl.pallas_call(
+        kernel,
+        grid=(M, N, B),
+        in_specs=[
+            pl.BlockSpec((1,), lambda m, h, b: (0,)),
+            pl.BlockSpec((None, None, None, Cp, chunk), lambda m, h, b: (b, h, m, 0, 0)),
+            pl.BlockSpec((None, None, None, Cp), row),
+        ],
+        # Rows of exactly M entries (M need not be a power of two: only the stores' index
+        # tensors [Cp, chunk] are Triton tensors, the rows are pointers + masks).
+        out_specs=[pl.BlockSpec((None, None, None, M), row)] * 2
+        + [pl.BlockSpec((None, None, None), lambda m, h, b: (b, h, m))],
+        out_shape=[jax.ShapeDtypeStruct((B, N, M, M), jnp.int8),
+                   jax.ShapeDtypeStruct((B, N, M, M), jnp.int32),
+                   jax.ShapeDtypeStruct((B, N, M), jnp.int32)],
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
+        interpret=interpret,
+        name="flashprefill_select",
+    )(jnp.asarray(alpha, jnp.float32).reshape(1), e, c)
+    # The kernel enforces from_dense's invariants (diagonal kept, causal), so no second pass.
+    return BlockMask(mask.astype(bool), indices, counts, block_size=block_size,
+                     seq_len=q.shape[1])
+
+
 def _check(q, k, share):
     if q.ndim != 4 or k.ndim != 4 or q.shape[1] != k.shape[1] or q.shape[2] % k.shape[2]:
         raise ValueError(f"need q [B,S,N,H], k [B,S,K,H] with N % K == 0; got {q.shape}, {k.shape}")
@@ -227,6 +330,20 @@ def select_blocks(q, k, *, alpha: float, block_size: int = 128, sink: int = 2, w
                   last_full: int = 2, share: str = "none", impl: str = "auto",
                   interpret: bool = False) -> BlockMask:
     """alpha-threshold selection (module docstring). q [B,S,N,H], k [B,S,K,H] -> BlockMask."""
+    _check(q, k, share)
+    if _resolve(impl, interpret) == "triton" and share == "none":
+        return _select_fused(q, k, alpha, block_size=block_size, sink=sink, window=window,
+                             last_full=last_full, interpret=interpret)
+    return _select_dense(q, k, alpha=alpha, block_size=block_size, sink=sink, window=window,
+                         last_full=last_full, share=share, impl=impl, interpret=interpret)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _select_dense(q, k, *, alpha: float, block_size: int = 128, sink: int = 2, window: int = 4,
+                  last_full: int = 2, share: str = "none", impl: str = "auto",
+                  interpret: bool = False) -> BlockMask:
+    """select_blocks through the dense mass and BlockMask.from_dense: every impl and share mode.
+    The fused path is checked (and timed, experiments/probe_selection.py) against it."""
     _check(q, k, share)
     S, K = q.shape[1], k.shape[2]
     mass = block_mass(q, k, block_size=block_size, impl=impl, interpret=interpret)

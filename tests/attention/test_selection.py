@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pflash_jax.attention import BlockMask, select_blocks, select_blocks_fixed_density
+from pflash_jax.attention import BlockMask, select_blocks, select_blocks_fixed_density, selection
 from pflash_jax.attention.blockmask import compress
 from pflash_jax.attention.selection import block_mass, block_mass_xla
 from tests.tolerances import assert_close
@@ -174,6 +174,61 @@ def test_compress_empty_row():
     assert int(cnt[0]) == 0 and np.all(np.asarray(idx) == 0)
 
 
+# S, block size, N, K, B, dtype, alpha, (sink, window, last_full)
+FUSED_CASES = [
+    (20, 32, 4, 2, 1, jnp.float32, 0.05, (2, 4, 2)),  # one block
+    (200, 32, 4, 2, 1, jnp.float32, 0.3, (1, 2, 0)),  # partial last block, M = 7
+    (256, 32, 4, 2, 2, jnp.bfloat16, 0.3, (0, 1, 0)),  # B = 2, only the diagonal structural
+    (150 * 16, 16, 4, 2, 2, jnp.bfloat16, 0.05, (1, 2, 1)),  # M = 150: two chunks of 128
+    (300 * 16 - 7, 16, 2, 1, 1, jnp.float32, 0.3, (2, 4, 2)),  # M = 300: 3 chunks padded to 4
+]
+
+
+@pytest.mark.parametrize("S,bs,N,K,B,dtype,alpha,structural", FUSED_CASES)
+def test_fused_select_equals_unfused(S, bs, N, K, B, dtype, alpha, structural):
+    """select_blocks' fused epilogue kernel (impl="triton", interpreted) against the unfused path
+    (the same mass kernel, then XLA threshold and BlockMask.from_dense): exactly equal."""
+    q, k = _qk(100 + S, S, N, K, B=B, scale=6.0)  # peaked enough that alpha drops blocks
+    q, k = q.astype(dtype), k.astype(dtype)
+    sink, window, last_full = structural
+    kw = dict(alpha=alpha, block_size=bs, sink=sink, window=window, last_full=last_full,
+              impl="triton", interpret=True)
+    got = select_blocks(q, k, **kw)
+    exp = selection._select_dense(q, k, **kw)
+    for field in ("mask", "indices", "counts"):
+        a, b = np.asarray(getattr(got, field)), np.asarray(getattr(exp, field))
+        assert a.shape == b.shape and a.dtype == b.dtype, f"{field}: {a.shape} {a.dtype}"
+        assert np.array_equal(a, b), f"{field}: {(a != b).sum()} of {a.size} entries differ"
+    assert S <= bs or float(got.density()) < 1, "all kept: the threshold was not exercised"
+
+
+def test_fused_select_lowers_for_cuda(monkeypatch):
+    """The Triton lowering of both kernels runs here for an abstract H100 (it needs a target
+    GPU), and every Triton module it builds must verify: lowering errors show up on the CPU,
+    PTX compilation only on a GPU. M = 300 (not a power of two, three chunks padded to four)."""
+    from jax._src.pallas.triton import pallas_call_registration as registration
+
+    lower = registration.lowering.lower_jaxpr_to_triton_module
+    names = []
+
+    def lower_and_verify(*args, **kwargs):
+        result = lower(*args, **kwargs)
+        assert result.module.operation.verify()
+        names.append(result.module.operation.attributes["sym_name"].value)
+        return result
+
+    monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", lower_and_verify)
+    dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
+    mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=dev)
+    q = jax.ShapeDtypeStruct((1, 300 * 128 - 5, 4, 128), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((1, 300 * 128 - 5, 2, 128), jnp.bfloat16)
+    f = jax.jit(lambda q, k: select_blocks(q, k, alpha=0.1, impl="triton", interpret=False))
+    with jax.sharding.use_abstract_mesh(mesh):
+        text = f.trace(q, k).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 2
+    assert sorted(names) == ["flashprefill_block_mass", "flashprefill_select"]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("S", [1000, 4096])
 def test_gpu_mass_kernel_matches_xla(S):
@@ -194,3 +249,24 @@ def test_gpu_select_matches_numpy():
     edge = np.abs(mass - 0.15 * mass.max(-1, keepdims=True)) < 1e-2 * mass.max(-1, keepdims=True)
     diff = (np.asarray(got.mask) != exp) & ~edge
     assert not diff.any(), f"{diff.sum()} of {diff.size} mask entries differ"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("S", [1500, 40000])
+def test_gpu_fused_select_matches_unfused(S):
+    """Compiled, the fused epilogue's row sum and float32 division may round differently from
+    XLA's: masks may differ only within 1e-5 (relative) of the threshold, and the compressed
+    layout must be exactly that of its own mask. S = 40000: M = 313, three chunks padded to 4."""
+    q, k = _qk(13, S, 4, 2, H=128, scale=3.0)
+    q, k = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
+    got = select_blocks(q, k, alpha=0.1, block_size=128, impl="triton")
+    exp = selection._select_dense(q, k, alpha=0.1, block_size=128, impl="triton")
+    mass = np.asarray(block_mass(q, k, block_size=128, impl="triton"))
+    thr = 0.1 * mass.max(-1, keepdims=True)
+    edge = np.abs(mass - thr) <= 1e-5 * thr
+    diff = np.asarray(got.mask) != np.asarray(exp.mask)
+    assert not (diff & ~edge).any(), f"{(diff & ~edge).sum()} of {diff.size} mask entries differ"
+    idx, cnt = compress(got.mask)
+    assert np.array_equal(np.asarray(got.counts), np.asarray(cnt)), "counts differ"
+    assert np.array_equal(np.asarray(got.indices), np.asarray(idx)), (
+        f"{(np.asarray(got.indices) != np.asarray(idx)).sum()} indices differ")
