@@ -79,34 +79,6 @@ def block_means(k, block_size: int):
     return sums / valid[None, :, None, None]
 
 
-def _means_kernel(k_ref, o_ref):
-    # k_ref [b, K * H]  one block of keys, all kv heads (row-major [K, H] flattened)
-    # o_ref [K * H]     out: their float32 sum
-    o_ref[...] = jnp.sum(k_ref[...].astype(jnp.float32), axis=0)
-
-
-def block_means_triton(k, block_size: int, *, interpret: bool = False):
-    """block_means as one Pallas/Triton program per block: each reads its [b, K*H] tile once
-    at full width (the XLA reduction of the strided [B, M, b, K, H] view ran at ~1.1 TB/s on
-    an H100, 0.24 ms at 128K). K * H must be a power of two (Triton tensor shapes)."""
-    B, S, K, H = k.shape
-    M = -(-S // block_size)
-    if M * block_size != S:
-        k = jnp.pad(k, ((0, 0), (0, M * block_size - S), (0, 0), (0, 0)))
-    sums = pl.pallas_call(
-        _means_kernel,
-        grid=(M, B),
-        in_specs=[pl.BlockSpec((None, block_size, K * H), lambda m, b: (b, m, 0))],
-        out_specs=pl.BlockSpec((None, None, K * H), lambda m, b: (b, m, 0)),
-        out_shape=jax.ShapeDtypeStruct((B, M, K * H), jnp.float32),
-        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
-        interpret=interpret,
-        name="flashprefill_block_means",
-    )(k.reshape(B, M * block_size, K * H))
-    valid = jnp.minimum(block_size, S - jnp.arange(M) * block_size).astype(jnp.float32)
-    return sums.reshape(B, M, K, H) / valid[None, :, None, None]
-
-
 def _resolve(impl: str, interpret: bool) -> str:
     if impl == "auto":
         return "triton" if jax.default_backend() == "gpu" or interpret else "xla"
@@ -207,7 +179,11 @@ def _mass_kernel(q_ref, kbar_ref, e_ref, c_ref, *, seq_len: int, n_blocks: int, 
     jax.lax.fori_loop(diag + 1, c_ref.shape[0], skip, 0)
 
 
-MASS_TILES = {"chunk": 128, "num_warps": 8, "num_stages": 2}  # the mass kernel's knobs
+# The mass kernel's knobs, from a grid timed on an H100 (S=128K, 16/8 heads, probe_selection.py,
+# results/kernel_bench/h100/session3_selection): chunk 64 / 4 warps / 1 stage 1.20 ms against
+# 1.36 ms for the earlier 128 / 8 / 2 (half the wasted columns in the diagonal's chunk, no
+# register pressure from a second stage); 3 stages were the slowest everywhere.
+MASS_TILES = {"chunk": 64, "num_warps": 4, "num_stages": 1}
 
 
 def _mass_chunks(q, k, *, block_size: int, interpret: bool, chunk: int | None = None,
@@ -222,11 +198,7 @@ def _mass_chunks(q, k, *, block_size: int, interpret: bool, chunk: int | None = 
     chunk = max(16, min(chunk, pl.next_power_of_2(M)))  # key blocks per step (Triton dot >= 16)
     n_chunks = -(-M // chunk)
     Cp = pl.next_power_of_2(n_chunks)
-    if pl.next_power_of_2(K * H) == K * H:
-        kbar = block_means_triton(k, block_size, interpret=interpret)
-    else:
-        kbar = block_means(k, block_size)
-    kbar = kbar.astype(q.dtype)
+    kbar = block_means(k, block_size).astype(q.dtype)
     kbar = jnp.pad(kbar, ((0, 0), (0, n_chunks * chunk - M), (0, 0), (0, 0)))
     if M * block_size != S:
         q = jnp.pad(q, ((0, 0), (0, M * block_size - S), (0, 0), (0, 0)))
