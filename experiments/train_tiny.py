@@ -151,6 +151,8 @@ def main(c: DictConfig) -> None:
             init[n] = init_params(cfgs[n], k, jnp.float32)
     if c.init_from:
         print(f"initialized {', '.join(names)} from {REPO / c.init_from}")
+    print("task mix:", OmegaConf.to_container(c.tasks), "| options:",
+          OmegaConf.to_container(c.task_opts) if c.task_opts else {})
     state = {n: {"params": init[n], "opt": tx.init(init[n])} for n in train}
     steps_fns = {n: make_step(cfgs[n], attn, compute_dtype, tx, c.lm_weight) for n in train}
 
