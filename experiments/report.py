@@ -43,6 +43,7 @@ def flat_rows(paths: list[Path]) -> list[dict]:
             "source": str(p), "experiment": m.get("experiment", "run"),
             "device": prov["device"], "jax": prov["jax"], "commit": prov["commit"],
             "drafter": m["models"]["drafter"]["name"], "target": m["models"]["target"]["name"],
+            "target_weights": m["models"]["target"].get("weights"),  # None: not recorded
             "dtype": m["models"]["target"]["dtype"], "S": s["S"], "n_cases": s["n_cases"],
             "task": cases[0].get("task", m["run_config"]["task"]["name"]) if cases else None,
             "preset": pc["preset"], "keep_ratio": pc["keep_ratio"], "span_size": pc["span_size"],

@@ -83,9 +83,10 @@ def quality_section(span: int = 32) -> str:
     out = ([f"\n**Accuracy at the speed rows' setting (keep 0.05, span {span})**, single-needle "
             f"tasks (niah_single, niah_pflash) on the tiny pair: " + "; ".join(head) + "."]
            if head else [])
-    out += [f"\nQuality on the embedded tiny pair (trained here; DESIGN section 5), {n} held-out "
-           f"cases per task and length, span {span} (the speedup's), {devices}, commit "
-           f"{commits}. Accuracy (exact match) of PFlash at each keep ratio beside full prefill "
+    weights = sorted({r.get("target_weights") or "not recorded" for r in rows})
+    out += [f"\nQuality on the tiny pair as embedded at commit {commits} (trained here; DESIGN "
+           f"section 5; target weights fingerprint: {', '.join(weights)}), {n} held-out "
+           f"cases per task and length, span {span} (the speedup's), {devices}. Accuracy (exact match) of PFlash at each keep ratio beside full prefill "
            f"of the same cases, averaged over the lengths run (S column). The tiny target was "
            f"trained to 16K, so this is where quality is measured; the 128K speed rows above "
            f"use random weights.", "",
@@ -108,22 +109,35 @@ def quality_section(span: int = 32) -> str:
 
 
 def tiny_eval_section() -> str:
-    p = REPO / "results/tiny_eval/metrics.json"
-    if not p.exists():
+    """results/tiny_eval/**/metrics.json (one eval_tiny run per length) as one table."""
+    files = sorted((REPO / "results/tiny_eval").rglob("metrics.json"))
+    if not files:
         return ""
-    m = json.loads(p.read_text())
-    rows = m["rows"]
+    ms = [json.loads(p.read_text()) for p in files]
+    rows = [r for m in ms for r in m["rows"]]
     lengths = sorted({r["S"] for r in rows})
-    out = [f"\nTiny target, full prefill, {rows[0]['n_cases']} held-out cases per cell "
-           f"({m['provenance']['device']}); drafter needle recall at keep "
-           f"{m['config']['keep_ratio']} in brackets:", "",
+    m = ms[0]
+    pflash = any(r.get("pflash_acc") is not None for r in rows)
+    what = (f"full prefill / PFlash ({m['config']['preset']} preset, keep "
+            f"{m['config']['keep_ratio']}, span {m['config']['span_size']})" if pflash
+            else "full prefill")
+    commits = ", ".join(sorted({m["provenance"]["commit"] for m in ms}))
+    out = [f"\nTiny pair, {what} accuracy on {rows[0]['n_cases']} held-out cases per cell, "
+           f"drafter needle recall at keep {m['config']['keep_ratio']} in brackets "
+           f"({m['provenance']['device']}, commit {commits}; `results/tiny_eval`):", "",
            "| task | " + " | ".join(f"{s:,}" for s in lengths) + " |",
            "| --- |" + " --- |" * len(lengths)]
     for task in dict.fromkeys(r["task"] for r in rows):
         cells = []
         for s in lengths:
             r = next((r for r in rows if r["task"] == task and r["S"] == s), None)
-            cells.append(f"{r['full_acc']:.2f} ({r['recall']:.2f})" if r else "-")
+            if r is None:
+                cells.append("-")
+                continue
+            acc = f"{r['full_acc']:.2f}"
+            if r.get("pflash_acc") is not None:
+                acc += f" / {r['pflash_acc']:.2f}"
+            cells.append(f"{acc} ({r['recall']:.2f})")
         out.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 

@@ -239,9 +239,32 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     return out
 
 
+def weights_fingerprint(path) -> str:
+    """12 hex digits identifying a checkpoint's weights: sha256 over each safetensors file's
+    name, size, header and first and last MiB of data. Cheap for 16 GB checkpoints and still
+    different after any retraining (which changes every tensor), so a sweep's metrics say which
+    weights they measured even when a folder (e.g. the embedded pair) is replaced later."""
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(8 + (1 << 20)))  # header length, header and the first data
+            fh.seek(max(size - (1 << 20), 0))
+            h.update(fh.read())
+    return h.hexdigest()[:12]
+
+
 def describe(m, spec: ModelSpec) -> dict:
+    from pflash_jax.embedded import TINY_DIR
+
     cfg = m.config
+    path = spec.path or (TINY_DIR / spec.embedded if spec.embedded else None)
     return {"name": spec.name, "path": spec.path, "random_init": spec.random_init,
+            "weights": None if spec.random_init or path is None else weights_fingerprint(path),
             "dtype": str(m.params.embed_tokens.dtype), "layers": cfg.num_hidden_layers,
             "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
             "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
