@@ -86,7 +86,8 @@ def quality_section(span: int = 32) -> str:
     weights = sorted({r.get("target_weights") or "not recorded" for r in rows})
     out += [f"\nQuality on the tiny pair as embedded at commit {commits} (trained here; DESIGN "
            f"section 5; target weights fingerprint: {', '.join(weights)}), {n} held-out "
-           f"cases per task and length, span {span} (the speedup's), {devices}. Accuracy (exact match) of PFlash at each keep ratio beside full prefill "
+           f"cases per task and length, span {span} (the speedup's), {devices}. Accuracy "
+           f"(exact match) of PFlash at each keep ratio beside full prefill "
            f"of the same cases, averaged over the lengths run (S column). The tiny target was "
            f"trained to 16K, so this is where quality is measured; the 128K speed rows above "
            f"use random weights.", "",

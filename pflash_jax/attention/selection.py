@@ -36,11 +36,11 @@ the compression (ranks by cumsum, one scatter store) in registers, writing the B
 arrays directly. It replaces a chain of XLA passes over [B,N,M,M] float32 plus from_dense
 (0.30 ms of compression alone at 128K, 16 heads on an H100): with the retuned mass kernel
 (MASS_TILES) the whole alpha-mode selection went from 1.49 to 1.21 ms there (one process,
-results/kernel_bench/h100/session3_selection; block means 0.22 ms of it). It uses the same float32 operations
-as the unfused path (`_select_dense`, kept for the other modes and as the reference), so the
-masks are identical in interpret mode (tested); compiled, the row sum's order and Triton's float32
-division may round differently from XLA's, which can flip only blocks within a few ulps of the
-threshold (the GPU test allows 1e-5 relative).
+results/kernel_bench/h100/session3_selection; block means 0.22 ms of it). It uses the same
+float32 operations as the unfused path (`_select_dense`, kept for the other modes and as the
+reference), so the masks are identical in interpret mode (tested); compiled, the row sum's
+order and Triton's float32 division may round differently from XLA's, which can flip only
+blocks within a few ulps of the threshold (the GPU test allows 1e-5 relative).
 
 GQA (`share`): selection is per query head (kbar from the head's kv group). `share="union"` keeps
 the union of a kv group's per-head masks, `share="mean"` thresholds the group's mean mass; both

@@ -31,6 +31,26 @@ def test_pflash_run_end_to_end(tmp_path):
     for stage in ("drafter_forward", "scoring", "selection", "target_prefill", "first_token"):
         assert case["pflash"][stage] >= 0
     assert "TTFT speedup over full prefill" in out and "kept" in out
+    # which weights were measured: the embedded pair's fingerprint, per model
+    from pflash_jax.embedded import TINY_DIR
+    from pflash_jax.run import weights_fingerprint
+    for role in ("drafter", "target"):
+        assert m["models"][role]["weights"] == weights_fingerprint(TINY_DIR / role)
+
+
+def test_weights_fingerprint_tells_checkpoints_apart(tmp_path):
+    """Same bytes -> same fingerprint; one changed byte in the data -> a different one."""
+    from pflash_jax.embedded import TINY_DIR
+    from pflash_jax.run import weights_fingerprint
+    src = (TINY_DIR / "target" / "model.safetensors").read_bytes()
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "model.safetensors").write_bytes(src)
+    changed = bytearray(src)
+    changed[-5] ^= 0xFF  # the last tensor's data: what a retrain would change everywhere
+    (b / "model.safetensors").write_bytes(bytes(changed))
+    assert weights_fingerprint(a) == weights_fingerprint(TINY_DIR / "target")
+    assert weights_fingerprint(a) != weights_fingerprint(b)
 
 
 def test_smoke_sweep_and_report(tmp_path):
