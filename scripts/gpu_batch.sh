@@ -16,6 +16,8 @@
 #   speedup14 the 14B target at 128K alone, sequence-chunked (chunk=16384): unchunked it does
 #             not fit 80 GB                                               (~2 min)
 #   quality   experiment=quality (tiny pair: 8 tasks x 3 S x 2 presets, span x keep grid)
+#   quality@S1,S2  the same for these lengths only (e.g. quality@4096,8192 then quality@16384
+#             in a second call: ~8-10 min each on an H100, first job compiling ~1.5-2.5 min)
 # Each stage writes a log and its metrics; all of it comes back as $OUT/gpu_batch.tgz, and a
 # short table of what ran is printed last.
 set -uo pipefail
@@ -29,6 +31,14 @@ stage() {  # name, timeout seconds, command...
   summary+=("$(printf '%-10s rc=%-3s %4ss' "$name" "$rc" $((SECONDS - t0)))")
 }
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/device.txt"
+# A call killed at the device's time limit never reaches the final archive: keep a snapshot of
+# everything so far in $OUT/gpu_batch_partial.tgz (removed once the final archive is written).
+( while sleep 45; do
+    tar czf /tmp/gpu_batch_partial.tgz --exclude=./gpu_batch_partial.tgz -C "$OUT" . 2>/dev/null \
+      && mv /tmp/gpu_batch_partial.tgz "$OUT/gpu_batch_partial.tgz"
+  done ) &
+snapshots=$!
+trap 'kill "$snapshots" 2>/dev/null' EXIT
 for s in "$@"; do
   case $s in
     tests) stage tests "${TESTS_LIMIT:-300}" env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q tests ;;
@@ -63,9 +73,15 @@ for s in "$@"; do
         hydra.run.dir="$OUT/speedup14/hydra" ;;
     quality) stage quality "${QUALITY_LIMIT:-400}" python3 experiments/run.py -m \
         experiment=quality hydra.sweep.dir="$OUT/quality" ;;
+    quality@*)
+      lens=${s#quality@}
+      stage "quality_${lens//,/_}" "${QUALITY_LIMIT:-400}" python3 experiments/run.py -m \
+        experiment=quality task.seq_len="$lens" hydra.sweep.dir="$OUT/quality_${lens//,/_}" ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done
 # The device returns at most 8 files, 2 folders deep: pack everything into one archive.
+kill "$snapshots" 2>/dev/null; wait "$snapshots" 2>/dev/null
+rm -f "$OUT/gpu_batch_partial.tgz"
 tar czf /tmp/gpu_batch.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gpu_batch.tgz "$OUT/"
 printf '%s\n' "${summary[@]}"
