@@ -4,8 +4,8 @@ recorded metrics files (never edit either by hand). One command:
     python experiments/update_readme.py            # reports (REPORTS below) + README section
     python experiments/update_readme.py --no-reports
 
-Reads results/speedup (run metrics), results/quality (run metrics) and results/tiny_eval, and
-replaces the text between the results markers in README.md.
+Reads results/speedup (run metrics), results/quality and results/quality_cpu_4k_current (run
+metrics) and results/tiny_eval, and replaces the text between the results markers in README.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from report import find_metrics, flat_rows, write_report  # noqa: E402
 REPORTS = [("speedup/runs", "speedup/report"), ("quality/runs", "quality"),
            ("speedup_h200_triton", "speedup_h200_triton/report"),
            ("quality_h200_16k/runs", "quality_h200_16k"),
-           ("quality_cpu_4k/runs", "quality_cpu_4k")]
+           ("quality_cpu_4k/runs", "quality_cpu_4k"),
+           ("quality_cpu_4k_current/runs", "quality_cpu_4k_current")]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -93,6 +94,17 @@ def quality_section(span: int = 32) -> str:
            f"use random weights.", "",
            "| task | preset | S | full | " + " | ".join(f"keep {k}" for k in keeps) + " |",
            "| --- | --- | --- | --- |" + " --- |" * len(keeps)]
+    out += keep_table(rows, keeps)
+    out.append("\nEvery span size x keep ratio cell, drafter needle recall, kept fraction and "
+               "plots (accuracy heatmap per preset and length, accuracy against keep ratio): "
+               "`results/quality/tables.md`. Cells not run are absent there.")
+    return "\n".join(out)
+
+
+def keep_table(rows, keeps) -> list[str]:
+    """One line per (task, preset): full-prefill accuracy, then PFlash accuracy per keep ratio,
+    each averaged over the lengths run."""
+    out = []
     for task, pre in sorted({(r["task"], r["preset"]) for r in rows}):
         g = [r for r in rows if r["task"] == task and r["preset"] == pre]
         lengths = sorted({r["S"] for r in g})
@@ -103,10 +115,28 @@ def quality_section(span: int = 32) -> str:
             cells.append(f"{np.mean(v):.2f}" if v else "-")
         out.append(f"| {task} | {pre} | {', '.join(f'{s // 1024}K' for s in lengths)} | "
                    f"{full:.2f} | " + " | ".join(cells) + " |")
-    out.append("\nEvery span size x keep ratio cell, drafter needle recall, kept fraction and "
-               "plots (accuracy heatmap per preset and length, accuracy against keep ratio): "
-               "`results/quality/tables.md`. Cells not run are absent there.")
-    return "\n".join(out)
+    return out
+
+
+CURRENT = "results/quality_cpu_4k_current"  # the current target's grid jobs (CPU, 4K)
+
+
+def current_quality_section(span: int = 32) -> str:
+    """The same table for the current embedded target (session 3), which results/quality's GPU
+    sweep predates: needle tasks at 4K, run on the CPU while no device time was left."""
+    rows = [r for r in flat_rows(find_metrics([str(REPO / CURRENT)])) if r["span_size"] == span]
+    if not rows:
+        return ""
+    keeps = sorted({r["keep_ratio"] for r in rows})
+    weights = ", ".join(sorted({r.get("target_weights") or "not recorded" for r in rows}))
+    devices = ", ".join(sorted({r["device"] for r in rows}))
+    commits = ", ".join(sorted({r["commit"] for r in rows}))
+    return "\n".join([
+        f"\nThe same table for the CURRENT tiny target (weights fingerprint {weights}), needle "
+        f"tasks at 4K only, {rows[0]['n_cases']} held-out cases per cell, span {span}, {devices} "
+        f"(float32), commit {commits}; every cell: `{CURRENT}/tables.md`:", "",
+        "| task | preset | S | full | " + " | ".join(f"keep {k}" for k in keeps) + " |",
+        "| --- | --- | --- | --- |" + " --- |" * len(keeps), *keep_table(rows, keeps)])
 
 
 def tiny_eval_section() -> str:
@@ -149,7 +179,8 @@ def main() -> None:
         for src, out in REPORTS:
             if (res / src).exists():
                 print(f"report: results/{src} -> {write_report([str(res / src)], res / out)}")
-    body = "\n".join(s for s in (speed_section(), quality_section(), tiny_eval_section()) if s)
+    body = "\n".join(s for s in (speed_section(), quality_section(), current_quality_section(),
+                                  tiny_eval_section()) if s)
     readme = REPO / "README.md"
     text = readme.read_text()
     a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
