@@ -32,8 +32,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- models and prompts
+def checkpoint_dir(spec: ModelSpec):
+    """The checkpoint folder a (not random-init) spec reads: its path, else the embedded pair's
+    model of that name; None if neither is set."""
+    from pflash_jax.embedded import TINY_DIR
+
+    return spec.path or (TINY_DIR / spec.embedded if spec.embedded else None)
+
+
 def load(spec: ModelSpec, role: str):
-    from pflash_jax.embedded import TINY_DIR, open_model
+    from pflash_jax.embedded import open_model
     from pflash_jax.models import config as mconfig
     from pflash_jax.models.loading import Model
     from pflash_jax.models.params import init_params
@@ -51,7 +59,7 @@ def load(spec: ModelSpec, role: str):
             cfg = cfg.with_yarn()
         seed = {"drafter": 1, "target": 2}[role]
         return Model(cfg, init_params(cfg, jax.random.key(seed), dtype))
-    path = spec.path or (TINY_DIR / spec.embedded if spec.embedded else None)
+    path = checkpoint_dir(spec)
     if path is None:
         raise ValueError(f"{role}: set {role}.path (a checkpoint dir) or {role}.random_init")
     m = open_model(path)
@@ -161,9 +169,10 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     # One drafter pass serves every cell: the cells may differ in span size and keep ratio only.
     assert all(dataclasses.replace(cfg, selection=pcfg.selection) == pcfg for cfg in cfgs)
     drafter, target = load(c.drafter, "drafter"), load(c.target, "target")
+    models = {"drafter": describe(drafter, c.drafter), "target": describe(target, c.target)}
     if not c.quiet:
-        for role, m, spec in (("drafter", drafter, c.drafter), ("target", target, c.target)):
-            d = describe(m, spec)
+        for role, spec in (("drafter", c.drafter), ("target", c.target)):
+            d = models[role]
             src = ("random init" if spec.random_init else spec.path
                    or f"embedded tiny pair ({spec.embedded})")
             print(f"{role}: {d['name']} [{src}], {d['layers']} layers, hidden {d['hidden']}, "
@@ -231,9 +240,7 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     for (name, cc), cfg, cases in zip(cells, cfgs, rows, strict=True):
         out.append((name, {
             "experiment": c.experiment, "run_config": dataclasses.asdict(cc),
-            "pflash_config": cfg.to_dict(), "kernels": kernels,
-            "models": {"drafter": describe(drafter, c.drafter),
-                       "target": describe(target, c.target)},
+            "pflash_config": cfg.to_dict(), "kernels": kernels, "models": models,
             "peak_memory_bytes": peak_memory_bytes(), "summary": summarize(cases),
             "cases": cases}))
     return out
@@ -259,10 +266,8 @@ def weights_fingerprint(path) -> str:
 
 
 def describe(m, spec: ModelSpec) -> dict:
-    from pflash_jax.embedded import TINY_DIR
-
     cfg = m.config
-    path = spec.path or (TINY_DIR / spec.embedded if spec.embedded else None)
+    path = checkpoint_dir(spec)
     return {"name": spec.name, "path": spec.path, "random_init": spec.random_init,
             "weights": None if spec.random_init or path is None else weights_fingerprint(path),
             "dtype": str(m.params.embed_tokens.dtype), "layers": cfg.num_hidden_layers,
