@@ -69,7 +69,6 @@ def quality_section(span: int = 32) -> str:
     rows = [r for r in rows if r["span_size"] == span]
     if not rows:
         return ""
-    keeps = sorted({r["keep_ratio"] for r in rows})
     n = rows[0]["n_cases"]
     devices = ", ".join(sorted({r["device"] for r in rows}))
     commits = ", ".join(sorted({r["commit"] for r in rows}))
@@ -91,20 +90,20 @@ def quality_section(span: int = 32) -> str:
            f"(exact match) of PFlash at each keep ratio beside full prefill "
            f"of the same cases, averaged over the lengths run (S column). The tiny target was "
            f"trained to 16K, so this is where quality is measured; the 128K speed rows above "
-           f"use random weights.", "",
-           "| task | preset | S | full | " + " | ".join(f"keep {k}" for k in keeps) + " |",
-           "| --- | --- | --- | --- |" + " --- |" * len(keeps)]
-    out += keep_table(rows, keeps)
+           f"use random weights.", ""]
+    out += keep_table(rows)
     out.append("\nEvery span size x keep ratio cell, drafter needle recall, kept fraction and "
                "plots (accuracy heatmap per preset and length, accuracy against keep ratio): "
                "`results/quality/tables.md`. Cells not run are absent there.")
     return "\n".join(out)
 
 
-def keep_table(rows, keeps) -> list[str]:
-    """One line per (task, preset): full-prefill accuracy, then PFlash accuracy per keep ratio,
-    each averaged over the lengths run."""
-    out = []
+def keep_table(rows) -> list[str]:
+    """Header, then one line per (task, preset): full-prefill accuracy and PFlash accuracy per
+    keep ratio, each averaged over the lengths run."""
+    keeps = sorted({r["keep_ratio"] for r in rows})
+    out = ["| task | preset | S | full | " + " | ".join(f"keep {k}" for k in keeps) + " |",
+           "| --- | --- | --- | --- |" + " --- |" * len(keeps)]
     for task, pre in sorted({(r["task"], r["preset"]) for r in rows}):
         g = [r for r in rows if r["task"] == task and r["preset"] == pre]
         lengths = sorted({r["S"] for r in g})
@@ -127,7 +126,6 @@ def current_quality_section(span: int = 32) -> str:
     rows = [r for r in flat_rows(find_metrics([str(REPO / CURRENT)])) if r["span_size"] == span]
     if not rows:
         return ""
-    keeps = sorted({r["keep_ratio"] for r in rows})
     weights = ", ".join(sorted({r.get("target_weights") or "not recorded" for r in rows}))
     devices = ", ".join(sorted({r["device"] for r in rows}))
     commits = ", ".join(sorted({r["commit"] for r in rows}))
@@ -135,8 +133,7 @@ def current_quality_section(span: int = 32) -> str:
         f"\nThe same table for the CURRENT tiny target (weights fingerprint {weights}), needle "
         f"tasks at 4K only, {rows[0]['n_cases']} held-out cases per cell, span {span}, {devices} "
         f"(float32), commit {commits}; every cell: `{CURRENT}/tables.md`:", "",
-        "| task | preset | S | full | " + " | ".join(f"keep {k}" for k in keeps) + " |",
-        "| --- | --- | --- | --- |" + " --- |" * len(keeps), *keep_table(rows, keeps)])
+        *keep_table(rows)])
 
 
 def tiny_eval_section() -> str:
