@@ -240,11 +240,18 @@ def block_mass_triton(q, k, *, block_size: int = 128, interpret: bool = False,
     return mass / jnp.sum(mass, axis=-1, keepdims=True)
 
 
+def _structural(m, n, *, n_blocks: int, sink: int, window: int, last_full: int):
+    """Whether key block n is a structural block of query block m (elementwise, before the
+    causal cut): a sink column, the local window (diagonal included) or a last query row.
+    Shared by structural_mask and the fused selection kernel."""
+    return (n < sink) | (n > m - window) | (m >= n_blocks - last_full) | (n == m)
+
+
 def structural_mask(M: int, *, sink: int, window: int, last_full: int):
     """bool [M, M]: sink columns, local window (diagonal included), last query rows; causal."""
     m = jnp.arange(M)[:, None]
     n = jnp.arange(M)[None, :]
-    keep = (n < sink) | ((n <= m) & (n > m - window)) | (m >= M - last_full) | (n == m)
+    keep = _structural(m, n, n_blocks=M, sink=sink, window=window, last_full=last_full)
     return keep & (n <= m)
 
 
@@ -278,7 +285,8 @@ def _select_kernel(alpha_ref, e_ref, c_ref, mask_ref, idx_ref, count_ref, *, n_b
     scaled = e * jnp.exp2(c - jnp.max(c))[:, None]
     mass = scaled / jnp.sum(jnp.sum(scaled, axis=1))
     keep = mass >= alpha_ref[0] * jnp.max(jnp.max(mass, axis=1))
-    keep = keep | (n < sink) | (n > m - window) | (m >= n_blocks - last_full) | (n == m)
+    keep = keep | _structural(m, n, n_blocks=n_blocks, sink=sink, window=window,
+                              last_full=last_full)
     keep = keep & (n <= m)  # causal; it also drops the padding columns n >= M
     # Rank of every n among the kept (inclusive count): within a chunk by a cumsum along it,
     # plus the kept total of the chunks before it (exclusive cumsum of the chunk totals).
