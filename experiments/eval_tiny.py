@@ -62,8 +62,10 @@ def main(c: DictConfig) -> None:
         for name, role in (("tiny_drafter", "drafter"), ("tiny_target", "target")))
     attn = "cudnn" if jax.default_backend() == "gpu" else "reference"
     tok = target.tokenizer
+    # attention_impl null: the preset's own drafter attention (specprefill: dense)
+    impl = {} if c.attention_impl is None else {"attention_impl": c.attention_impl}
     pcfg = preset(c.preset, keep_ratio=c.keep_ratio, span_size=c.span_size,
-                  attention_impl=c.attention_impl, positions="original")
+                  positions="original", **impl)
     rows = []
     for S in c.lengths:
         for task in tqdm(c.tasks, desc=f"S={S}"):

@@ -54,18 +54,28 @@ def load(spec: ModelSpec, role: str):
     if spec.random_init:
         if not spec.preset:
             raise ValueError(f"{role}.random_init needs {role}.preset (e.g. qwen3-0.6b)")
-        cfg = mconfig.preset(spec.preset)
-        if spec.yarn:
-            cfg = cfg.with_yarn()
+        cfg = with_yarn(mconfig.preset(spec.preset), spec)
         seed = {"drafter": 1, "target": 2}[role]
         return Model(cfg, init_params(cfg, jax.random.key(seed), dtype))
     path = checkpoint_dir(spec)
     if path is None:
         raise ValueError(f"{role}: set {role}.path (a checkpoint dir) or {role}.random_init")
+    if not Path(path).is_dir():
+        what = "is a file, not a checkpoint folder" if Path(path).exists() else "does not exist"
+        raise FileNotFoundError(f"{role}.path: {path} {what}")
     m = open_model(path)
     if m.params.embed_tokens.dtype != dtype:
         m = Model(m.config, jax.tree.map(lambda a: a.astype(dtype), m.params), m.tokenizer)
-    return m
+    return Model(with_yarn(m.config, spec), m.params, m.tokenizer)
+
+
+def with_yarn(cfg, spec: ModelSpec):
+    """`{role}.yarn=true`: Qwen3's long-context setting (YaRN, factor `yarn_factor` over the
+    32K pretraining length), for presets and loaded checkpoints alike. A checkpoint whose
+    config.json already has rope_scaling keeps its own values: they were set on purpose."""
+    if not spec.yarn or cfg.rope_scaling is not None:
+        return cfg
+    return cfg.with_yarn(factor=spec.yarn_factor)
 
 
 @dataclasses.dataclass
@@ -81,10 +91,7 @@ def prompts(c: RunConfig, target) -> list[Prompt]:
         if tok is None:
             raise ValueError(f"task.prompt_file={t.prompt_file!r} needs a target with a "
                              f"tokenizer.json")
-        path = Path(t.prompt_file)
-        if not path.exists():
-            raise FileNotFoundError(f"task.prompt_file: {path} does not exist")
-        return [Prompt(tok.encode(path.read_text()))]
+        return [Prompt(tok.encode(read_prompt(Path(t.prompt_file))))]
     if t.name == "random":
         rng = np.random.default_rng(t.seed)
         V = target.config.vocab_size
@@ -98,6 +105,29 @@ def prompts(c: RunConfig, target) -> list[Prompt]:
                                                     seed=t.seed)]
 
 
+def read_prompt(path: Path) -> str:
+    """The text of task.prompt_file; every way it can be unusable named with the file."""
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"task.prompt_file: {path} {what}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise OSError(f"task.prompt_file: cannot read {path}: {e.strerror or e}") from None
+    if b"\0" in data:
+        raise ValueError(f"task.prompt_file: {path} looks binary (it holds NUL bytes); give a "
+                         f"UTF-8 text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"task.prompt_file: {path} is not UTF-8 text (byte {e.start}: "
+                         f"{data[e.start:e.start + 1]!r}); re-save it as UTF-8, e.g. "
+                         f"`iconv -f latin1 -t utf-8`") from None
+    if not text.strip():
+        raise ValueError(f"task.prompt_file: {path} is empty")
+    return text
+
+
 def pflash_config(c: RunConfig):
     from pflash_jax.pflash.config import preset
 
@@ -105,8 +135,12 @@ def pflash_config(c: RunConfig):
     name = s.pop("preset")
     overrides = {k: v for k, v in s.items() if v is not None}
     a = c.attention
-    return preset(name, attention_impl=a.impl, alpha=a.alpha, block_density=a.density,
-                  block_size=a.block_size, **overrides)
+    # Only what the run sets overrides the preset: an unset attention option (None) keeps the
+    # preset's value, so selection=specprefill runs SpecPrefill's dense drafter.
+    attention = {"attention_impl": a.impl, "alpha": a.alpha, "block_density": a.density,
+                 "block_size": a.block_size}
+    overrides.update({k: v for k, v in attention.items() if v is not None})
+    return preset(name, **overrides)
 
 
 # ---------------------------------------------------------------- the job
@@ -155,7 +189,7 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     from tqdm import tqdm
 
     from pflash_jax.pflash.pipeline import (
-        _check_inputs,
+        check_inputs,
         drafter_pass,
         full_prefill,
         prefill_selected,
@@ -182,11 +216,14 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk, eos_id=eos)
     rows: list[list[dict]] = [[] for _ in cells]
     ps = prompts(c, target)
-    bar = tqdm(total=len(ps) * len(cells), desc="cases x cells", disable=c.quiet)
+    # Progress: a bar for quiet sweeps; otherwise each case's summary, numbered, is the
+    # progress (a bar between those summaries would be redrawn around every one of them).
+    bar = tqdm(total=len(ps) * len(cells), desc="cases x cells", disable=not c.quiet)
     for p in ps:
         S = int(p.ids.shape[0])
         for cfg in cfgs:
-            _check_inputs(drafter, target, np.asarray(p.ids, np.int32), cfg)
+            check_inputs(drafter, target, p.ids, cfg, max_new_tokens=c.max_new_tokens,
+                         chunk=c.chunk)
         full_row: dict = {}
         if c.compare_full:
             t0 = time.perf_counter()
@@ -196,8 +233,9 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
             full_row.update(full=_median([x.timings for x in fulls]),
                             full_tokens=fulls[-1].tokens.tolist())
             full_row["full_compile_s"] = full_row["full_first_call_s"] - full_row["full"]["ttft"]
-            if p.case is not None:
+            if tok is not None:  # a prompt file too: the answer PFlash's is compared with
                 full_row["full_answer"] = tok.decode(fulls[-1].tokens, skip_special_tokens=True)
+            if p.case is not None:
                 full_row["full_acc"] = score(p.case, fulls[-1].tokens, tok)
         t0 = time.perf_counter()
         dp_first = drafter_pass(drafter, p.ids, pcfg, chunk=c.chunk)  # compiles
@@ -228,6 +266,9 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
             rows[i].append(row)
             bar.update()
             if not c.quiet:
+                done = sum(map(len, rows))
+                print(f"\n[{done}/{len(ps) * len(cells)}]"
+                      + (f" {cells[i][0]}" if cells[i][0] else ""), end="")
                 print_case(row, r.kept_positions)
     bar.close()
     from pflash_jax.attention.api import default_dense_impl
@@ -265,10 +306,23 @@ def weights_fingerprint(path) -> str:
     return h.hexdigest()[:12]
 
 
+def model_name(spec: ModelSpec) -> str:
+    """What metrics and tables call a model: the configured name, else the checkpoint folder's
+    name (a user's `target.path=/ckpt/Qwen3-8B` is recorded as Qwen3-8B, not as the tiny
+    default), else the preset's, else the embedded model's."""
+    if spec.name:
+        return spec.name
+    if spec.path:
+        return Path(spec.path).resolve().name
+    if spec.random_init and spec.preset:
+        return spec.preset
+    return f"tiny_{spec.embedded}"
+
+
 def describe(m, spec: ModelSpec) -> dict:
     cfg = m.config
     path = checkpoint_dir(spec)
-    return {"name": spec.name, "path": spec.path, "random_init": spec.random_init,
+    return {"name": model_name(spec), "path": spec.path, "random_init": spec.random_init,
             "weights": None if spec.random_init or path is None else weights_fingerprint(path),
             "dtype": str(m.params.embed_tokens.dtype), "layers": cfg.num_hidden_layers,
             "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
@@ -291,7 +345,7 @@ def summarize(cases: list[dict]) -> dict:
 def print_case(row: dict, kept: np.ndarray) -> None:
     spans = _spans(kept)
     shown = ", ".join(f"{a}-{b}" for a, b in spans[:8]) + (" ..." if len(spans) > 8 else "")
-    print(f"\nprompt {row['S']} tokens -> kept {row['n_kept']} ({100 * row['kept_frac']:.1f}%) "
+    print(f" prompt {row['S']} tokens -> kept {row['n_kept']} ({100 * row['kept_frac']:.1f}%) "
           f"in {len(spans)} runs: {shown}")
     if "expected" in row:
         print(f"expected {row['expected']}")
@@ -301,8 +355,10 @@ def print_case(row: dict, kept: np.ndarray) -> None:
             acc = f"  [{'correct' if row['pflash_acc'] else 'wrong'}]"
         print(f"PFlash answer: {row['pflash_answer']!r}{acc}")
     if "full_answer" in row:
-        print(f"full answer:   {row['full_answer']!r}  "
-              f"[{'correct' if row.get('full_acc') else 'wrong'}]")
+        acc = ""
+        if "full_acc" in row:
+            acc = f"  [{'correct' if row['full_acc'] else 'wrong'}]"
+        print(f"full answer:   {row['full_answer']!r}{acc}")
     stages = ["drafter_forward", "scoring", "selection", "target_prefill", "first_token", "ttft"]
     print("stage            PFlash (ms)" + ("   full (ms)" if "full" in row else ""))
     for s in stages:
@@ -316,25 +372,74 @@ def print_case(row: dict, kept: np.ndarray) -> None:
         print(f"drafter block density kept: {row['block_density']:.3f}")
 
 
+# What a user can get wrong (options, files, checkpoints): one line, no traceback. Anything
+# else is a bug and keeps its traceback.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from pflash_jax.models.config import ConfigError
+    from pflash_jax.models.weights import CheckpointError
+
+    return (ValueError, OSError, ConfigError, CheckpointError)
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Drop the output folder of a job that failed before writing results: Hydra creates it
+    (with .hydra/ and a log) before the job starts."""
+    import shutil
+
+    if out.is_dir() and not any(out.rglob("metrics.json")):
+        shutil.rmtree(out, ignore_errors=True)
+        for parent in list(out.parents)[:2]:  # outputs/run/, outputs/ when left empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+
+def _quiet_logs() -> None:
+    """jax logs at INFO that no TPU was found, on every run; Hydra's logging config shows it."""
+    import logging
+
+    for name in ("jax._src.xla_bridge", "jax._src.xla_bridge_jax", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main() -> None:
+    import os
+    import sys
+
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     from pflash_jax import run_config
 
     run_config.register()
+    debug = os.environ.get("PFLASH_DEBUG", "") not in ("", "0")
 
     @hydra.main(config_path=str(REPO / "configs"), config_name="config", version_base=None)
     def _main(d) -> None:
-        c = run_config.to_run_config(d)
-        out = Path(c.metrics_dir) if c.metrics_dir else Path(HydraConfig.get().runtime.output_dir)
-        for name, metrics in run_cells(c):
-            path = write_metrics(out / ("cells/" + name if name else "") / "metrics.json",
-                                 metrics)
-            s = metrics["summary"]
-            print(f"\nwrote {path}  ({provenance()['device']}; "
-                  + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in s.items()) + ")")
+        _quiet_logs()
+        hydra_out = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            c = run_config.to_run_config(d)
+            out = Path(c.metrics_dir) if c.metrics_dir else hydra_out
+            for name, metrics in run_cells(c):
+                path = write_metrics(out / ("cells/" + name if name else "") / "metrics.json",
+                                     metrics)
+                s = metrics["summary"]
+                print(f"\nwrote {path}  ({provenance()['device']}; "
+                      + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in s.items()) + ")")
+        except _user_errors() as e:
+            _remove_if_empty(hydra_out)
+            if debug:
+                raise
+            print(f"pflash-run: error: {e}\n(PFLASH_DEBUG=1 shows the traceback)",
+                  file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            _remove_if_empty(hydra_out)
+            print("pflash-run: interrupted", file=sys.stderr)
+            sys.exit(130)
 
     _main()
 

@@ -14,21 +14,27 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ModelSpec:
-    name: str = "tiny_target"
+    name: str | None = None  # recorded in metrics; None: the path's folder name, else preset
+    #                          name, else tiny_<embedded> (see run.model_name)
     path: str | None = None  # checkpoint dir (HF or converted); None: embedded tiny model
     preset: str | None = None  # Qwen3 shape preset (qwen3-0.6b ...) for random_init
     random_init: bool = False  # random weights of `preset`'s shapes (speed runs)
-    yarn: bool = False  # YaRN factor 4 over 32K (Qwen3's 128K setting)
+    yarn: bool = False  # YaRN over the 32K pretraining length: Qwen3's way to 128K
+    yarn_factor: float = 4.0  # 4 -> 131,072 positions (a config.json rope_scaling wins)
     dtype: str = "auto"  # auto (bf16 on GPU, f32 on CPU) | bf16 | f32
     embedded: str | None = None  # "drafter" | "target": which model of the tiny pair
 
 
 @dataclass
 class AttentionSpec:
-    impl: str = "auto"  # drafter attention: auto | reference | triton | mosaic | dense
-    alpha: float = 0.12  # normalised-mass threshold (DESIGN 1.1)
+    """The drafter's attention. None everywhere: the selection preset's value (pflash:
+    block-sparse "auto", specprefill: "dense"); a value set here (by the user, an attention/
+    group file or an experiment) wins over the preset."""
+
+    impl: str | None = None  # auto | reference | triton | mosaic | dense
+    alpha: float | None = None  # normalised-mass threshold (DESIGN 1.1); presets: 0.12
     density: float | None = None  # fixed block density (random weights) instead of alpha
-    block_size: int = 128
+    block_size: int | None = None  # presets: 128
 
 
 @dataclass
@@ -70,10 +76,8 @@ class GridSpec:
 
 @dataclass
 class RunConfig:
-    drafter: ModelSpec = field(default_factory=lambda: ModelSpec("tiny_drafter",
-                                                                 embedded="drafter"))
-    target: ModelSpec = field(default_factory=lambda: ModelSpec("tiny_target",
-                                                                embedded="target"))
+    drafter: ModelSpec = field(default_factory=lambda: ModelSpec(embedded="drafter"))
+    target: ModelSpec = field(default_factory=lambda: ModelSpec(embedded="target"))
     attention: AttentionSpec = field(default_factory=AttentionSpec)
     selection: SelectionSpec = field(default_factory=SelectionSpec)
     task: TaskSpec = field(default_factory=TaskSpec)
@@ -90,20 +94,59 @@ class RunConfig:
 def register() -> None:
     from hydra.core.config_store import ConfigStore
 
-    cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
-    cs.store(group="model", name="model_schema", node=ModelSpec)
-    cs.store(group="attention", name="attention_schema", node=AttentionSpec)
-    cs.store(group="selection", name="selection_schema", node=SelectionSpec)
-    cs.store(group="task", name="task_schema", node=TaskSpec)
+    # One schema for the whole config: its typed fields check every group's values too, and no
+    # schema entry shows up among the group options of --help.
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def _int_at_least(problems: list[str], key: str, value, minimum: int, why: str = "") -> None:
+    # bool is an int subclass: repeats=true is a typo, not 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        problems.append(f"{key} must be an int >= {minimum}{why}, got {value!r}")
+
+
+def validate(c: RunConfig) -> RunConfig:
+    """Values the schema's types let through but the job cannot honour, all reported at once
+    (ValueError naming each option)."""
+    problems: list[str] = []
+    _int_at_least(problems, "repeats", c.repeats, 0,
+                  " (0: one call per case, its time includes compilation)")
+    _int_at_least(problems, "max_new_tokens", c.max_new_tokens, 1,
+                  " (the first generated token ends TTFT)")
+    if c.chunk is not None:
+        _int_at_least(problems, "chunk", c.chunk, 1, " tokens (null: no chunking)")
+    _int_at_least(problems, "task.seq_len", c.task.seq_len, 1)
+    _int_at_least(problems, "task.n_cases", c.task.n_cases, 1)
+    _int_at_least(problems, "task.seed", c.task.seed, 0)
+    if c.task.name == "file" and not c.task.prompt_file:
+        problems.append("task=file needs task.prompt_file=PATH (a UTF-8 text file)")
+    for role in ("drafter", "target"):
+        spec = getattr(c, role)
+        f = spec.yarn_factor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 1:
+            problems.append(f"{role}.yarn_factor must be a number > 1, got {f!r}")
+        if spec.dtype not in ("auto", "bf16", "f32"):
+            problems.append(f"{role}.dtype must be auto, bf16 or f32, got {spec.dtype!r}")
+    for sp in c.grid.span_sizes:
+        _int_at_least(problems, "grid.span_sizes[...]", sp, 1)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return c
 
 
 def to_run_config(d) -> RunConfig:
-    """DictConfig (or plain dict) -> RunConfig dataclasses; unknown keys are an error."""
+    """DictConfig (or plain dict) -> validated RunConfig dataclasses; unknown keys, missing
+    mandatory values (`???`) and bad values are errors naming the option."""
     from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
     if isinstance(d, DictConfig):
-        d = OmegaConf.to_container(d, resolve=True)
+        try:
+            d = OmegaConf.to_container(d, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as e:
+            key = getattr(e, "full_key", None) or "an option"
+            hint = " (task=file reads the prompt from it)" if key == "task.prompt_file" else ""
+            raise ValueError(f"{key} must be set{hint}: add {key}=... to the command") from None
     d = {k: v for k, v in d.items() if k != "hydra"}
     sub = {"drafter": ModelSpec, "target": ModelSpec, "attention": AttentionSpec,
            "selection": SelectionSpec, "task": TaskSpec, "grid": GridSpec}
@@ -121,4 +164,4 @@ def to_run_config(d) -> RunConfig:
             kw[k] = sub[k](**v)
         else:
             kw[k] = v
-    return RunConfig(**kw)
+    return validate(RunConfig(**kw))

@@ -142,8 +142,34 @@ def resolve_attn(attn: str | AttnFn) -> AttnFn:
     return partial(dense_attention, impl=attn)
 
 
+def check_chunk(chunk) -> None:
+    """chunk: None (whole sequence) or a positive int of tokens."""
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)
+                              or chunk < 1):
+        raise ValueError(f"chunk must be None or an int >= 1 (tokens per chunk), got {chunk!r}")
+
+
+def check_ids(ids, vocab_size: int, who: str = "ids") -> np.ndarray:
+    """A prompt as int32 numpy ids, refusing what would silently go wrong: non-integer dtypes,
+    empty prompts and ids outside [0, vocab_size). The range is checked on the caller's own
+    dtype, before the int32 cast (an int64 id >= 2^31 would otherwise wrap into range);
+    an out-of-range id would read past the embedding table (NaN rows on some backends)."""
+    a = np.asarray(ids)
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{who} must be integer token ids, got dtype {a.dtype}")
+    if a.size == 0:
+        raise ValueError(f"{who} is empty: a prompt needs at least one token")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = np.flatnonzero((a.reshape(-1) < 0) | (a.reshape(-1) >= vocab_size))
+        raise ValueError(f"{who} out of range [0, {vocab_size}): min {lo}, max {hi} "
+                         f"({bad.size} bad id(s), first at flat index {int(bad[0])})")
+    return a.astype(np.int32)
+
+
 def _chunked(fn, chunk: int | None, *xs):
     """Apply fn to sequence chunks of arrays [B,T,...] with lax.map; pads T to a multiple."""
+    check_chunk(chunk)
     T = xs[0].shape[1]
     if chunk is None or chunk >= T:
         return fn(*xs)
@@ -256,9 +282,10 @@ decode_jit = jax.jit(decode, static_argnames=("cfg",), donate_argnames=("cache",
 
 def logits(model, ids, *, attn: str | AttnFn = "reference") -> jax.Array:
     """float32 [T, V] logits of a 1-D id array at positions 0..T-1 (DESIGN section 3)."""
-    ids = jnp.asarray(ids, jnp.int32)
+    ids = check_ids(ids, model.config.vocab_size, "logits: ids")
     if ids.ndim != 1:
         raise ValueError(f"logits expects a 1-D id array, got shape {ids.shape}")
+    ids = jnp.asarray(ids)
     pos = jnp.arange(ids.shape[0], dtype=jnp.int32)
     return forward_jit(model.params, model.config, ids[None], pos[None], attn=attn)[0]
 
@@ -269,7 +296,10 @@ def greedy_generate(model, ids, n_new: int, positions=None, *,
 
     positions default to 0..T-1; decoding continues at positions[-1] + 1, + 2, ...
     """
-    ids = jnp.asarray(ids, jnp.int32)
+    if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
+        raise ValueError(f"greedy_generate: n_new must be an int >= 1, got {n_new!r}")
+    check_chunk(chunk)
+    ids = jnp.asarray(check_ids(ids, model.config.vocab_size, "greedy_generate: ids"))
     squeeze = ids.ndim == 1
     ids = ids[None] if squeeze else ids
     B, T = ids.shape

@@ -79,11 +79,25 @@ def bucket(n: int, minimum: int = 256) -> int:
     return -(-n // step) * step
 
 
-def _check_inputs(drafter, target, ids: np.ndarray, cfg: PFlashConfig) -> None:
-    S = ids.shape[0]
+def check_inputs(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int = 1,
+                  chunk: int | None = None) -> np.ndarray:
+    """Every problem with one PFlash call, reported together; returns the ids as int32."""
     problems = []
+    try:
+        ids = qwen3.check_ids(ids, min(drafter.config.vocab_size, target.config.vocab_size))
+    except ValueError as e:
+        raise ValueError(f"speculative_prefill: {e}") from None
+    S = ids.shape[0]
     if ids.ndim != 1:
         problems.append(f"ids must be a 1-D prompt, got shape {ids.shape}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 1:
+        problems.append(f"max_new_tokens must be an int >= 1 (the first token ends TTFT), "
+                        f"got {max_new_tokens!r}")
+    try:
+        qwen3.check_chunk(chunk)
+    except ValueError as e:
+        problems.append(str(e))
     if drafter.config.vocab_size != target.config.vocab_size:
         problems.append(f"drafter and target vocabularies differ ({drafter.config.vocab_size} "
                         f"vs {target.config.vocab_size}): they must share one tokenizer")
@@ -97,13 +111,11 @@ def _check_inputs(drafter, target, ids: np.ndarray, cfg: PFlashConfig) -> None:
         limit = m.config.max_position_embeddings
         if S > limit:
             problems.append(f"prompt has {S} tokens, more than the {name}'s "
-                            f"max_position_embeddings={limit}; nothing is truncated silently")
-    if ids.size and (ids.min() < 0 or ids.max() >= min(drafter.config.vocab_size,
-                                                         target.config.vocab_size)):
-        problems.append(f"ids out of range [0, {target.config.vocab_size}): "
-                        f"min {ids.min()}, max {ids.max()}")
+                            f"max_position_embeddings={limit}; nothing is truncated silently "
+                            f"(for longer prompts enable YaRN: {name}.yarn=true)")
     if problems:
         raise ValueError("speculative_prefill: " + "; ".join(problems))
+    return ids
 
 
 # ---------------------------------------------------------------- drafter
@@ -241,7 +253,12 @@ def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = No
                  attn: str | None = None, eos_id: int | None = None) -> FullResult:
     """The baseline: prefill of all S tokens (dense attention "auto": Mosaic on Hopper, cuDNN on
     other GPUs), then greedy decode (stopping after eos_id when given)."""
-    ids = np.asarray(ids, np.int32)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 1:
+        raise ValueError(f"full_prefill: max_new_tokens must be an int >= 1, got "
+                         f"{max_new_tokens!r}")
+    qwen3.check_chunk(chunk)
+    ids = qwen3.check_ids(ids, target.config.vocab_size, "full_prefill: ids")
     timings: dict = {}
     tokens = _prefill_and_decode(target, ids, np.arange(ids.shape[0], dtype=np.int32),
                                  max_new_tokens, chunk, timings, attn, eos_id)
@@ -286,8 +303,11 @@ def drafter_pass(drafter, ids, cfg: PFlashConfig, *, chunk: int | None = None) -
     t1 = time.perf_counter()
     imp = np.asarray(_importance(rmax, cfg.scoring, length=jnp.int32(S)))[:S]
     t2 = time.perf_counter()
-    dens = None if density is None or resolve_impl(cfg.attention_impl) == "dense" else float(
-        density)
+    # None when no layer ran block-sparse attention: a dense drafter, or a 1-layer drafter
+    # (its only layer contributes Q/K to the scores and runs no attention at all).
+    sparse = (density is not None and resolve_impl(cfg.attention_impl) != "dense"
+              and drafter.config.num_hidden_layers > 1)
+    dens = float(density) if sparse else None
     return DrafterPass(imp, dens, {"drafter_forward": t1 - t0, "importance": t2 - t1})
 
 
@@ -319,8 +339,7 @@ def speculative_prefill(drafter, target, ids, cfg: PFlashConfig, *, max_new_toke
     """Run PFlash on one prompt (1-D ids): `drafter_pass` then `prefill_selected`. See the
     module docstring for stages and choices. Greedy decoding stops after eos_id when given
     (tokens then ends with it)."""
-    ids = np.asarray(ids, np.int32)
-    _check_inputs(drafter, target, ids, cfg)
+    ids = check_inputs(drafter, target, ids, cfg, max_new_tokens=max_new_tokens, chunk=chunk)
     dp = drafter_pass(drafter, ids, cfg, chunk=chunk)
     return prefill_selected(target, ids, dp, cfg, max_new_tokens=max_new_tokens, chunk=chunk,
                             target_attn=target_attn, eos_id=eos_id)
