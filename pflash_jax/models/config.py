@@ -8,6 +8,10 @@ Design choices:
   may change the math, and silently ignoring it would give wrong logits that look plausible.
 - RoPE scaling: none or YaRN, read from either the legacy `rope_theta` + `rope_scaling` keys
   (published Qwen3 checkpoints) or transformers 5's `rope_parameters` dict.
+- Every understood key is type-checked as transformers' typed config would: booleans must be
+  JSON booleans, integers must be integers (not booleans), floats integers or floats (never
+  strings: "1e-6" is refused, not converted). Nothing is derived from a missing or mistyped
+  value, so each bad key gives exactly one message.
 - All problems are collected and raised once as a `ConfigError` naming the file and each key.
 """
 
@@ -28,8 +32,11 @@ class ProblemsError(ValueError):
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        super().__init__(f"{len(problems)} {self.kind} problem(s):\n" +
-                         "\n".join(f"  - {p}" for p in problems))
+        if len(self.problems) == 1:  # one root cause: one line
+            super().__init__(self.problems[0])
+        else:
+            super().__init__(f"{len(problems)} {self.kind} problems:\n" +
+                             "\n".join(f"  - {p}" for p in problems))
 
 
 class ConfigError(ProblemsError):
@@ -125,7 +132,7 @@ class Qwen3Config:
         path = Path(path)
         try:
             d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
             raise ConfigError([f"{path}: cannot read a JSON config ({e})"]) from e
         if not isinstance(d, dict):
             raise ConfigError([f"{path}: top level is not a JSON object"])
@@ -150,11 +157,21 @@ class Qwen3Config:
 
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
              "num_attention_heads")
-# Optional, with transformers' Qwen3Config defaults when absent.
+# Optional, with transformers' Qwen3Config defaults when absent (None: derived, see _parse_hf).
 _OPTIONAL = {"num_key_value_heads": None, "head_dim": 128, "rms_norm_eps": 1e-6,
              "rope_theta": 10000.0, "max_position_embeddings": 32768,
              "tie_word_embeddings": False}
-# Accepted only at the value the forward pass implements.
+# The JSON type of every key we read, checked as transformers' typed config would: a bool is
+# never an int or a float (JSON true is not 1), a string is never a number ("1e-6" is refused,
+# not converted), and an int is a valid float.
+_INT, _POS, _NONNEG = "a positive integer", "a positive number", "a non-negative number"
+_BOOL, _STR = "true or false", "a string"
+_TYPES = {**dict.fromkeys((*_REQUIRED, "num_key_value_heads", "head_dim",
+                           "max_position_embeddings"), _INT),
+          "rms_norm_eps": _NONNEG, "rope_theta": _POS, "tie_word_embeddings": _BOOL}
+_NULLABLE = {"num_key_value_heads", "head_dim"}  # null: derived, as transformers does
+# Accepted only at the value the forward pass implements (compared with its type, so
+# `attention_bias: 0` or `partial_rotary_factor: true` are refused, not taken as False / 1.0).
 _FIXED = {"hidden_act": ("silu",), "attention_bias": (False,), "use_sliding_window": (False,),
           "partial_rotary_factor": (1.0, None)}
 # Cannot change inference math (sliding_window/max_window_layers only act with
@@ -164,8 +181,33 @@ _METADATA = {"architectures", "model_type", "bos_token_id", "eos_token_id", "pad
              "sliding_window", "max_window_layers", "attention_dropout", "_name_or_path",
              "layer_types", "rope_scaling", "rope_parameters", "output_attentions",
              "output_hidden_states", "return_dict"}
-_YARN_KEYS = {"rope_type", "type", "factor", "original_max_position_embeddings", "beta_fast",
-              "beta_slow", "attention_factor", "truncate", "rope_theta"}
+# rope_scaling / rope_parameters fields and their types (None = null allowed: the default).
+_ROPE_TYPES = {"rope_type": _STR, "type": _STR, "factor": _POS,
+               "original_max_position_embeddings": _INT, "beta_fast": _POS, "beta_slow": _POS,
+               "attention_factor": _POS, "truncate": _BOOL, "rope_theta": _POS}
+_ROPE_NULLABLE = {"original_max_position_embeddings", "beta_fast", "beta_slow",
+                  "attention_factor"}
+
+
+def _type_problem(key: str, v, kind: str, where: str) -> str | None:
+    """A message if v is not of `kind` (JSON types, as above), else None."""
+    if kind == _BOOL:
+        ok = isinstance(v, bool)
+    elif kind == _STR:
+        ok = isinstance(v, str)
+    elif isinstance(v, bool) or not isinstance(v, int | float):
+        ok = False
+    elif kind == _INT:
+        ok = isinstance(v, int) and v > 0
+    else:
+        ok = math.isfinite(v) and (v > 0 if kind == _POS else v >= 0)
+    return None if ok else f"{where} {key}={v!r} must be {kind}"
+
+
+def _same(a, b) -> bool:
+    return type(a) is type(b) and a == b or (  # 1 and 1.0 agree; True and 1 do not
+        isinstance(a, int | float) and not isinstance(a, bool)
+        and isinstance(b, float) and a == b)
 
 
 def _parse_hf(d: dict, source: str) -> Qwen3Config:
@@ -184,27 +226,33 @@ def _parse_hf(d: dict, source: str) -> Qwen3Config:
         if key not in d:
             problems.append(f"{where} missing required key {key!r}")
     for key, allowed in _FIXED.items():
-        if key in d and d[key] not in allowed:
+        if key in d and not any(_same(d[key], a) for a in allowed):
             problems.append(f"{where} {key}={d[key]!r} is not supported (only {allowed[0]!r})")
+    for key, kind in _TYPES.items():
+        if key in d and not (key in _NULLABLE and d[key] is None):
+            p = _type_problem(key, d[key], kind, where)
+            if p:
+                problems.append(p)
     lt = d.get("layer_types")
-    if lt is not None and any(t != "full_attention" for t in lt):
-        problems.append(f"{where} layer_types has non-'full_attention' layers: unsupported")
+    if lt is not None:
+        if not isinstance(lt, list):
+            problems.append(f"{where} layer_types={lt!r} must be a list")
+        elif any(t != "full_attention" for t in lt):
+            problems.append(f"{where} layer_types has non-'full_attention' layers: unsupported")
+        elif isinstance(d.get("num_hidden_layers"), int) and len(lt) != d["num_hidden_layers"]:
+            problems.append(f"{where} layer_types has {len(lt)} entries but num_hidden_layers "
+                            f"is {d['num_hidden_layers']}")
 
     theta, scaling = _parse_rope(d, where, problems)
+    if problems:  # nothing below runs on a missing or wrongly typed value
+        raise ConfigError(problems)
     kw = {k: d.get(k, v) for k, v in _OPTIONAL.items()}
     if kw["num_key_value_heads"] is None:
-        kw["num_key_value_heads"] = d.get("num_attention_heads")
+        kw["num_key_value_heads"] = d["num_attention_heads"]
     if kw["head_dim"] is None:
         kw["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
-    kw["rope_theta"] = theta
-    ints = [*_REQUIRED, "num_key_value_heads", "head_dim", "max_position_embeddings"]
-    for key in ints:
-        v = d.get(key, kw.get(key))
-        if key in d or key in kw:
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                problems.append(f"{where} {key}={v!r} must be a positive integer")
-    if problems:
-        raise ConfigError(problems)
+    kw["rope_theta"] = float(theta)
+    kw["rms_norm_eps"] = float(kw["rms_norm_eps"])
     try:
         return Qwen3Config(**{k: d[k] for k in _REQUIRED}, **{**kw, "rope_scaling": scaling})
     except ConfigError as e:
@@ -225,10 +273,18 @@ def _parse_rope(d: dict, where: str, problems: list[str]):
     if not isinstance(rope, dict):
         problems.append(f"{where} {key} must be an object or null, got {rope!r}")
         return theta, None
+    n_before = len(problems)
+    for k in sorted(set(rope) - set(_ROPE_TYPES)):
+        problems.append(f"{where} {key}.{k} is not understood (refusing to ignore it)")
+    for k, kind in _ROPE_TYPES.items():
+        if k in rope and not (k in _ROPE_NULLABLE and rope[k] is None):
+            p = _type_problem(f"{key}.{k}", rope[k], kind, where)
+            if p:
+                problems.append(p)
+    if len(problems) > n_before:
+        return theta, None
     theta = rope.get("rope_theta", theta)
     kind = rope.get("rope_type", rope.get("type", "default"))
-    for k in sorted(set(rope) - _YARN_KEYS):
-        problems.append(f"{where} {key}.{k} is not understood (refusing to ignore it)")
     if kind == "default":
         return theta, None
     if kind != "yarn":
@@ -237,12 +293,15 @@ def _parse_rope(d: dict, where: str, problems: list[str]):
     if "factor" not in rope:
         problems.append(f"{where} {key}.factor is required for yarn")
         return theta, None
-    orig = rope.get("original_max_position_embeddings",
-                    d.get("original_max_position_embeddings", d.get("max_position_embeddings")))
+    orig = rope.get("original_max_position_embeddings")
+    if orig is None:  # transformers falls back to the model's own length
+        orig = d.get("max_position_embeddings", _OPTIONAL["max_position_embeddings"])
     y = YarnScaling(
-        factor=float(rope["factor"]), original_max_position_embeddings=int(orig),
+        factor=float(rope["factor"]), original_max_position_embeddings=orig,
         beta_fast=float(rope.get("beta_fast") or 32), beta_slow=float(rope.get("beta_slow") or 1),
-        attention_factor=rope.get("attention_factor"), truncate=bool(rope.get("truncate", True)))
+        attention_factor=(None if rope.get("attention_factor") is None
+                          else float(rope["attention_factor"])),
+        truncate=rope.get("truncate", True))
     return theta, y
 
 

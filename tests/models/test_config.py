@@ -76,3 +76,76 @@ def test_config_file_errors_name_the_file(tmp_path):
 def test_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         preset("8b").hidden_size = 1
+
+
+@pytest.mark.parametrize("key,value", [
+    ("tie_word_embeddings", "false"),  # a string: used to be taken as true
+    ("tie_word_embeddings", 0),
+    ("rms_norm_eps", "1e-6"),  # used to convert, then fail at the first forward
+    ("rms_norm_eps", True),
+    ("rope_theta", "1e6"),
+    ("hidden_size", True),  # a bool is not an int
+    ("hidden_size", 64.0),
+    ("num_key_value_heads", "8"),
+    ("max_position_embeddings", -1),
+    ("attention_bias", 0),  # equals False, but is not JSON false
+    ("partial_rotary_factor", True),  # equals 1.0, but is not a number
+])
+def test_wrongly_typed_values_are_refused(key, value, tmp_path):
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**preset("0.6b").to_hf_config(), key: value}))
+    with pytest.raises(ConfigError) as e:
+        Qwen3Config.from_file(p)
+    assert e.value.problems == [e.value.problems[0]], "one bad value, one message"
+    msg = str(e.value)
+    assert str(p) in msg and f"{key}={value!r}" in msg
+
+
+@pytest.mark.parametrize("field,value", [("factor", "abc"), ("factor", True), ("factor", 0),
+                                         ("beta_fast", "32"), ("truncate", "yes"),
+                                         ("original_max_position_embeddings", 1.5),
+                                         ("rope_type", 3)])
+def test_rope_fields_typed(field, value, tmp_path):
+    cfg = preset("8b").with_yarn().to_hf_config()
+    cfg["rope_scaling"][field] = value
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError) as e:
+        Qwen3Config.from_file(p)
+    assert len(e.value.problems) == 1
+    assert f"{p}: rope_scaling.{field}={value!r}" in str(e.value)
+
+
+def test_numbers_accepted_as_transformers_would():
+    good = preset("0.6b").to_hf_config()
+    c = Qwen3Config.from_hf_config({**good, "rms_norm_eps": 0, "rope_theta": 10000,
+                                    "partial_rotary_factor": 1})
+    assert c.rms_norm_eps == 0.0 and isinstance(c.rms_norm_eps, float)
+    assert c.rope_theta == 10000.0 and isinstance(c.rope_theta, float)
+    c = Qwen3Config.from_hf_config({**good, "num_key_value_heads": None, "head_dim": None})
+    assert (c.num_key_value_heads, c.head_dim) == (16, 1024 // 16)
+
+
+@pytest.mark.parametrize("missing", ["hidden_size", "num_attention_heads", "vocab_size"])
+def test_missing_required_field_is_one_message(missing, tmp_path):
+    # head_dim null makes the parser derive it from hidden_size / num_attention_heads: a
+    # missing one used to escape as a raw KeyError.
+    cfg = {**preset("0.6b").to_hf_config(), "head_dim": None, "num_key_value_heads": None}
+    del cfg[missing]
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError) as e:
+        Qwen3Config.from_file(p)
+    assert e.value.problems == [f"{p}: missing required key {missing!r}"]
+
+
+def test_unreadable_config_files(tmp_path):
+    p = tmp_path / "config.json"
+    p.write_bytes(b"\xff\xfe{\x00")  # not UTF-8: used to escape as UnicodeDecodeError
+    with pytest.raises(ConfigError, match="config.json: cannot read a JSON config"):
+        Qwen3Config.from_file(p)
+    with pytest.raises(ConfigError, match="cannot read"):
+        Qwen3Config.from_file(tmp_path / "absent.json")
+    p.write_text(json.dumps({**preset("0.6b").to_hf_config(), "layer_types": "full_attention"}))
+    with pytest.raises(ConfigError, match="layer_types='full_attention' must be a list"):
+        Qwen3Config.from_file(p)
