@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from pflash_jax import bench
 from pflash_jax.attention import dense_attention
-from pflash_jax.attention.api import default_dense_impl
+from pflash_jax.attention.api import resolve_dense
 from pflash_jax.models import qwen3
 from pflash_jax.models.config import Qwen3Config, preset
 from pflash_jax.models.params import init_params
@@ -178,7 +178,7 @@ def main() -> None:
         bench.write_metrics(args.out / f"breakdown_{args.model}_{args.seq}.json", {"rows": rows})
         return
     if args.attn == "auto":
-        args.attn = default_dense_impl(jnp.bfloat16)
+        args.attn = resolve_dense("auto", jnp.bfloat16)
     qwen3.FUSE_PROJECTIONS = not args.unfused
     args.tag += "_unfused" if args.unfused else ""
     r = run(args.model, args.seq, args.attn, args.chunk or None, args.repeats, args.layers)

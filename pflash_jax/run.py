@@ -214,6 +214,7 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     tok = target.tokenizer
     eos = tok.eos_token_id if tok is not None else None
     kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk, eos_id=eos)
+    target_attn = c.attention.target  # the same dense attention for both paths
     rows: list[list[dict]] = [[] for _ in cells]
     ps = prompts(c, target)
     # Progress: a bar for quiet sweeps; otherwise each case's summary, numbered, is the
@@ -227,9 +228,10 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
         full_row: dict = {}
         if c.compare_full:
             t0 = time.perf_counter()
-            first = full_prefill(target, p.ids, **kw)
+            first = full_prefill(target, p.ids, attn=target_attn, **kw)
             full_row["full_first_call_s"] = time.perf_counter() - t0
-            fulls = [full_prefill(target, p.ids, **kw) for _ in range(c.repeats)] or [first]
+            fulls = [full_prefill(target, p.ids, attn=target_attn, **kw)
+                     for _ in range(c.repeats)] or [first]
             full_row.update(full=_median([x.timings for x in fulls]),
                             full_tokens=fulls[-1].tokens.tolist())
             full_row["full_compile_s"] = full_row["full_first_call_s"] - full_row["full"]["ttft"]
@@ -244,9 +246,10 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
         for i, cfg in enumerate(cfgs):
             row: dict = {"S": S}
             t0 = time.perf_counter()
-            first = prefill_selected(target, p.ids, dp_first, cfg, **kw)
+            first = prefill_selected(target, p.ids, dp_first, cfg, target_attn=target_attn, **kw)
             row["pflash_first_call_s"] = time.perf_counter() - t0 + dp_first_s
-            runs = [prefill_selected(target, p.ids, dp, cfg, **kw) for dp in dps] or [first]
+            runs = [prefill_selected(target, p.ids, dp, cfg, target_attn=target_attn, **kw)
+                    for dp in dps] or [first]
             r = runs[-1]
             row.update(pflash=_median([x.timings for x in runs]), n_kept=r.n_kept,
                        kept_frac=r.n_kept / S, block_density=r.block_density,
@@ -271,12 +274,13 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
                       + (f" {cells[i][0]}" if cells[i][0] else ""), end="")
                 print_case(row, r.kept_positions)
     bar.close()
-    from pflash_jax.attention.api import default_dense_impl
+    from pflash_jax.attention.api import resolve_dense
     from pflash_jax.pflash.pipeline import resolve_impl
 
     kernels = {  # what "auto" resolved to on this machine
         "drafter": resolve_impl(pcfg.attention_impl, drafter.params.embed_tokens.dtype),
-        "target_and_full_prefill": default_dense_impl(target.params.embed_tokens.dtype)}
+        "target_and_full_prefill": resolve_dense(c.attention.target,
+                                                 target.params.embed_tokens.dtype)}
     out = []
     for (name, cc), cfg, cases in zip(cells, cfgs, rows, strict=True):
         out.append((name, {

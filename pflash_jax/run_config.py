@@ -35,6 +35,9 @@ class AttentionSpec:
     alpha: float | None = None  # normalised-mass threshold (DESIGN 1.1); presets: 0.12
     density: float | None = None  # fixed block density (random weights) instead of alpha
     block_size: int | None = None  # presets: 128
+    # The target's dense attention, for its PFlash prefill and the full-prefill baseline alike:
+    # auto (mosaic on Hopper, cudnn on other GPUs, reference on CPU) | cudnn | mosaic | reference
+    target: str = "auto"
 
 
 @dataclass
@@ -127,6 +130,11 @@ def validate(c: RunConfig) -> RunConfig:
             problems.append(f"{role}.yarn_factor must be a number > 1, got {f!r}")
         if spec.dtype not in ("auto", "bf16", "f32"):
             problems.append(f"{role}.dtype must be auto, bf16 or f32, got {spec.dtype!r}")
+    from pflash_jax.attention.api import DENSE_IMPLS
+
+    if c.attention.target not in DENSE_IMPLS:
+        problems.append(f"attention.target must be one of {DENSE_IMPLS}, got "
+                        f"{c.attention.target!r}")
     for sp in c.grid.span_sizes:
         _int_at_least(problems, "grid.span_sizes[...]", sp, 1)
     if problems:

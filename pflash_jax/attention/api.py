@@ -1,8 +1,8 @@
 """One entry per attention mode, dispatching on `impl=`.
 
 dense_attention: impl in {"auto", "reference", "xla", "cudnn", "mosaic"}.
-  auto       the fastest exact kernel here (`default_dense_impl`): mosaic on Hopper for 16-bit
-             inputs, cudnn on other GPUs, reference without a GPU
+  auto       the first of AUTO_DENSE that supports the call (`resolve_dense`): mosaic on Hopper
+             for 16-bit prefill, cudnn on other GPUs, reference without a GPU
   reference  chunked plain-jnp spec (any backend, float32 softmax)
   xla        jax.nn.dot_product_attention(implementation="xla"): materialises T x S, small only
   cudnn      jax.nn.dot_product_attention(implementation="cudnn"): the dense flash baseline on
@@ -11,7 +11,7 @@ dense_attention: impl in {"auto", "reference", "xla", "cudnn", "mosaic"}.
              T == S, bf16/f16): 2-4% faster than cudnn on an H100 at 128K for Qwen3-0.6B
              and -8B prefill (results/prefill_baseline).
 
-block_sparse_attention: impl in {"reference", "triton", "mosaic"}.
+block_sparse_attention: impl in {"auto", "reference", "triton", "mosaic"}; auto as `resolve_sparse`.
   reference  dense attention with the block mask expanded to tokens (the spec)
   triton     Pallas/Triton kernel visiting only the kept blocks (sm_80+, or interpret=True on CPU)
   mosaic     Pallas/Mosaic GPU kernel (TMA + wgmma, Hopper only, block_size 128, bf16/f16), or
@@ -30,6 +30,13 @@ from pflash_jax.attention.blockmask import BlockMask
 DENSE_IMPLS = ("auto", "reference", "xla", "cudnn", "mosaic")
 SPARSE_IMPLS = ("reference", "triton", "mosaic")
 
+# "auto" is one ordered list per kind: the first implementation that supports the call wins.
+# Each `_supports_*` raises NotImplementedError saying why it does not (tokamax's pattern), so
+# the decision lives here only and a user asking for one explicitly learns the reason.
+AUTO_DENSE = ("mosaic", "cudnn", "reference")
+AUTO_SPARSE = ("mosaic", "triton", "reference")
+AUTO_MASS = ("triton", "xla")  # FlashPrefill's block mass (selection.block_mass)
+
 
 def is_hopper() -> bool:
     """True when the default device is an sm_90 GPU (H100/H200): Mosaic GPU kernels run there."""
@@ -37,22 +44,82 @@ def is_hopper() -> bool:
     return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9")
 
 
-def default_sparse_impl() -> str:
-    """The block-sparse kernel to use here: "mosaic" on Hopper, "triton" on other GPUs (sm_80+,
-    e.g. an RTX 3090), "reference" without a GPU."""
+def _on_gpu() -> None:
     if jax.default_backend() != "gpu":
-        return "reference"
-    return "mosaic" if is_hopper() else "triton"
+        raise NotImplementedError("needs a CUDA GPU")
 
 
-def default_dense_impl(dtype=None) -> str:
-    """The dense prefill attention to use here (the full-prefill baseline): "mosaic" on Hopper
-    for 16-bit inputs (faster than cuDNN there, see DENSE_IMPLS), "cudnn" on other GPUs and for
-    float32, "reference" without a GPU."""
-    if jax.default_backend() != "gpu":
-        return "reference"
-    sixteen = dtype is None or jax.numpy.dtype(dtype).itemsize == 2
-    return "mosaic" if is_hopper() and sixteen else "cudnn"
+def _hopper_16bit(dtype) -> None:
+    if not is_hopper():
+        raise NotImplementedError("needs a Hopper GPU (sm_90: TMA + wgmma)")
+    if dtype is not None and jax.numpy.dtype(dtype).itemsize != 2:
+        raise NotImplementedError(f"takes 16-bit inputs (wgmma operands), got {dtype}")
+
+
+def _supports_dense(impl: str, dtype=None, T: int | None = None, S: int | None = None,
+                    causal: bool = True) -> None:
+    square = T is None or S is None or T == S
+    if impl == "mosaic":
+        _hopper_16bit(dtype)
+        if not square:
+            raise NotImplementedError(f"runs prefill shapes only (T == S), got T={T}, S={S}")
+    elif impl in ("cudnn", "xla"):
+        if impl == "cudnn":
+            _on_gpu()
+        if causal and not square:
+            # jax.nn's is_causal aligns top-left; we only call it for square prefill.
+            raise NotImplementedError(f"causal needs T == S, got T={T}, S={S}")
+    elif impl != "reference":
+        raise ValueError(f"unknown dense attention impl {impl!r}; expected one of {DENSE_IMPLS}")
+
+
+def _supports_sparse(impl: str, dtype=None) -> None:
+    if impl == "mosaic":
+        _hopper_16bit(dtype)
+    elif impl == "triton":
+        _on_gpu()
+    elif impl != "reference":
+        raise ValueError(f"unknown block-sparse impl {impl!r}; expected one of {SPARSE_IMPLS}")
+
+
+def _supports_mass(impl: str, interpret: bool = False) -> None:
+    if impl == "triton":
+        if not interpret:
+            _on_gpu()
+    elif impl != "xla":
+        raise ValueError(f"unknown block_mass impl {impl!r}; expected auto, xla or triton")
+
+
+def _first_supported(order, check, *args, **kw) -> str:
+    for impl in order:
+        try:
+            check(impl, *args, **kw)
+            return impl
+        except NotImplementedError:
+            continue
+    raise AssertionError(f"no implementation in {order} accepted the call")  # reference does
+
+
+def resolve_dense(impl: str = "auto", dtype=None, T: int | None = None, S: int | None = None,
+                  causal: bool = True) -> str:
+    """The dense attention implementation `impl` means here: "auto" -> the first of AUTO_DENSE
+    that supports the call (mosaic on Hopper for 16-bit prefill, cudnn on other GPUs and for
+    float32, the reference without a GPU); an explicit name is returned as given."""
+    return impl if impl != "auto" else _first_supported(AUTO_DENSE, _supports_dense, dtype, T,
+                                                        S, causal)
+
+
+def resolve_mass(impl: str = "auto", interpret: bool = False) -> str:
+    """The block-mass implementation of selection: "auto" -> the Triton kernel on a GPU (or
+    in interpret mode), plain XLA otherwise."""
+    return impl if impl != "auto" else _first_supported(AUTO_MASS, _supports_mass, interpret)
+
+
+def resolve_sparse(impl: str = "auto", dtype=None) -> str:
+    """The block-sparse kernel `impl` means here: "auto" -> the first of AUTO_SPARSE that
+    supports it (mosaic on Hopper for 16-bit inputs, triton on other GPUs (sm_80+, e.g. an RTX
+    3090) and for float32, the reference without a GPU); an explicit name as given."""
+    return impl if impl != "auto" else _first_supported(AUTO_SPARSE, _supports_sparse, dtype)
 
 
 def dense_attention(q, k, v, *, impl: str = "reference", causal: bool = True):
@@ -60,17 +127,13 @@ def dense_attention(q, k, v, *, impl: str = "reference", causal: bool = True):
 
     Causality is bottom-right aligned (query t sits at key position S - T + t).
     """
-    if impl == "auto":
-        impl = default_dense_impl(q.dtype)
-        if impl == "mosaic" and q.shape[1] != k.shape[1]:
-            impl = "reference"  # not prefill-shaped (T != S): no kernel path takes it
+    impl = resolve_dense(impl, q.dtype, q.shape[1], k.shape[1], causal)
     if impl == "reference":
         return reference.dense_attention(q, k, v, causal=causal)
     if impl in ("xla", "cudnn"):
         if causal and q.shape[1] != k.shape[1]:
-            # jax.nn's is_causal aligns top-left; we only call it for square prefill.
-            raise ValueError(f"impl={impl!r} with causal=True needs T == S, got "
-                             f"T={q.shape[1]}, S={k.shape[1]}")
+            raise ValueError(f"impl={impl!r} with causal=True needs T == S (jax.nn aligns "
+                             f"causality top-left), got T={q.shape[1]}, S={k.shape[1]}")
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
     if impl == "mosaic":
         from pflash_jax.attention import mosaic
@@ -89,6 +152,7 @@ def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 
     mosaic.BlockSizes (pipeline depth, P@V variant) for impl="mosaic".
     """
     S = q.shape[1]
+    impl = resolve_sparse(impl, q.dtype)
     if not isinstance(block_mask, BlockMask):
         block_mask = BlockMask.from_dense(block_mask, block_size=block_size, seq_len=S,
                                           causal=causal)

@@ -63,6 +63,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from pflash_jax.attention.api import resolve_mass
 from pflash_jax.attention.blockmask import BlockMask
 from pflash_jax.numerics import MASK_VALUE
 
@@ -81,15 +82,9 @@ def block_means(k, block_size: int):
     return sums / valid[None, :, None, None]
 
 
-def _resolve(impl: str, interpret: bool) -> str:
-    if impl == "auto":
-        return "triton" if jax.default_backend() == "gpu" or interpret else "xla"
-    return impl
-
-
 def block_mass(q, k, *, block_size: int = 128, impl: str = "auto", interpret: bool = False):
     """Normalised block mass float32 [B, N, M, M] (step 3 above); zero above the diagonal."""
-    impl = _resolve(impl, interpret)
+    impl = resolve_mass(impl, interpret)
     if impl == "xla":
         return block_mass_xla(q, k, block_size=block_size)
     if impl == "triton":
@@ -353,7 +348,7 @@ def select_blocks(q, k, *, alpha: float, block_size: int = 128, sink: int = 2, w
                   interpret: bool = False) -> BlockMask:
     """alpha-threshold selection (module docstring). q [B,S,N,H], k [B,S,K,H] -> BlockMask."""
     _check(q, k, share)
-    if _resolve(impl, interpret) == "triton" and share == "none":
+    if resolve_mass(impl, interpret) == "triton" and share == "none":
         return _select_fused(q, k, alpha, block_size=block_size, sink=sink, window=window,
                              last_full=last_full, interpret=interpret)
     return _select_dense(q, k, alpha=alpha, block_size=block_size, sink=sink, window=window,

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pflash_jax.attention import block_sparse_attention, dense_attention
-from pflash_jax.attention.api import default_sparse_impl
+from pflash_jax.attention.api import resolve_sparse
 from pflash_jax.attention.selection import select_blocks, select_blocks_fixed_density
 from pflash_jax.models import qwen3
 from pflash_jax.models.qwen3 import KVCache, embed, final_logits, layer_finish, layer_qkv
@@ -120,19 +120,14 @@ def check_inputs(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int
 
 # ---------------------------------------------------------------- drafter
 def resolve_impl(impl: str, dtype=None) -> str:
-    """"auto" -> the Mosaic kernel on Hopper for 16-bit inputs (its wgmma operands), the Triton
-    kernel on other GPUs (and for float32 on Hopper), the reference without a GPU."""
-    if impl == "auto":
-        impl = default_sparse_impl()
-        if impl == "mosaic" and dtype is not None and jnp.dtype(dtype).itemsize != 2:
-            impl = "triton"
-    return impl
+    """The drafter attention `impl` means here: "dense" stays, anything else is a block-sparse
+    kernel resolved by `attention.api.resolve_sparse` (the one place "auto" is decided)."""
+    return impl if impl == "dense" else resolve_sparse(impl, dtype)
 
 
 def drafter_attention(cfg: PFlashConfig):
     """(q, k, v) -> (o, density) for one layer of the drafter (DESIGN 1.1)."""
-    impl = resolve_impl(cfg.attention_impl)
-    if impl == "dense":
+    if cfg.attention_impl == "dense":
         return lambda q, k, v: (dense_attention(q, k, v, impl="auto"), jnp.float32(1.0))
 
     def attn(q, k, v):
@@ -141,7 +136,7 @@ def drafter_attention(cfg: PFlashConfig):
                                                block_size=cfg.block_size)
         else:
             mask = select_blocks(q, k, alpha=cfg.alpha, block_size=cfg.block_size)
-        o = block_sparse_attention(q, k, v, mask, impl=resolve_impl(cfg.attention_impl, q.dtype),
+        o = block_sparse_attention(q, k, v, mask, impl=cfg.attention_impl,
                                    block_size=cfg.block_size)
         return o, mask.density()
     return attn
@@ -211,11 +206,6 @@ def prefill_at(params, cfg, ids, positions, length, *, attn, chunk=None, cache_l
     return final_logits(params, cfg, last), KVCache(cache.k, cache.v, length.astype(jnp.int32))
 
 
-# The target's (and full prefill's) attention: mosaic on Hopper, cudnn on other GPUs, the
-# reference on CPU (api.default_dense_impl).
-TARGET_ATTN = "auto"
-
-
 def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, attn=None,
                         eos_id=None):
     """Shared tail of both paths: prefill (timed), first token (timed), decode (timed)."""
@@ -229,7 +219,7 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
     cfg = target.config
     t0 = time.perf_counter()
     lg, cache = prefill_at(target.params, cfg, jnp.asarray(ids_p)[None], jnp.asarray(pos_p)[None],
-                           jnp.int32(n), attn=attn or TARGET_ATTN, chunk=chunk,
+                           jnp.int32(n), attn=attn or "auto", chunk=chunk,
                            cache_len=nb + max(max_new_tokens - 1, 0))
     jax.block_until_ready(lg)
     t1 = time.perf_counter()
@@ -305,7 +295,7 @@ def drafter_pass(drafter, ids, cfg: PFlashConfig, *, chunk: int | None = None) -
     t2 = time.perf_counter()
     # None when no layer ran block-sparse attention: a dense drafter, or a 1-layer drafter
     # (its only layer contributes Q/K to the scores and runs no attention at all).
-    sparse = (density is not None and resolve_impl(cfg.attention_impl) != "dense"
+    sparse = (density is not None and cfg.attention_impl != "dense"
               and drafter.config.num_hidden_layers > 1)
     dens = float(density) if sparse else None
     return DrafterPass(imp, dens, {"drafter_forward": t1 - t0, "importance": t2 - t1})

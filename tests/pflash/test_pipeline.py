@@ -156,17 +156,28 @@ def test_bad_options():
 
 def test_auto_attention_picks_kernel_per_device_and_dtype(monkeypatch):
     """"auto": the reference without a GPU; on Hopper the Mosaic kernel for 16-bit inputs only
-    (wgmma operands), Triton for float32 there and on every other GPU."""
+    (wgmma operands), Triton for float32 there and on every other GPU. Dense attention: Mosaic
+    on Hopper for 16-bit prefill shapes, cuDNN on other GPUs, the reference for T != S."""
     from pflash_jax.attention import api
     from pflash_jax.pflash import pipeline
 
     if jax.default_backend() != "gpu":
         assert pipeline.resolve_impl("auto", jnp.bfloat16) == "reference"
-    monkeypatch.setattr(pipeline, "default_sparse_impl", lambda: "mosaic")
+        assert api.resolve_dense("auto", jnp.bfloat16, 64, 64) == "reference"
+        assert api.resolve_mass("auto") == "xla" and api.resolve_mass("auto", True) == "triton"
+    monkeypatch.setattr(api.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(api, "is_hopper", lambda: True)
     assert pipeline.resolve_impl("auto", jnp.bfloat16) == "mosaic"
     assert pipeline.resolve_impl("auto", jnp.float16) == "mosaic"
     assert pipeline.resolve_impl("auto", jnp.float32) == "triton"
     assert pipeline.resolve_impl("triton", jnp.bfloat16) == "triton"  # explicit choices stay
+    assert pipeline.resolve_impl("dense", jnp.bfloat16) == "dense"
+    assert api.resolve_dense("auto", jnp.bfloat16, 64, 64) == "mosaic"
+    assert api.resolve_dense("auto", jnp.float32, 64, 64) == "cudnn"
+    assert api.resolve_dense("auto", jnp.bfloat16, 1, 64) == "reference"  # not prefill-shaped
+    assert api.resolve_mass("auto") == "triton"
     monkeypatch.setattr(api, "is_hopper", lambda: False)
-    monkeypatch.setattr(api.jax, "default_backend", lambda: "gpu")
-    assert api.default_sparse_impl() == "triton"
+    assert pipeline.resolve_impl("auto", jnp.bfloat16) == "triton"
+    assert api.resolve_dense("auto", jnp.bfloat16, 64, 64) == "cudnn"
+    with pytest.raises(NotImplementedError, match="Hopper"):
+        api._supports_sparse("mosaic", jnp.bfloat16)
