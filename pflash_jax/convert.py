@@ -1,63 +1,205 @@
-"""`pflash-convert HF_DIR OUT_DIR [--dtype bf16|f32]`: Hugging Face Qwen3 -> converted layout.
+"""`pflash-convert HF_DIR OUT_DIR [--dtype source|bf16|f32|f16]`: Hugging Face Qwen3 -> ours.
 
 Reads config.json (strictly, see models/config.py) and model.safetensors or its shards, checks
 every tensor against the config (all problems reported at once), applies the declarative
 HF_RULES table (transpose to [in, out], stack layers on L), and writes model.safetensors plus
-config.json and tokenizer files. Output goes to a temporary sibling directory that is renamed
-into place at the end, so an interrupted conversion never leaves a half-written OUT_DIR.
+config.json and tokenizer files.
+
+Design choices:
+- dtype: the source checkpoint's own by default, the same rule as the automatic conversion
+  (`embedded.open_model`), so one checkpoint gives one set of logits whichever way it was
+  converted; another dtype only when asked. A checkpoint mixing float dtypes (e.g. f32 norms,
+  bf16 matrices) converts to the dtype holding most of its bytes (a tie: the wider one), with a
+  warning: the matrices set the model's precision and widening them would double its size;
+  `--dtype f32` keeps every value exact.
+- A tied config (tie_word_embeddings=true) whose file stores its own lm_head.weight is
+  converted untied, with the stored head, as transformers 5 loads it (`weights.read_hf`).
+- Nothing half-written: output goes to a sibling `.OUT.pflash-tmp.HOST.PID.RAND` folder that is
+  renamed into place at the end. An exception or Ctrl-C removes it (the CLI turns SIGTERM into
+  the same clean-up); after SIGKILL or a power cut, the next conversion into the same parent
+  folder sweeps it: its PID is dead, or nothing in it changed for STALE_AFTER_S.
+- Permissions follow the umask like any file the user writes (folders 0o777 & ~umask, files
+  0o666 & ~umask); the source files' modes are not copied.
+- Errors: a bad checkpoint raises one ConfigError / CheckpointError naming each file; the CLI
+  prints `pflash-convert: error: ...` and exits 2 without a traceback (PFLASH_DEBUG=1 shows it);
+  Ctrl-C prints one line and exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+import secrets
 import shutil
+import signal
+import socket
 import sys
-import tempfile
+import threading
+import time
+import traceback
+import warnings
+from collections import Counter
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
-from pflash_jax.models.config import Qwen3Config
+from pflash_jax.models.config import ProblemsError, Qwen3Config
 from pflash_jax.models.weights import (
+    DTYPES,
     CheckpointError,
+    TensorRef,
     hf_to_ours,
-    read_hf_checkpoint,
+    read_hf,
     write_safetensors,
 )
 
-OUT_DTYPES = {"bf16": ml_dtypes.bfloat16, "f32": np.float32}
+OUT_DTYPES = {"bf16": "BF16", "f32": "F32", "f16": "F16"}  # CLI name -> safetensors code
+DTYPE_NAMES = {v: k for k, v in OUT_DTYPES.items()}
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+STALE_AFTER_S = 6 * 3600  # a live writer touches its file every few seconds
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_WORK_DIR = re.compile(r"^\.(?P<out>.+)\.pflash-(?:tmp|old)\.(?P<host>[A-Za-z0-9-]+)"
+                       r"\.(?P<pid>\d+)\.[0-9a-f]+$")
 
 
-def convert(hf_dir: str | Path, out_dir: str | Path, dtype: str = "bf16",
+# ---------------------------------------------------------------- dtype
+def target_dtype(refs: dict[str, TensorRef], dtype: str | None, where: Path) -> str:
+    """The safetensors code to convert to: `dtype` (a name of OUT_DTYPES), or for None /
+    "source" the dtype holding most of the source's bytes (a tie: the widest), with a warning
+    if the source mixes dtypes."""
+    check_dtype(dtype)
+    if dtype not in (None, "source"):
+        return OUT_DTYPES[dtype]
+    nbytes = Counter()
+    for r in refs.values():
+        nbytes[r.dtype] += r.end - r.start
+    code = max(nbytes, key=lambda c: (nbytes[c], np.dtype(DTYPES[c]).itemsize))
+    if len(nbytes) > 1:
+        warnings.warn(f"{where}: tensors mix dtypes {sorted(nbytes)}; converting all to {code}, "
+                      f"the dtype of most bytes (--dtype f32 keeps every value exact)",
+                      stacklevel=3)
+    return code
+
+
+def check_dtype(dtype: str | None) -> None:
+    if dtype not in (None, "source", *OUT_DTYPES):
+        raise ValueError(f"dtype must be source or one of {sorted(OUT_DTYPES)}, got {dtype!r}")
+
+
+# ---------------------------------------------------------------- work folders
+def _work_dir(out_dir: Path, kind: str) -> Path:
+    """A fresh sibling folder named as ours, with our host and PID (the sweep reads them)."""
+    d = out_dir.with_name(f".{out_dir.name}.pflash-{kind}.{_HOST}.{os.getpid()}."
+                          f"{secrets.token_hex(4)}")
+    if kind == "tmp":
+        d.mkdir(mode=0o777)  # the umask applies (tempfile.mkdtemp would force 0o700)
+    return d
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _newest_mtime(d: Path) -> float:
+    times = [d.lstat().st_mtime]
+    with os.scandir(d) as it:
+        times += [e.stat(follow_symlinks=False).st_mtime for e in it]
+    return max(times)
+
+
+def sweep_stale(parent: Path) -> list[Path]:
+    """Remove our work folders left in `parent` by a killed conversion: the PID on this host
+    is dead, or (any host, or a reused PID) nothing in the folder changed for STALE_AFTER_S."""
+    swept = []
+    if not parent.is_dir():
+        return swept
+    for d in parent.iterdir():
+        m = _WORK_DIR.match(d.name)
+        if m is None or not d.is_dir():
+            continue
+        try:
+            dead = m["host"] == _HOST and not _pid_alive(int(m["pid"]))
+            stale = dead or time.time() - _newest_mtime(d) > STALE_AFTER_S
+        except FileNotFoundError:  # another sweeper or its writer got there first
+            continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            swept.append(d)
+    return swept
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+# ---------------------------------------------------------------- conversion
+def _check_not_source(hf_dir: Path, out_dir: Path) -> None:
+    src = hf_dir.resolve()
+    if out_dir.resolve() in (src, *src.parents):
+        raise ValueError(f"{out_dir}: writing there would replace the source {hf_dir}")
+
+
+def convert(hf_dir: str | Path, out_dir: str | Path, dtype: str | None = None,
             overwrite: bool = False) -> Path:
+    """Convert an HF Qwen3 checkpoint into out_dir. dtype: None / "source" (the checkpoint's
+    own, see the module docstring) or a name of OUT_DTYPES."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
-    if dtype not in OUT_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(OUT_DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists (pass --overwrite to replace it)")
-    cfg = Qwen3Config.from_file(hf_dir / "config.json")
-    problems: list[str] = []
-    refs = read_hf_checkpoint(hf_dir, cfg, problems)
-    if problems:
-        raise CheckpointError(problems)
+    _check_not_source(hf_dir, out_dir)
+    cfg, refs = read_hf_safely(hf_dir)
+    return write_converted(hf_dir, cfg, refs, out_dir, target_dtype(refs, dtype, hf_dir),
+                           overwrite)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+
+def read_hf_safely(hf_dir: Path) -> tuple[Qwen3Config, dict[str, TensorRef]]:
+    """`weights.read_hf`, with any raw exception it did not foresee turned into one
+    CheckpointError naming the folder (the cause stays chained for PFLASH_DEBUG)."""
     try:
-        tensors = hf_to_ours(refs, cfg, OUT_DTYPES[dtype])
-        write_safetensors(tmp / "model.safetensors", tensors,
+        return read_hf(hf_dir)
+    except ProblemsError:
+        raise
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise CheckpointError([f"{hf_dir}: cannot read this checkpoint "
+                               f"({type(e).__name__}: {e})"]) from e
+
+
+def write_converted(hf_dir: Path, cfg: Qwen3Config, refs: dict[str, TensorRef],
+                    out_dir: Path, code: str, overwrite: bool = False) -> Path:
+    """Write checked `refs` (from read_hf) into out_dir in dtype `code`, atomically."""
+    _check_not_source(hf_dir, out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(out_dir.parent)
+    tmp = _work_dir(out_dir, "tmp")
+    try:
+        write_safetensors(tmp / "model.safetensors", hf_to_ours(refs, cfg, DTYPES[code]),
                           metadata={"format": "pflash_jax", "source": hf_dir.name})
         for name in SIDE_FILES:
             if (hf_dir / name).exists():
-                shutil.copy2(hf_dir / name, tmp / name)
+                shutil.copyfile(hf_dir / name, tmp / name)  # content only: the umask's mode
+        src_cfg = json.loads((hf_dir / "config.json").read_text())
+        if src_cfg.get("tie_word_embeddings") and not cfg.tie_word_embeddings:
+            # The stored head was kept: say so in the config the loader will read.
+            (tmp / "config.json").write_text(
+                json.dumps({**src_cfg, "tie_word_embeddings": False}, indent=2) + "\n")
         if out_dir.exists():  # overwrite: swap, then delete the old copy
-            old = out_dir.with_name(f".{out_dir.name}.old")
+            old = _work_dir(out_dir, "old")  # swept like tmp if we die before deleting it
             out_dir.rename(old)
             tmp.rename(out_dir)
-            shutil.rmtree(old)
+            _remove(old)
         else:
             tmp.rename(out_dir)
     except BaseException:
@@ -66,20 +208,81 @@ def convert(hf_dir: str | Path, out_dir: str | Path, dtype: str = "bf16",
     return out_dir
 
 
+# ---------------------------------------------------------------- CLI
+class _Terminated(BaseException):
+    """SIGTERM, raised so that `convert` cleans up exactly as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
+def _cache_command(args) -> int:
+    from pflash_jax import embedded
+
+    if args.list_cache:
+        print(embedded.describe_cache())
+    if args.clear_cache:
+        print(embedded.clear_cache())
+    return 0
+
+
+EPILOG = """\
+The automatic conversion (pflash-run, pflash_jax.embedded.open_model on a Hugging Face folder)
+keeps its converted copies in $PFLASH_CACHE/converted (default ~/.cache/pflash_jax/converted),
+one per checkpoint content and dtype. --list-cache shows them with their sizes; --clear-cache
+deletes them. Set PFLASH_DEBUG=1 for full tracebacks."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="pflash-convert", description=__doc__.splitlines()[0])
-    ap.add_argument("hf_dir", help="Hugging Face Qwen3 checkpoint directory")
-    ap.add_argument("out_dir", help="output directory (must not exist unless --overwrite)")
-    ap.add_argument("--dtype", choices=sorted(OUT_DTYPES), default="bf16")
+    ap = argparse.ArgumentParser(prog="pflash-convert", description=__doc__.splitlines()[0],
+                                 epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("hf_dir", nargs="?", help="Hugging Face Qwen3 checkpoint directory")
+    ap.add_argument("out_dir", nargs="?",
+                    help="output directory (must not exist unless --overwrite)")
+    ap.add_argument("--dtype", choices=["source", *OUT_DTYPES], default="source",
+                    help="tensor dtype of the output (default: the checkpoint's own; a mixed "
+                         "checkpoint: the dtype of most of its bytes)")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--list-cache", action="store_true",
+                    help="list the automatic conversion cache ($PFLASH_CACHE) with sizes")
+    ap.add_argument("--clear-cache", action="store_true",
+                    help="delete every entry of the automatic conversion cache")
     args = ap.parse_args(argv)
+    if args.list_cache or args.clear_cache:
+        if args.hf_dir:
+            ap.error("--list-cache / --clear-cache take no HF_DIR / OUT_DIR")
+        return _cache_command(args)
+    if not (args.hf_dir and args.out_dir):
+        ap.error("HF_DIR and OUT_DIR are required")
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        out = convert(args.hf_dir, args.out_dir, args.dtype, args.overwrite)
-    except (CheckpointError, ValueError, FileExistsError) as e:
-        print(f"pflash-convert: {e}", file=sys.stderr)
-        return 1
+        with warnings.catch_warnings():
+            warnings.showwarning = _print_warning
+            out = convert(args.hf_dir, args.out_dir, args.dtype, args.overwrite)
+    except KeyboardInterrupt:
+        print("pflash-convert: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except _Terminated:
+        print("pflash-convert: terminated; nothing was written", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except (ProblemsError, ValueError, OSError) as e:  # ValueError includes bad arguments
+        if os.environ.get("PFLASH_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"pflash-convert: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     print(f"wrote {out}")
     return 0
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"pflash-convert: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The directory holds config.json (checked by `Qwen3Config.from_file`), model.safetensors (or
 shards with model.safetensors.index.json) in our flattened names, and tokenizer.json when
 present. Tensors are memory-mapped and put on the default device one at a time, so host memory
-never holds a second copy of the model. All problems are reported in one `CheckpointError`.
+never holds a second copy of the model. All problems are reported in one `CheckpointError`; an
+unreadable file is reported once, without the list of tensors it would have held.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ def load_model(path: str | Path, *, dtype=None) -> Model:
     cfg = Qwen3Config.from_file(path / "config.json")
     problems: list[str] = []
     refs = read_checkpoint(path, problems)
-    hint = ""
-    if any(n.startswith("model.") for n in refs):
-        hint = " (this looks like an unconverted Hugging Face checkpoint: run pflash-convert)"
-    check_tensors(refs, param_shapes(cfg), path, problems, hint=hint)
+    if any(n.startswith("model.") for n in refs):  # one cause: not one line per tensor
+        raise CheckpointError([f"{path}: an unconverted Hugging Face checkpoint (tensor names "
+                               f"'model.*'): run pflash-convert, or load it with "
+                               f"pflash_jax.embedded.open_model"])
+    check_tensors(refs, param_shapes(cfg), path, problems, report_missing=not problems)
     dtypes = {r.dtype for r in refs.values()}
     if len(dtypes) > 1:
         problems.append(f"{path}: tensors mix dtypes {sorted(dtypes)}; a converted checkpoint "

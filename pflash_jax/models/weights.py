@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,54 +55,76 @@ class TensorRef:
                          shape=self.shape)
 
 
-def read_header(path: Path, problems: list[str]) -> dict[str, TensorRef]:
-    """Parse and validate one safetensors file's header; problems are appended, not raised."""
+def read_header_json(path: Path, problems: list[str]) -> tuple[dict, int, int] | None:
+    """(header dict, data start, file size) of one safetensors file, or None with a problem."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) < 8:
                 problems.append(f"{path}: not a safetensors file (only {size} bytes)")
-                return {}
+                return None
             n = int.from_bytes(raw, "little")
             if n <= 0 or n > _MAX_HEADER or 8 + n > size:
                 problems.append(f"{path}: not a safetensors file or truncated header "
                                 f"(header length {n}, file size {size})")
-                return {}
+                return None
             header = json.loads(f.read(n))
     except OSError as e:
-        problems.append(f"{path}: cannot read ({e})")
-        return {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problems.append(f"{path}: cannot read ({e.strerror or e})")
+        return None
+    except ValueError as e:  # bad JSON or bad UTF-8
         problems.append(f"{path}: not a safetensors file (header is not JSON: {e})")
-        return {}
+        return None
     if not isinstance(header, dict):
         problems.append(f"{path}: not a safetensors file (header is not a JSON object)")
+        return None
+    return header, 8 + n, size
+
+
+def _count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def read_header(path: Path, problems: list[str]) -> dict[str, TensorRef]:
+    """Parse and validate one safetensors file's header; problems are appended, not raised.
+
+    A file shorter than its header says (an interrupted download or copy) is one problem for
+    the whole file, not one per tensor that runs off its end: no tensor of it is returned.
+    """
+    parsed = read_header_json(path, problems)
+    if parsed is None:
         return {}
-    base = 8 + n
+    header, base, size = parsed
     refs = {}
     for name, meta in header.items():
         if name == "__metadata__":
             continue
         try:
-            dtype, shape = meta["dtype"], tuple(int(s) for s in meta["shape"])
-            start, end = (int(o) for o in meta["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+            dtype, shape, offsets = meta["dtype"], meta["shape"], meta["data_offsets"]
+            ok = (isinstance(dtype, str) and isinstance(shape, list)
+                  and all(_count(s) for s in shape) and isinstance(offsets, list)
+                  and len(offsets) == 2 and all(_count(o) for o in offsets))
+        except (KeyError, TypeError):
+            ok = False
+        if not ok:
             problems.append(f"{path}: tensor {name!r} has a malformed header entry {meta!r}")
             continue
         if dtype not in DTYPES:
             problems.append(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
             continue
+        shape, (start, end) = tuple(shape), offsets
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[dtype]).itemsize
         if end - start != nbytes:
             problems.append(f"{path}: tensor {name!r} byte range {end - start} does not match "
                             f"shape {shape} x {dtype} ({nbytes} bytes)")
             continue
-        if base + end > size:
-            problems.append(f"{path}: truncated: tensor {name!r} ends at byte {base + end} "
-                            f"but the file has {size} bytes")
-            continue
         refs[name] = TensorRef(path, name, dtype, shape, base + start, base + end)
+    data_end = max((r.end for r in refs.values()), default=base)
+    if data_end > size:
+        problems.append(f"{path}: truncated: its header describes {data_end} bytes but the file "
+                        f"has {size} (an interrupted download or copy?)")
+        return {}
     return refs
 
 
@@ -109,34 +132,60 @@ def read_checkpoint(directory: Path, problems: list[str]) -> dict[str, TensorRef
     """All tensors of `model.safetensors` or the shards named by `model.safetensors.index.json`."""
     index = directory / "model.safetensors.index.json"
     single = directory / "model.safetensors"
+    if index.exists() and single.exists():
+        # Either choice would silently drop the other file's tensors.
+        problems.append(f"{directory}: both model.safetensors and {index.name} are present; "
+                        f"remove the stale one")
+        return {}
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            problems.append(f"{index}: unreadable shard index ({e!r})")
-            return {}
-        refs: dict[str, TensorRef] = {}
-        for shard in sorted(set(weight_map.values())):
-            shard_path = directory / shard
-            if not shard_path.exists():
-                names = sorted(k for k, v in weight_map.items() if v == shard)
-                problems.append(f"{shard_path}: shard listed in {index.name} is missing "
-                                f"(holds {len(names)} tensors, e.g. {names[0]!r})")
-                continue
-            for name, ref in read_header(shard_path, problems).items():
-                if weight_map.get(name) != shard:
-                    problems.append(f"{shard_path}: tensor {name!r} is not listed for this "
-                                    f"shard in {index.name}")
-                refs[name] = ref
-        for name, shard in weight_map.items():
-            if name not in refs and (directory / shard).exists():
-                problems.append(f"{directory / shard}: tensor {name!r} listed in {index.name} "
-                                f"is not in the shard")
-        return refs
+        return _read_shards(directory, index, problems)
     if single.exists():
         return read_header(single, problems)
     problems.append(f"{directory}: no model.safetensors or model.safetensors.index.json")
     return {}
+
+
+def _read_shards(directory: Path, index: Path, problems: list[str]) -> dict[str, TensorRef]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except OSError as e:
+        problems.append(f"{index}: cannot read ({e.strerror or e})")
+        return {}
+    except (ValueError, KeyError, TypeError) as e:  # bad JSON / UTF-8, no "weight_map"
+        problems.append(f"{index}: not a shard index ({type(e).__name__}: {e})")
+        return {}
+    if not (isinstance(weight_map, dict)
+            and all(isinstance(v, str) and v for v in weight_map.values())):
+        problems.append(f"{index}: weight_map must map tensor names to shard file names")
+        return {}
+    refs: dict[str, TensorRef] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = directory / shard
+        if not shard_path.exists():
+            names = sorted(k for k, v in weight_map.items() if v == shard)
+            problems.append(f"{shard_path}: shard listed in {index.name} is missing "
+                            f"(holds {len(names)} tensors, e.g. {names[0]!r})")
+            continue
+        shard_refs = read_header(shard_path, problems)
+        for name, ref in shard_refs.items():
+            if name in refs:
+                problems.append(f"{shard_path}: tensor {name!r} is also stored in "
+                                f"{refs[name].file.name}")
+            elif weight_map.get(name) != shard:
+                problems.append(f"{shard_path}: tensor {name!r} is not listed for this "
+                                f"shard in {index.name}")
+            refs[name] = ref
+        if shard_refs:
+            for name in sorted(k for k, v in weight_map.items() if v == shard):
+                if name not in shard_refs:
+                    problems.append(f"{shard_path}: tensor {name!r} listed in {index.name} "
+                                    f"is not in the shard")
+    listed = set(weight_map.values())
+    stray = sorted(p.name for p in directory.glob("*.safetensors") if p.name not in listed)
+    if stray:
+        warnings.warn(f"{directory}: {stray} are not listed in {index.name}: their tensors are "
+                      f"not read", stacklevel=3)
+    return refs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,8 +262,7 @@ HF_RULES: tuple[Rule, ...] = (
     Rule("norm", "model.norm.weight", "identity"),
     Rule("lm_head", "lm_head.weight", "transpose"),
 )
-# Present in some tied checkpoints; transformers re-ties it to embed_tokens on load.
-TIED_EXTRA = "lm_head.weight"
+HEAD = "lm_head.weight"
 
 
 def hf_expected(cfg: Qwen3Config) -> dict[str, tuple[Rule, tuple[int, ...]]]:
@@ -237,12 +285,18 @@ def hf_expected(cfg: Qwen3Config) -> dict[str, tuple[Rule, tuple[int, ...]]]:
 
 
 def check_tensors(refs: dict[str, TensorRef], expected: dict[str, tuple[int, ...]],
-                  where: Path, problems: list[str], allowed_extra=(), hint: str = "") -> None:
-    """Missing / unexpected / wrong-shape / non-float tensors, all appended to problems."""
+                  where: Path, problems: list[str], hint: str = "",
+                  report_missing: bool = True) -> None:
+    """Missing / unexpected / wrong-shape / non-float tensors, all appended to problems.
+
+    report_missing=False when a file could not be read: that problem (already reported once)
+    explains every missing tensor, and listing each of them would bury it.
+    """
     for name, shape in expected.items():
         ref = refs.get(name)
         if ref is None:
-            problems.append(f"{where}: missing tensor {name!r} (expected shape {shape})")
+            if report_missing:
+                problems.append(f"{where}: missing tensor {name!r} (expected shape {shape})")
             continue
         if ref.shape != tuple(shape):
             problems.append(f"{ref.file}: tensor {name!r} has shape {ref.shape}, "
@@ -250,34 +304,79 @@ def check_tensors(refs: dict[str, TensorRef], expected: dict[str, tuple[int, ...
         if ref.dtype not in FLOAT_DTYPES:
             problems.append(f"{ref.file}: tensor {name!r} has dtype {ref.dtype}, "
                             f"expected one of {FLOAT_DTYPES}")
-    for name in sorted(set(refs) - set(expected) - set(allowed_extra)):
+    for name in sorted(set(refs) - set(expected)):
         problems.append(f"{refs[name].file}: unexpected tensor {name!r}{hint}")
+
+
+def read_checked(directory: Path, expected: dict[str, tuple[int, ...]], problems: list[str],
+                 hint: str = "") -> dict[str, TensorRef]:
+    """read_checkpoint + check_tensors, listing missing tensors only if every file was read."""
+    before = len(problems)
+    refs = read_checkpoint(directory, problems)
+    check_tensors(refs, expected, directory, problems, hint,
+                  report_missing=len(problems) == before)
+    return refs
 
 
 def read_hf_checkpoint(directory: Path, cfg: Qwen3Config,
                        problems: list[str]) -> dict[str, TensorRef]:
     """The tensors of a Hugging Face Qwen3 checkpoint, each checked against cfg's HF names and
-    shapes (a tied checkpoint may also carry lm_head.weight); problems are appended."""
+    shapes exactly (a stored lm_head.weight with a tied cfg is an unexpected tensor: see
+    `read_hf` for transformers' rule); problems are appended."""
+    hint = (" (config.json ties the head to embed_tokens)"
+            if cfg.tie_word_embeddings else "")
+    return read_checked(directory, {k: s for k, (_, s) in hf_expected(cfg).items()}, problems,
+                        hint)
+
+
+def read_hf(directory: Path) -> tuple[Qwen3Config, dict[str, TensorRef]]:
+    """config.json and the checked tensors of an HF Qwen3 checkpoint; raises ConfigError, then
+    CheckpointError, with every problem at once.
+
+    A config with tie_word_embeddings=true whose files store their own lm_head.weight:
+    transformers 5 uses the stored head (with a warning) rather than re-tying it to
+    embed_tokens, so we do the same and warn; the returned config is untied.
+    """
+    cfg = Qwen3Config.from_file(directory / "config.json")
+    problems: list[str] = []
     refs = read_checkpoint(directory, problems)
-    extra = (TIED_EXTRA,) if cfg.tie_word_embeddings else ()
+    if "embed_tokens" in refs and not any(n.startswith("model.") for n in refs):
+        raise CheckpointError([f"{directory}: already converted (tensor names 'layers.*'): "
+                               f"load it with load_model or open_model"])
+    if cfg.tie_word_embeddings and HEAD in refs:
+        warnings.warn(f"{refs[HEAD].file}: stores its own {HEAD!r} although "
+                      f"{directory / 'config.json'} sets tie_word_embeddings=true; using the "
+                      f"stored head, as transformers 5 does (the model is untied). Set "
+                      f"tie_word_embeddings to false to silence this.", stacklevel=2)
+        cfg = dataclasses.replace(cfg, tie_word_embeddings=False)
     check_tensors(refs, {k: s for k, (_, s) in hf_expected(cfg).items()}, directory, problems,
-                  extra)
-    return refs
+                  report_missing=not problems)
+    if problems:
+        raise CheckpointError(problems)
+    return cfg, refs
 
 
 def hf_to_ours(refs: dict[str, TensorRef], cfg: Qwen3Config, dtype) -> dict[str, Lazy]:
-    """Apply HF_RULES lazily (refs already validated): our name -> Lazy tensor in `dtype`."""
+    """Apply HF_RULES lazily (refs already validated): our name -> Lazy tensor in `dtype`.
+
+    Every ref must be used: a tensor this table would not convert is an error, never dropped.
+    """
     dtype = np.dtype(dtype)
     shapes = param_shapes(cfg)
-    out = {}
+    out, used = {}, set()
     for rule in HF_RULES:
         if rule.ours == "lm_head" and cfg.tie_word_embeddings:
             continue
         names = ([rule.hf.format(i=i) for i in range(cfg.num_hidden_layers)]
                  if "{i}" in rule.hf else [rule.hf])
+        used.update(names)
 
         def make(names=names, fn=TRANSFORMS[rule.transform]):
             return fn([refs[n].array() for n in names]).astype(dtype)
 
         out[rule.ours] = Lazy(shapes[rule.ours], dtype, make)
+    unused = sorted(set(refs) - used)
+    if unused:
+        raise CheckpointError([f"{refs[n].file}: tensor {n!r} would not be converted"
+                               for n in unused])
     return out

@@ -32,3 +32,36 @@ def converted(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("converted")
     return {case: convert(FIXTURES / case, root / case, dtype="f32") for case in CASES}
+
+
+def hf_copy(tmp_path, case="gqa2_untied_hd32", name="hf"):
+    """A writable copy of a fixture HF checkpoint (default: single-file, untied)."""
+    import shutil
+
+    d = tmp_path / name
+    shutil.copytree(FIXTURES / case, d)
+    (d / "reference.npz").unlink()
+    return d
+
+
+def rewrite(d, edit):
+    """Load d/model.safetensors as numpy, let edit(dict) change it in place, write it back."""
+    from pflash_jax.models.weights import read_checkpoint, write_safetensors
+
+    refs = read_checkpoint(d, [])
+    tensors = {k: np.array(r.array()) for k, r in refs.items()}
+    edit(tensors)
+    write_safetensors(d / "model.safetensors", tensors)
+
+
+def edit_config(d, **changes):
+    """Set (or, with value ...: delete) keys of d/config.json."""
+    import json
+
+    cfg = json.loads((d / "config.json").read_text())
+    for k, v in changes.items():
+        if v is ...:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (d / "config.json").write_text(json.dumps(cfg))

@@ -1,34 +1,23 @@
-"""Every bad input gets one exception that names the file and the tensor or key."""
+"""Every bad input gets one exception that names the file and the tensor or key; one root cause
+(an unreadable file) gives one message, not one per tensor it would have held."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from pflash_jax import convert as convert_mod
 from pflash_jax.convert import convert, main
+from pflash_jax.embedded import open_model
 from pflash_jax.models.config import ConfigError
 from pflash_jax.models.loading import load_model
-from pflash_jax.models.weights import CheckpointError, read_checkpoint, write_safetensors
+from pflash_jax.models.weights import CheckpointError
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, edit_config
+from .conftest import hf_copy as _hf_copy
+from .conftest import rewrite as _rewrite
 
 CASE = "gqa2_untied_hd32"  # single-file, untied
-
-
-def _hf_copy(tmp_path, case=CASE):
-    d = tmp_path / "hf"
-    shutil.copytree(FIXTURES / case, d)
-    return d
-
-
-def _rewrite(d, edit):
-    """Load model.safetensors as numpy, let edit(dict) change it, write it back."""
-    refs = read_checkpoint(d, [])
-    tensors = {k: np.array(r.array()) for k, r in refs.items()}
-    edit(tensors)
-    write_safetensors(d / "model.safetensors", tensors)
 
 
 def _convert_error(d, tmp_path):
@@ -36,6 +25,13 @@ def _convert_error(d, tmp_path):
         convert(d, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     return str(e.value)
+
+
+def _one_problem(d, tmp_path, error=CheckpointError):
+    with pytest.raises(error) as e:
+        convert(d, tmp_path / "out")
+    assert len(e.value.problems) == 1, e.value.problems
+    return e.value.problems[0]
 
 
 def test_missing_unexpected_shape_dtype_all_reported_together(tmp_path):
@@ -62,9 +58,14 @@ def test_truncated_file(tmp_path):
     f = d / "model.safetensors"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) - 1000])
-    msg = _convert_error(d, tmp_path)
-    assert "truncated" in msg and "model.safetensors" in msg
-    assert "'lm_head.weight'" in msg or "'model." in msg  # the tensor that runs off the end
+    msg = _one_problem(d, tmp_path)  # not one line per tensor that runs off the end
+    assert msg.startswith(f"{f}: truncated") and str(len(data) - 1000) in msg
+    with pytest.raises(CheckpointError) as e:  # a converted checkpoint: the same one line
+        out = convert(FIXTURES / CASE, tmp_path / "conv")
+        data = (out / "model.safetensors").read_bytes()
+        (out / "model.safetensors").write_bytes(data[:-1000])
+        load_model(out)
+    assert len(e.value.problems) == 1 and "truncated" in e.value.problems[0]
 
 
 def test_not_a_safetensors_file(tmp_path):
@@ -77,8 +78,65 @@ def test_not_a_safetensors_file(tmp_path):
 def test_missing_shard_named(tmp_path):
     d = _hf_copy(tmp_path, "gqa4_sharded")
     (d / "model-00002-of-00005.safetensors").unlink()
-    msg = _convert_error(d, tmp_path)
+    msg = _one_problem(d, tmp_path)  # the shard, not each tensor it holds
     assert "model-00002-of-00005.safetensors" in msg and "missing" in msg
+
+
+def test_absent_weights_file_is_one_message(tmp_path):
+    d = _hf_copy(tmp_path)
+    (d / "model.safetensors").unlink()
+    assert _one_problem(d, tmp_path) == (f"{d}: no model.safetensors or "
+                                         f"model.safetensors.index.json")
+    with pytest.raises(CheckpointError) as e:  # open_model: the same line, no internal names
+        open_model(d)
+    assert str(e.value) == f"{d}: no model.safetensors or model.safetensors.index.json"
+
+
+def _bad_index(d, text):
+    (d / "model.safetensors.index.json").write_bytes(text)
+
+
+@pytest.mark.parametrize("case,break_it,says", [
+    ("gqa4_sharded", lambda d: _bad_index(d, b"\xff\xfe not utf-8"), "not a shard index"),
+    ("gqa4_sharded", lambda d: _bad_index(d, b'{"weight_map": ["a"]}'), "weight_map must map"),
+    ("gqa4_sharded", lambda d: _bad_index(d, b'{"weight_map": {"x": 3}}'), "weight_map must map"),
+    (CASE, lambda d: (d / "model.safetensors").unlink() or (d / "model.safetensors").mkdir(),
+     "cannot read"),
+    (CASE, lambda d: (d / "model.safetensors").write_bytes(
+        _header_file({"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}})),
+     "malformed header entry"),
+    (CASE, lambda d: (d / "model.safetensors").write_bytes(
+        _header_file({"a": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})),
+     "malformed header entry"),
+])
+def test_raw_exceptions_become_one_message_naming_the_file(case, break_it, says, tmp_path):
+    d = _hf_copy(tmp_path, case)
+    break_it(d)
+    msg = _one_problem(d, tmp_path)
+    assert says in msg and str(d) in msg
+
+
+def _header_file(header: dict) -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + b"\0" * 4
+
+
+def test_both_single_file_and_index_refused(tmp_path):
+    d = _hf_copy(tmp_path, "gqa4_sharded")
+    (d / "model.safetensors").write_bytes((d / "model-00001-of-00005.safetensors").read_bytes())
+    assert "both model.safetensors and model.safetensors.index.json" in _one_problem(d, tmp_path)
+
+
+def test_tensor_in_two_shards_not_dropped(tmp_path):
+    d = _hf_copy(tmp_path, "gqa4_sharded")
+    one, five = (d / f"model-0000{i}-of-00005.safetensors" for i in (1, 5))
+    from pflash_jax.models.weights import read_header, write_safetensors
+
+    tensors = {k: np.array(r.array()) for k, r in read_header(five, []).items()}
+    tensors |= {k: np.array(r.array()) for k, r in read_header(one, []).items()}
+    write_safetensors(five, tensors)
+    msg = _convert_error(d, tmp_path)
+    assert "is also stored in model-00001-of-00005.safetensors" in msg
 
 
 def test_config_other_architecture_and_missing_fields(tmp_path):
@@ -110,8 +168,9 @@ def test_loader_errors_name_tensor_and_file(tmp_path):
 
 
 def test_loader_hints_at_unconverted_checkpoint():
-    with pytest.raises(CheckpointError, match="run pflash-convert"):
+    with pytest.raises(CheckpointError, match="run pflash-convert") as e:
         load_model(FIXTURES / CASE)
+    assert len(e.value.problems) == 1  # not every missing and unexpected name
 
 
 def test_conversion_never_half_written(tmp_path, monkeypatch):
@@ -129,7 +188,48 @@ def test_cli(tmp_path, capsys):
     assert main([str(FIXTURES / CASE), str(tmp_path / "o"), "--dtype", "f32"]) == 0
     assert (tmp_path / "o" / "model.safetensors").exists()
     assert (tmp_path / "o" / "config.json").exists()
-    assert main([str(FIXTURES / CASE), str(tmp_path / "o")]) == 1  # exists, no --overwrite
-    assert "exists" in capsys.readouterr().err
-    assert main([str(FIXTURES / CASE), str(tmp_path / "o"), "--overwrite"]) == 0
+    assert main([str(FIXTURES / CASE), str(tmp_path / "o")]) == 2  # exists, no --overwrite
+    assert capsys.readouterr().err == (f"pflash-convert: error: {tmp_path / 'o'} exists "
+                                       f"(pass --overwrite to replace it)\n")
+    assert main([str(FIXTURES / CASE), str(tmp_path / "o"), "--overwrite", "--dtype",
+                 "bf16"]) == 0
     assert load_model(tmp_path / "o").params.norm.dtype.name == "bfloat16"
+    assert main([str(tmp_path / "o"), str(tmp_path / "o"), "--overwrite"]) == 2
+    assert "would replace the source" in capsys.readouterr().err
+    assert (tmp_path / "o" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_cli_bad_checkpoint_one_line_exit_2(debug, tmp_path, capsys, monkeypatch):
+    d = _hf_copy(tmp_path)
+    edit_config(d, num_attention_heads=..., head_dim=None)  # used to be a raw KeyError
+    if debug:
+        monkeypatch.setenv("PFLASH_DEBUG", "1")
+    else:
+        monkeypatch.delenv("PFLASH_DEBUG", raising=False)
+    assert main([str(d), str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    line = (f"pflash-convert: error: {d / 'config.json'}: missing required key "
+            f"'num_attention_heads'\n")
+    if debug:
+        assert err.startswith("Traceback") and err.endswith(line)
+    else:
+        assert err == line
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_truncated_file_one_line(tmp_path, capsys):
+    d = _hf_copy(tmp_path)
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert main([str(d), str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "truncated" in err and "embed_tokens" not in err
+
+
+def test_converting_a_converted_checkpoint_is_one_message(tmp_path):
+    out = convert(FIXTURES / CASE, tmp_path / "conv")
+    with pytest.raises(CheckpointError) as e:
+        convert(out, tmp_path / "again")
+    assert e.value.problems == [f"{out}: already converted (tensor names 'layers.*'): load it "
+                                f"with load_model or open_model"]

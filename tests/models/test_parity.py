@@ -67,7 +67,7 @@ def test_bf16_conversion_close(converted, tmp_path):
 
     case = "gqa2_untied_hd32"
     ref = reference(case)
-    m = load_model(convert(FIXTURES / case, tmp_path / "bf16"))  # bf16 is the default
+    m = load_model(convert(FIXTURES / case, tmp_path / "bf16", dtype="bf16"))
     assert m.params.layers.q_proj.dtype == jnp.bfloat16
     assert m.params.layers.q_proj.shape == (2, 64, 4 * 32)  # stacked [L, in, out]
     err = rel_err(pflash_jax.logits(m, ref["full_ids"]), ref["full_logits"])
