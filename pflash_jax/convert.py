@@ -202,8 +202,11 @@ def write_converted(hf_dir: Path, cfg: Qwen3Config, refs: dict[str, TensorRef],
             _remove(old)
         else:
             tmp.rename(out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # e.g. a full disk: say which conversion it hit
+            raise OSError(e.errno, f"converting {hf_dir} into {out_dir}: "
+                                   f"{e.strerror or e}") from e
         raise
     return out_dir
 

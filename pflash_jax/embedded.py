@@ -62,7 +62,8 @@ def is_hf_checkpoint(path: Path) -> bool:
     names = {}
     if index.exists():
         with contextlib.suppress(OSError, ValueError):
-            names = json.loads(index.read_text()).get("weight_map", {})
+            names = json.loads(index.read_text())
+        names = names.get("weight_map", {}) if isinstance(names, dict) else {}
     else:
         parsed = read_header_json(path / "model.safetensors", [])
         names = parsed[0] if parsed else {}

@@ -4,7 +4,13 @@ Why our own reader: `safetensors.numpy` has no bfloat16 (numpy lacks the dtype) 
 files. The format is simple (8-byte little-endian header length, a JSON header of
 {name: {dtype, shape, data_offsets}}, then raw little-endian bytes), so we parse the header,
 validate every entry against the file size, and hand out np.memmap views. Every problem is
-collected and raised once as a `CheckpointError` naming the file and the tensor.
+collected and raised once as a `CheckpointError` naming the file and the tensor; a file that
+cannot be read (truncated, absent, not safetensors) is one problem, and the tensors it would
+have held are not listed as missing on top of it.
+
+No stored tensor is ever dropped silently: unexpected tensors are errors, `hf_to_ours` refuses
+refs it would not convert, and a tied config whose file stores lm_head.weight is converted
+untied with that head, as transformers 5 loads it (`read_hf`, with a warning).
 """
 
 from __future__ import annotations
@@ -308,25 +314,22 @@ def check_tensors(refs: dict[str, TensorRef], expected: dict[str, tuple[int, ...
         problems.append(f"{refs[name].file}: unexpected tensor {name!r}{hint}")
 
 
-def read_checked(directory: Path, expected: dict[str, tuple[int, ...]], problems: list[str],
-                 hint: str = "") -> dict[str, TensorRef]:
-    """read_checkpoint + check_tensors, listing missing tensors only if every file was read."""
-    before = len(problems)
-    refs = read_checkpoint(directory, problems)
-    check_tensors(refs, expected, directory, problems, hint,
-                  report_missing=len(problems) == before)
-    return refs
-
-
 def read_hf_checkpoint(directory: Path, cfg: Qwen3Config,
                        problems: list[str]) -> dict[str, TensorRef]:
     """The tensors of a Hugging Face Qwen3 checkpoint, each checked against cfg's HF names and
-    shapes exactly (a stored lm_head.weight with a tied cfg is an unexpected tensor: see
-    `read_hf` for transformers' rule); problems are appended."""
-    hint = (" (config.json ties the head to embed_tokens)"
-            if cfg.tie_word_embeddings else "")
-    return read_checked(directory, {k: s for k, (_, s) in hf_expected(cfg).items()}, problems,
-                        hint)
+    shapes exactly, for callers whose config is fixed (train_tiny's init_from): a stored
+    lm_head.weight with a tied cfg is a problem here (`read_hf` applies transformers' rule
+    instead). Problems are appended."""
+    before = len(problems)
+    refs = read_checkpoint(directory, problems)
+    unread = len(problems) > before
+    others = dict(refs)
+    if cfg.tie_word_embeddings and others.pop(HEAD, None) is not None:
+        problems.append(f"{refs[HEAD].file}: stores {HEAD!r} but the config ties the head to "
+                        f"embed_tokens")
+    check_tensors(others, {k: s for k, (_, s) in hf_expected(cfg).items()}, directory, problems,
+                  report_missing=not unread)
+    return refs
 
 
 def read_hf(directory: Path) -> tuple[Qwen3Config, dict[str, TensorRef]]:

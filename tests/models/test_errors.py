@@ -233,3 +233,23 @@ def test_converting_a_converted_checkpoint_is_one_message(tmp_path):
         convert(out, tmp_path / "again")
     assert e.value.problems == [f"{out}: already converted (tensor names 'layers.*'): load it "
                                 f"with load_model or open_model"]
+
+
+def test_cli_write_error_one_line(tmp_path, monkeypatch, capsys):
+    def full_disk(path, tensors, metadata=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(convert_mod, "write_safetensors", full_disk)
+    assert main([str(FIXTURES / CASE), str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"pflash-convert: error: [Errno 28] converting "
+                                       f"{FIXTURES / CASE} into {tmp_path / 'o'}: No space left "
+                                       f"on device\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_model_bad_index_is_one_message(tmp_path):
+    d = _hf_copy(tmp_path, "gqa4_sharded")
+    (d / "model.safetensors.index.json").write_text("[1, 2]")  # used to raise AttributeError
+    with pytest.raises(CheckpointError) as e:
+        open_model(d)
+    assert len(e.value.problems) == 1 and "not a shard index" in str(e.value)
