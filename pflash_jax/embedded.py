@@ -90,14 +90,13 @@ def _hash_sample(f: Path, h) -> None:
     with open(f, "rb") as fh:
         n = int.from_bytes(fh.read(8), "little")
         h.update(fh.read(min(n, size, 100 << 20)))  # the whole header (a sane one)
-        data, length = fh.tell(), max(size - fh.tell(), 0)
-        step = max(length // _SAMPLE_BLOCKS, 1)
-        starts = [data, *(data + i * step for i in range(_SAMPLE_BLOCKS)),
-                  max(size - _SAMPLE_EDGE, data)]
-        for start, block in zip(starts, [_SAMPLE_EDGE, *[_SAMPLE_BLOCK] * _SAMPLE_BLOCKS,
-                                         _SAMPLE_EDGE], strict=True):
+        data = fh.tell()
+        step = max((size - data) // _SAMPLE_BLOCKS, 1)
+        blocks = [(data, _SAMPLE_EDGE), (max(size - _SAMPLE_EDGE, data), _SAMPLE_EDGE)]
+        blocks += [(data + i * step, _SAMPLE_BLOCK) for i in range(_SAMPLE_BLOCKS)]
+        for start, length in blocks:
             fh.seek(start)
-            h.update(fh.read(block))
+            h.update(fh.read(length))
 
 
 # ---------------------------------------------------------------- cache entries

@@ -107,3 +107,27 @@ def test_help_documents_the_cache(capsys):
     out = capsys.readouterr().out
     assert "$PFLASH_CACHE" in out and "--list-cache" in out and "--clear-cache" in out
     assert "PFLASH_CACHE" in embedded.__doc__
+
+
+def test_content_sample_of_a_large_file(tmp_path):
+    """Beyond the first and last MiB the key samples 16 blocks: a change there is seen, one
+    byte between them is not (the documented limit of a sampled key)."""
+    from pflash_jax.models.weights import write_safetensors
+
+    d = tmp_path / "big"
+    d.mkdir()
+    data = np.random.default_rng(0).normal(size=(16 << 20) // 4).astype(np.float32)  # 16 MiB
+    write_safetensors(d / "model.safetensors", {"w": data})
+    key = content_key(d, "F32")
+    f = d / "model.safetensors"
+    raw = bytearray(f.read_bytes())
+    start = len(raw) - data.nbytes
+    step = data.nbytes // 16
+    unsampled = start + 7 * step + step // 2  # mid-way between two sampled blocks
+    raw[unsampled] ^= 0xFF
+    f.write_bytes(raw)
+    assert content_key(d, "F32") == key
+    raw[start + 8 * step + 10] ^= 0xFF  # inside the 9th sampled block
+    f.write_bytes(raw)
+    assert content_key(d, "F32") != key
+    assert content_key(d, "BF16") != content_key(d, "F32")
