@@ -133,7 +133,8 @@ class Qwen3Config:
         try:
             d = json.loads(path.read_text())
         except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
-            raise ConfigError([f"{path}: cannot read a JSON config ({e})"]) from e
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise ConfigError([f"{path}: cannot read a JSON config ({why})"]) from e
         if not isinstance(d, dict):
             raise ConfigError([f"{path}: top level is not a JSON object"])
         return _parse_hf(d, str(path))
