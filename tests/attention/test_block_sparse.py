@@ -144,13 +144,6 @@ class BlockSparseBase:
 class TestReference(BlockSparseBase):
     impl = "reference"
 
-    def test_mosaic_off_hopper_says_what_to_use(self):
-        # compiled (not interpret) Mosaic GPU needs sm_90; on the CPU the error names the ways out
-        q, k, v = (a.astype(jnp.bfloat16) for a in _qkv(0, 256, 1, 1, 64))
-        with pytest.raises(NotImplementedError, match="Hopper.*interpret=True"):
-            block_sparse_attention(q, k, v, jnp.ones((1, 1, 2, 2), bool), impl="mosaic",
-                                   block_size=128)
-
     def test_bad_mask_shape(self):
         q, k, v = _qkv(0, 64, 2, 1, 64)
         with pytest.raises(ValueError, match="blocks"):
