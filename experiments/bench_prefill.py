@@ -41,7 +41,7 @@ def prefill_flops(cfg: Qwen3Config, T: int) -> dict[str, float]:
 
 
 def run(model: str, seq: int, attn: str, chunk: int | None, repeats: int,
-        layers: int | None = None) -> dict:
+        layers: int | None = None, fuse_qkv: bool = True) -> dict:
     cfg = preset(model)
     if layers:  # smoke tests only: fewer layers of the same shapes
         cfg = dataclasses.replace(cfg, num_hidden_layers=layers)
@@ -49,9 +49,10 @@ def run(model: str, seq: int, attn: str, chunk: int | None, repeats: int,
     ids = jax.random.randint(jax.random.key(1), (1, seq), 0, cfg.vocab_size, jnp.int32)
     pos = jnp.arange(seq, dtype=jnp.int32)[None]
 
-    fn = jax.jit(qwen3.prefill, static_argnames=("cfg", "attn", "chunk"))
+    fn = jax.jit(qwen3.prefill, static_argnames=("cfg", "attn", "chunk", "fuse_qkv"))
     t0 = time.perf_counter()
-    compiled = fn.lower(params, cfg, ids, pos, attn=attn, chunk=chunk).compile()
+    compiled = fn.lower(params, cfg, ids, pos, attn=attn, chunk=chunk,
+                        fuse_qkv=fuse_qkv).compile()
     compile_s = time.perf_counter() - t0
     step = lambda: compiled(params, ids, pos)  # noqa: E731  (binds the AOT executable)
     timing = bench.time_fn(step, warmup=1, repeats=repeats)
@@ -96,15 +97,14 @@ def breakdown(model: str, seq: int, repeats: int) -> list[dict]:
         print(f"{name:28s} {1e3 * t:9.2f} ms  {flops / t / 1e12:6.0f} TFLOP/s")
 
     for fused in (False, True):
-        qwen3.FUSE_PROJECTIONS = fused
         tag = "fused" if fused else "unfused"
         qkv_f = 2.0 * seq * D * (N + 2 * K) * H
         fin_f = 2.0 * seq * (N * H * D + 3 * D * cfg.intermediate_size)
-        timed(f"layer_qkv[{tag}]", lambda l, x, pos: qwen3.layer_qkv(l, x, pos, cfg)[2:],
+        timed(f"layer_qkv[{tag}]",
+              lambda l, x, pos, f=fused: qwen3.layer_qkv(l, x, pos, cfg, fuse_qkv=f)[2:],
               layer, x, pos, flops=qkv_f)
     timed("layer_finish", lambda l, x, o: qwen3.layer_finish(l, x, o, cfg), layer, x, o,
           flops=fin_f)
-    qwen3.FUSE_PROJECTIONS = True
     h = x[0]
     for name in ("q_proj", "k_proj", "o_proj", "gate_proj", "down_proj"):
         w = getattr(layer, name)
@@ -179,11 +179,11 @@ def main() -> None:
         return
     if args.attn == "auto":
         args.attn = resolve_dense("auto", jnp.bfloat16)
-    qwen3.FUSE_PROJECTIONS = not args.unfused
     args.tag += "_unfused" if args.unfused else ""
-    r = run(args.model, args.seq, args.attn, args.chunk or None, args.repeats, args.layers)
+    r = run(args.model, args.seq, args.attn, args.chunk or None, args.repeats, args.layers,
+            fuse_qkv=not args.unfused)
     r["tag"] = args.tag
-    r["fused_projections"] = qwen3.FUSE_PROJECTIONS
+    r["fused_projections"] = not args.unfused
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"run_{args.model}_{args.seq}_{args.attn}_c{args.chunk}{args.tag}.json"
     path = bench.write_metrics(args.out / name, r)

@@ -275,7 +275,7 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
                 print_case(row, r.kept_positions)
     bar.close()
     from pflash_jax.attention.api import resolve_dense
-    from pflash_jax.pflash.pipeline import resolve_impl
+    from pflash_jax.pflash.drafter import resolve_impl
 
     kernels = {  # what "auto" resolved to on this machine
         "drafter": resolve_impl(pcfg.attention_impl, drafter.params.embed_tokens.dtype),

@@ -23,6 +23,9 @@ Building blocks (public, so the pipeline can run its own layer scan and read q/k
       q_pre/k_pre: after q_norm/k_norm, before RoPE; q/k: after RoPE; v. [B,T,N|K,H]
   layer_finish(layer, x, attn_out, cfg) -> x   (o_proj + residual + post-norm SwiGLU MLP + residual)
   layer_forward(layer, x, positions, cfg, attn, chunk, rope=None) -> (x, k, v)
+  scan_layers(params, cfg, x, positions, attn, hook=..., per_layer=...) -> ScanOut
+      the one layer scan: a per-layer hook reads q/k/v (the drafter's score fold is one)
+  run_layers(...) -> (x, KVCache); cached_attention(q, k_cache, v_cache, k_new, v_new, length)
   final_logits(params, cfg, x) -> float32 [..., V]   (final norm + tied/untied head)
 Modes: forward (all logits), prefill (last logits + cache), decode (one token), and the
 user-facing `logits(model, ids)` and `greedy_generate(model, ids, n_new)`.
@@ -45,10 +48,6 @@ from pflash_jax.models.params import LayerParams, Params
 from pflash_jax.numerics import MASK_VALUE, SOFTMAX_DTYPE
 
 AttnFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-
-# Performance switch read at trace time (benchmarks A/B it): q/k/v projections as one GEMM.
-FUSE_PROJECTIONS = True
-
 
 class QKV(NamedTuple):
     q_pre: jax.Array  # [B,T,N,H] after q_norm, before RoPE
@@ -95,8 +94,13 @@ def apply_rope(x, cos, sin):
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
-def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None) -> QKV:
+def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None, *,
+              fuse_qkv: bool = True) -> QKV:
     """Input norm, q/k/v projections, q_norm/k_norm, RoPE. x [B,T,D] residual stream.
+
+    fuse_qkv: the three projections as one GEMM over [Wq|Wk|Wv] (11.4 vs 12.3 ms per 8B layer
+    at 128K); False runs three (benchmarks A/B it). A static argument, not a global, so a jit
+    traced with one value is never silently reused for the other.
 
     rope: optional precomputed `rope_tables(cfg, positions)` (then positions is unused). Layer
     scans pass them in, computed once per forward: built inside, XLA fuses sin/cos into the
@@ -107,7 +111,7 @@ def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None) -> 
     H, eps = cfg.head_dim, cfg.rms_norm_eps
     N, K = cfg.num_attention_heads, cfg.num_key_value_heads
     h = rms_norm(x, layer.input_layernorm, eps)
-    if FUSE_PROJECTIONS:  # one GEMM over [Wq|Wk|Wv]: 11.4 vs 12.3 ms per 8B layer at 128K
+    if fuse_qkv:
         qkv = h @ jnp.concatenate([layer.q_proj, layer.k_proj, layer.v_proj], axis=1)
         q, k, v = jnp.split(qkv, [N * H, (N + K) * H], axis=-1)
     else:
@@ -167,8 +171,9 @@ def check_ids(ids, vocab_size: int, who: str = "ids") -> np.ndarray:
     return a.astype(np.int32)
 
 
-def _chunked(fn, chunk: int | None, *xs):
-    """Apply fn to sequence chunks of arrays [B,T,...] with lax.map; pads T to a multiple."""
+def sequence_chunks(fn, chunk: int | None, *xs):
+    """Apply fn to sequence chunks of arrays [B,T,...] with lax.map; pads T to a multiple.
+    chunk None (or >= T): one call on the whole sequence."""
     check_chunk(chunk)
     T = xs[0].shape[1]
     if chunk is None or chunk >= T:
@@ -188,67 +193,151 @@ def _chunked(fn, chunk: int | None, *xs):
     return jax.tree.map(merge, out)
 
 
+def layer_qkv_chunked(layer: LayerParams, x, rope, cfg: Qwen3Config, chunk: int | None, *,
+                      fuse_qkv: bool = True, pre_rope: bool = True) -> QKV:
+    """layer_qkv over sequence chunks, RoPE tables (cos, sin) built once by the caller.
+    pre_rope=False leaves q_pre/k_pre out (None): chunked, every output of the map is
+    materialised, and full prefill needs only the post-RoPE q/k."""
+    cos, sin = rope
+
+    def one(xc, cc, sc):
+        qkv = layer_qkv(layer, xc, None, cfg, rope=(cc, sc), fuse_qkv=fuse_qkv)
+        return qkv if pre_rope else qkv._replace(q_pre=None, k_pre=None)
+
+    return sequence_chunks(one, chunk, x, cos, sin)
+
+
+def layer_finish_chunked(layer: LayerParams, x, attn_out, cfg: Qwen3Config, chunk: int | None):
+    return sequence_chunks(lambda xc, oc: layer_finish(layer, xc, oc, cfg), chunk, x, attn_out)
+
+
 def layer_forward(layer: LayerParams, x, positions, cfg: Qwen3Config,
                   attn: str | AttnFn = "reference", chunk: int | None = None, rope=None):
     """One decoder layer over the whole sequence -> (x, k, v); k is post-RoPE."""
-    cos, sin = rope_tables(cfg, positions) if rope is None else rope
-    q, k, v = _chunked(lambda xc, cc, sc: layer_qkv(layer, xc, None, cfg, rope=(cc, sc))[2:],
-                       chunk, x, cos, sin)
-    o = resolve_attn(attn)(q, k, v)
-    x = _chunked(lambda xc, oc: layer_finish(layer, xc, oc, cfg), chunk, x, o)
-    return x, k, v
+    rope = rope_tables(cfg, positions) if rope is None else rope
+    qkv = layer_qkv_chunked(layer, x, rope, cfg, chunk, pre_rope=False)
+    o = resolve_attn(attn)(qkv.q, qkv.k, qkv.v)
+    return layer_finish_chunked(layer, x, o, cfg, chunk), qkv.k, qkv.v
 
 
-def _run_layers(params: Params, cfg: Qwen3Config, x, positions, attn, chunk, cache_len):
+class ScanOut(NamedTuple):
+    x: jax.Array  # [B,T,D] residual stream after the last layer run in full
+    state: object  # the hook's carried state after every layer
+    hook_out: object  # the hook's per-layer outputs, stacked on a leading L axis (or None)
+    attn_out: object  # the attention function's per-layer outputs, stacked (or None)
+
+
+def scan_layers(params: Params, cfg: Qwen3Config, x, positions, attn, *,
+                chunk: int | None = None, hook=None, state=None, per_layer=None,
+                last_qkv_only: bool = False, fuse_qkv: bool = True, rope=None) -> ScanOut:
+    """The one decoder-layer scan (lax.scan: one layer compiles once) every mode builds on.
+
+    Per layer: qkv = layer_qkv (chunked), then `hook(state, qkv, extra) -> (state, out)` (a
+    reader of q/k/v: the drafter folds its tail-query scores here, prefill keeps K/V), then
+    `attn(qkv, extra) -> (o, out)`, then o_proj + MLP. `extra` is the layer's slice of
+    `per_layer` (a pytree with a leading L axis, e.g. a KV cache; None if not given).
+    last_qkv_only: the last layer stops after its hook (scores need only its q/k, so its
+    attention and MLP would be wasted); its hook must then return no output.
+    """
+    rope = rope_tables(cfg, positions) if rope is None else rope  # once, outside the scan
+    pre_rope = hook is not None  # only a hook can want the pre-RoPE q/k
+
+    def qkv_of(layer, x):
+        return layer_qkv_chunked(layer, x, rope, cfg, chunk, fuse_qkv=fuse_qkv,
+                                 pre_rope=pre_rope)
+
+    def body(carry, xs):
+        x, st = carry
+        layer, extra = xs
+        qkv = qkv_of(layer, x)
+        st, h_out = hook(st, qkv, extra) if hook is not None else (st, None)
+        o, a_out = attn(qkv, extra)
+        return (layer_finish_chunked(layer, x, o, cfg, chunk), st), (h_out, a_out)
+
+    layers = params.layers
+    if not last_qkv_only:
+        (x, state), (h, a) = jax.lax.scan(body, (x, state), (layers, per_layer))
+        return ScanOut(x, state, h, a)
+    if hook is None:
+        raise ValueError("scan_layers: last_qkv_only needs a hook (nothing reads the q/k)")
+    head, last = (jax.tree.map(lambda t: t[:-1], layers), jax.tree.map(lambda t: t[-1], layers))
+    extra_head = jax.tree.map(lambda t: t[:-1], per_layer)
+    extra_last = jax.tree.map(lambda t: t[-1], per_layer)
+    (x, state), (h, a) = jax.lax.scan(body, (x, state), (head, extra_head))
+    state, h_last = hook(state, qkv_of(last, x), extra_last)
+    if h_last is not None:
+        raise ValueError("scan_layers: with last_qkv_only the hook must return no output")
+    return ScanOut(x, state, h, a)
+
+
+def run_layers(params: Params, cfg: Qwen3Config, x, positions, attn: str | AttnFn, *,
+               chunk: int | None = None, cache_len: int | None = None,
+               fuse_qkv: bool = True) -> tuple[jax.Array, KVCache]:
+    """Every layer over x [B,T,D] at positions [B,T] -> (x, KVCache with capacity cache_len
+    or T, filled T). attn: a dense_attention name or a callable (q, k, v) -> o."""
     T = x.shape[1]
     pad = (cache_len or T) - T
     if pad < 0:
         raise ValueError(f"cache_len={cache_len} is shorter than the prompt ({T} tokens)")
+    attn_fn = resolve_attn(attn)
 
-    rope = rope_tables(cfg, positions)  # once, outside the layer scan
-
-    def body(x, layer):
-        x, k, v = layer_forward(layer, x, positions, cfg, attn, chunk, rope)
+    def keep_kv(state, qkv, _):
+        k, v = qkv.k, qkv.v
         if pad:
             widths = [(0, 0), (0, pad), (0, 0), (0, 0)]
             k, v = jnp.pad(k, widths), jnp.pad(v, widths)
-        return x, (k, v)
+        return state, (k, v)
 
-    x, (k, v) = jax.lax.scan(body, x, params.layers)
-    return x, KVCache(k, v, jnp.asarray(T, jnp.int32))
+    def dense(qkv, _):
+        return attn_fn(qkv.q, qkv.k, qkv.v), None
+
+    out = scan_layers(params, cfg, x, positions, dense, chunk=chunk, hook=keep_kv,
+                      fuse_qkv=fuse_qkv)
+    k, v = out.hook_out
+    return out.x, KVCache(k, v, jnp.asarray(T, jnp.int32))
 
 
 # ---------------------------------------------------------------- modes
 def forward(params: Params, cfg: Qwen3Config, ids, positions, *,
-            attn: str | AttnFn = "reference", chunk: int | None = None):
+            attn: str | AttnFn = "reference", chunk: int | None = None, fuse_qkv: bool = True):
     """All-token logits float32 [B,T,V] (no cache kept). ids/positions [B,T]."""
-    x, _ = _run_layers(params, cfg, embed(params, ids), positions, attn, chunk, None)
+    x, _ = run_layers(params, cfg, embed(params, ids), positions, attn, chunk=chunk,
+                      fuse_qkv=fuse_qkv)
     return final_logits(params, cfg, x)
 
 
 def prefill(params: Params, cfg: Qwen3Config, ids, positions, *,
             attn: str | AttnFn = "reference", chunk: int | None = None,
-            cache_len: int | None = None):
+            cache_len: int | None = None, fuse_qkv: bool = True):
     """Prefill ids [B,T] at positions [B,T] (increasing, gaps allowed).
 
     Returns (last-token logits float32 [B,V], KVCache with capacity cache_len or T, filled T).
     """
-    x, cache = _run_layers(params, cfg, embed(params, ids), positions, attn, chunk, cache_len)
+    x, cache = run_layers(params, cfg, embed(params, ids), positions, attn, chunk=chunk,
+                          cache_len=cache_len, fuse_qkv=fuse_qkv)
     return final_logits(params, cfg, x[:, -1]), cache
 
 
-def _decode_attention(q, k_cache, v_cache, k_new, v_new, length):
-    """q [B,1,N,H] against cache slots [0, length) and the new key, one float32 softmax."""
-    B, _, N, H = q.shape
+def cached_attention(q, k_cache, v_cache, k_new, v_new, length):
+    """Queries of T new tokens against a KV cache and, causally, each other.
+
+    q [B,T,N,H] at cache slots length, length+1, ...; k_cache/v_cache [B,S_max,K,H] of which
+    slots [0, length) are filled; k_new/v_new [B,T,K,H]. One float32 softmax over the filled
+    cache and the new keys up to each query's own. Decode is T = 1; the look-ahead scorer
+    feeds its generated tokens with T = n_tail - 1.
+    """
+    B, T, N, H = q.shape
     K = k_cache.shape[2]
-    qg = q.reshape(B, K, N // K, H).astype(SOFTMAX_DTYPE) / math.sqrt(H)
-    s_c = jnp.einsum("bkgh,bskh->bkgs", qg, k_cache.astype(SOFTMAX_DTYPE))
+    qg = q.reshape(B, T, K, N // K, H).astype(SOFTMAX_DTYPE) / math.sqrt(H)
+    s_c = jnp.einsum("btkgh,bskh->bkgts", qg, k_cache.astype(SOFTMAX_DTYPE))
     s_c = jnp.where(jnp.arange(k_cache.shape[1]) < length, s_c, MASK_VALUE)
-    s_n = jnp.einsum("bkgh,bkh->bkg", qg, k_new[:, 0].astype(SOFTMAX_DTYPE))[..., None]
+    s_n = jnp.einsum("btkgh,bskh->bkgts", qg, k_new.astype(SOFTMAX_DTYPE))
+    s_n = jnp.where(jnp.tril(jnp.ones((T, T), bool)), s_n, MASK_VALUE)
     p = jax.nn.softmax(jnp.concatenate([s_c, s_n], axis=-1), axis=-1)
-    o = jnp.einsum("bkgs,bskh->bkgh", p[..., :-1], v_cache.astype(SOFTMAX_DTYPE))
-    o = o + p[..., -1:] * v_new[:, 0, :, None, :].astype(SOFTMAX_DTYPE)
-    return o.reshape(B, 1, N, H).astype(q.dtype)
+    S_c = k_cache.shape[1]
+    o = (jnp.einsum("bkgts,bskh->btkgh", p[..., :S_c], v_cache.astype(SOFTMAX_DTYPE))
+         + jnp.einsum("bkgts,bskh->btkgh", p[..., S_c:], v_new.astype(SOFTMAX_DTYPE)))
+    return o.reshape(B, T, N, H).astype(q.dtype)
 
 
 def decode(params: Params, cfg: Qwen3Config, token, position, cache: KVCache):
@@ -257,16 +346,17 @@ def decode(params: Params, cfg: Qwen3Config, token, position, cache: KVCache):
     The cache must have a free slot (length < capacity): under jit an overflow cannot raise, and
     dynamic_update_slice would clamp and overwrite the last slot.
     """
-    x = embed(params, token[:, None])
-    rope = rope_tables(cfg, position[:, None])
+    positions = position[:, None]
 
-    def body(x, xs):
-        layer, k_cache, v_cache = xs
-        _, _, q, k, v = layer_qkv(layer, x, None, cfg, rope)
-        o = _decode_attention(q, k_cache, v_cache, k, v, cache.length)
-        return layer_finish(layer, x, o, cfg), (k, v)
+    def new_kv(state, qkv, _):
+        return state, (qkv.k, qkv.v)
 
-    x, (k_new, v_new) = jax.lax.scan(body, x, (params.layers, cache.k, cache.v))
+    def attend(qkv, kv):
+        return cached_attention(qkv.q, kv[0], kv[1], qkv.k, qkv.v, cache.length), None
+
+    out = scan_layers(params, cfg, embed(params, token[:, None]), positions, attend,
+                      hook=new_kv, per_layer=(cache.k, cache.v))
+    x, (k_new, v_new) = out.x, out.hook_out
     at = (0, 0, cache.length, 0, 0)
     cache = KVCache(jax.lax.dynamic_update_slice(cache.k, k_new.astype(cache.k.dtype), at),
                     jax.lax.dynamic_update_slice(cache.v, v_new.astype(cache.v.dtype), at),
@@ -275,8 +365,8 @@ def decode(params: Params, cfg: Qwen3Config, token, position, cache: KVCache):
 
 
 # ---------------------------------------------------------------- user-facing entry points
-forward_jit = jax.jit(forward, static_argnames=("cfg", "attn", "chunk"))
-prefill_jit = jax.jit(prefill, static_argnames=("cfg", "attn", "chunk", "cache_len"))
+forward_jit = jax.jit(forward, static_argnames=("cfg", "attn", "chunk", "fuse_qkv"))
+prefill_jit = jax.jit(prefill, static_argnames=("cfg", "attn", "chunk", "cache_len", "fuse_qkv"))
 decode_jit = jax.jit(decode, static_argnames=("cfg",), donate_argnames=("cache",))
 
 

@@ -3,22 +3,16 @@
     result = speculative_prefill(drafter, target, ids, preset("pflash"), max_new_tokens=16)
     result.kept_positions, result.tokens, result.timings
 
+Stages: `drafter.drafter_pass` (forward + token importance, see pflash/drafter.py), then
+`prefill_selected` (span scores, selection, target prefill of the kept tokens, decode).
+
 Design choices:
-- Fused scoring (DESIGN 1, 1.2): the drafter's layer scan computes, per layer, only the tail
-  queries' softmax over all keys and folds it into a running max [n_tail, S]; no per-layer K/V is
-  kept and the drafter runs no LM head. The last layer stops after its q/k (its attention and
-  MLP cannot change the scores). Look-ahead mode (SpecPrefill) is the exception: it needs the
-  drafter's KV cache to generate, so it keeps one (see `_lookahead_importance`).
-- Drafter attention is block-sparse (select_blocks + kernel, every layer, per head) unless
-  `attention_impl="dense"`. "auto" picks the Mosaic kernel on Hopper (16-bit inputs), the Triton
-  kernel on other GPUs and the reference on CPU.
 - The target prefills the kept tokens at their original positions (or renumbered 0..K-1), as
   one square causal attention call: kept positions are sorted, so index causality is position
   causality. Greedy decode continues at the last position + 1, + 2, ...
 - Shape buckets: the target's kept length is padded up to a bucket (pad tokens go after the
   real ones, so causality keeps them out of every real row; the cache length is set to the real
-  count so decode never sees them). The drafter pads S to a multiple of its block size only:
-  block selection's structural rules (last query blocks dense) refer to the real end.
+  count so decode never sees them).
 - Timing: each stage is synchronised (block_until_ready) before its clock stops. The stages are
   drafter_forward (layer scan incl. per-layer score folds), scoring (mean over tail rows,
   pooling, span scores), selection (budget, forced spans, kept positions), target_prefill, and
@@ -37,18 +31,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pflash_jax.attention import block_sparse_attention, dense_attention
-from pflash_jax.attention.api import resolve_sparse
-from pflash_jax.attention.selection import select_blocks, select_blocks_fixed_density
 from pflash_jax.models import qwen3
-from pflash_jax.models.qwen3 import KVCache, embed, final_logits, layer_finish, layer_qkv
-from pflash_jax.pflash.config import PFlashConfig, ScoringConfig
-from pflash_jax.pflash.scoring import fold_layer, importance, init_running_max
+from pflash_jax.models.qwen3 import KVCache, embed, final_logits
+from pflash_jax.pflash.config import PFlashConfig
+from pflash_jax.pflash.drafter import DrafterPass, drafter_pass
 from pflash_jax.pflash.spans import kept_positions, select_spans, span_scores, target_positions
 
-_importance = jax.jit(importance, static_argnames=("cfg",))
 STAGES = ("drafter_forward", "scoring", "selection", "target_prefill", "first_token")
-_PAD_POS = np.iinfo(np.int32).max  # position of padded keys: later than every query
+__all__ = ["STAGES", "DrafterPass", "FullResult", "PFlashResult", "bucket", "check_inputs",
+           "drafter_pass", "full_prefill", "prefill_at", "prefill_selected",
+           "speculative_prefill"]
 
 
 @dataclasses.dataclass
@@ -118,90 +110,13 @@ def check_inputs(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int
     return ids
 
 
-# ---------------------------------------------------------------- drafter
-def resolve_impl(impl: str, dtype=None) -> str:
-    """The drafter attention `impl` means here: "dense" stays, anything else is a block-sparse
-    kernel resolved by `attention.api.resolve_sparse` (the one place "auto" is decided)."""
-    return impl if impl == "dense" else resolve_sparse(impl, dtype)
-
-
-def drafter_attention(cfg: PFlashConfig):
-    """(q, k, v) -> (o, density) for one layer of the drafter (DESIGN 1.1)."""
-    if cfg.attention_impl == "dense":
-        return lambda q, k, v: (dense_attention(q, k, v, impl="auto"), jnp.float32(1.0))
-
-    def attn(q, k, v):
-        if cfg.block_density is not None:
-            mask = select_blocks_fixed_density(q, k, density=cfg.block_density,
-                                               block_size=cfg.block_size)
-        else:
-            mask = select_blocks(q, k, alpha=cfg.alpha, block_size=cfg.block_size)
-        o = block_sparse_attention(q, k, v, mask, impl=cfg.attention_impl,
-                                   block_size=cfg.block_size)
-        return o, mask.density()
-    return attn
-
-
-def layer_qkv_chunked(layer, x, rope, mcfg, chunk):
-    """layer_qkv over sequence chunks with RoPE tables (cos, sin) built once by the caller."""
-    cos, sin = rope
-    return qwen3._chunked(lambda xc, cc, sc: layer_qkv(layer, xc, None, mcfg, rope=(cc, sc)),
-                          chunk, x, cos, sin)
-
-
-def layer_finish_chunked(layer, x, o, mcfg, chunk):
-    return qwen3._chunked(lambda xc, oc: layer_finish(layer, xc, oc, mcfg), chunk, x, o)
-
-
-def _scoring_qk(qkv, rope: str):
-    return (qkv.q_pre, qkv.k_pre) if rope == "nope" else (qkv.q, qkv.k)
-
-
-@partial(jax.jit, static_argnames=("mcfg", "pcfg", "chunk"))
-def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
-    """Fused drafter pass. ids [1, Sb] (padded), length = real S (traced) ->
-    (running max float32 [n_tail, Sb], mean block density over the drafter's layers)."""
-    scfg: ScoringConfig = pcfg.scoring
-    Sb = ids.shape[1]
-    T = scfg.n_tail
-    positions = jnp.arange(Sb, dtype=jnp.int32)[None]
-    k_pos = jnp.where(positions[0] < length, positions[0], _PAD_POS)
-    q_pos = length - T + jnp.arange(T, dtype=jnp.int32)
-    attn = drafter_attention(pcfg)
-    rope = qwen3.rope_tables(mcfg, positions)  # once, outside the layer scan
-
-    def qkv_of(layer, x):
-        return layer_qkv_chunked(layer, x, rope, mcfg, chunk)
-
-    def fold(rmax, qkv):
-        qs, ks = _scoring_qk(qkv, scfg.rope)
-        q_tail = jax.lax.dynamic_slice_in_dim(qs[0], length - T, T, axis=0)
-        return fold_layer(rmax, q_tail, ks[0], q_pos, k_pos, scfg)
-
-    def body(carry, layer):
-        x, rmax, dens = carry
-        qkv = qkv_of(layer, x)
-        rmax = fold(rmax, qkv)
-        o, d = attn(qkv.q, qkv.k, qkv.v)
-        x = layer_finish_chunked(layer, x, o, mcfg, chunk)
-        return (x, rmax, dens + d), None
-
-    L = mcfg.num_hidden_layers
-    head = jax.tree.map(lambda a: a[:-1], params.layers)
-    last = jax.tree.map(lambda a: a[-1], params.layers)
-    rmax0 = init_running_max(T, Sb)
-    (x, rmax, dens), _ = jax.lax.scan(body, (embed(params, ids), rmax0, jnp.float32(0)), head)
-    rmax = fold(rmax, qkv_of(last, x))  # the last layer contributes only its scores
-    return rmax, dens / max(L - 1, 1)
-
-
 # ---------------------------------------------------------------- target
 @partial(jax.jit, static_argnames=("cfg", "attn", "chunk", "cache_len"))
 def prefill_at(params, cfg, ids, positions, length, *, attn, chunk=None, cache_len=None):
     """Prefill padded ids [1, Tb] at positions; logits of row length-1 and a cache filled to
     `length` (padding rows sit after every real row, so causality keeps them out)."""
-    x, cache = qwen3._run_layers(params, cfg, embed(params, ids), positions, attn, chunk,
-                                 cache_len)
+    x, cache = qwen3.run_layers(params, cfg, embed(params, ids), positions, attn, chunk=chunk,
+                                cache_len=cache_len)
     last = jax.lax.dynamic_index_in_dim(x, length - 1, axis=1, keepdims=False)
     return final_logits(params, cfg, last), KVCache(cache.k, cache.v, length.astype(jnp.int32))
 
@@ -257,50 +172,6 @@ def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = No
 
 
 # ---------------------------------------------------------------- the pipeline
-def _lookahead_importance(drafter, ids: np.ndarray, cfg: PFlashConfig, chunk):
-    """SpecPrefill look-ahead: queries of the last prompt token and n_tail - 1 greedily
-    generated drafter tokens, each over the prompt keys of every layer. Keeps the drafter's
-    KV cache (SpecPrefill does too) and the scoring keys of every layer."""
-    from pflash_jax.pflash.lookahead import lookahead_running_max
-
-    return lookahead_running_max(drafter, ids, cfg, chunk=chunk)
-
-
-@dataclasses.dataclass
-class DrafterPass:
-    """What the drafter contributes, before any span choice: per-token importance. Span size
-    and keep ratio only act after it, so a sweep over them reuses one pass per prompt."""
-
-    importance: np.ndarray  # float32 [S]
-    block_density: float | None  # mean kept fraction of causal blocks (None: dense drafter)
-    timings: dict  # drafter_forward, importance (the scoring stage before span pooling)
-
-
-def drafter_pass(drafter, ids, cfg: PFlashConfig, *, chunk: int | None = None) -> DrafterPass:
-    """The drafter stage of PFlash on one prompt (1-D ids): forward + token importance."""
-    ids = np.asarray(ids, np.int32)
-    S = ids.shape[0]
-    t0 = time.perf_counter()
-    if cfg.scoring.tail_mode == "lookahead":
-        rmax, density, Sb = _lookahead_importance(drafter, ids, cfg, chunk)
-    else:
-        Sb = -(-S // cfg.block_size) * cfg.block_size
-        ids_p = np.zeros(Sb, np.int32)
-        ids_p[:S] = ids
-        rmax, density = drafter_scores(drafter.params, drafter.config, jnp.asarray(ids_p)[None],
-                                       jnp.int32(S), cfg, chunk=chunk)
-    jax.block_until_ready(rmax)
-    t1 = time.perf_counter()
-    imp = np.asarray(_importance(rmax, cfg.scoring, length=jnp.int32(S)))[:S]
-    t2 = time.perf_counter()
-    # None when no layer ran block-sparse attention: a dense drafter, or a 1-layer drafter
-    # (its only layer contributes Q/K to the scores and runs no attention at all).
-    sparse = (density is not None and cfg.attention_impl != "dense"
-              and drafter.config.num_hidden_layers > 1)
-    dens = float(density) if sparse else None
-    return DrafterPass(imp, dens, {"drafter_forward": t1 - t0, "importance": t2 - t1})
-
-
 def prefill_selected(target, ids, dp: DrafterPass, cfg: PFlashConfig, *,
                      max_new_tokens: int = 1, chunk: int | None = None,
                      target_attn: str | None = None,

@@ -10,13 +10,8 @@ from pflash_jax.models.config import Qwen3Config
 from pflash_jax.models.loading import Model
 from pflash_jax.models.params import init_params
 from pflash_jax.pflash.config import preset
-from pflash_jax.pflash.pipeline import (
-    bucket,
-    drafter_scores,
-    full_prefill,
-    prefill_at,
-    speculative_prefill,
-)
+from pflash_jax.pflash.drafter import drafter_scores
+from pflash_jax.pflash.pipeline import bucket, full_prefill, prefill_at, speculative_prefill
 from pflash_jax.pflash.scoring import importance, importance_unfused
 from tests.tolerances import assert_close
 
@@ -159,25 +154,25 @@ def test_auto_attention_picks_kernel_per_device_and_dtype(monkeypatch):
     (wgmma operands), Triton for float32 there and on every other GPU. Dense attention: Mosaic
     on Hopper for 16-bit prefill shapes, cuDNN on other GPUs, the reference for T != S."""
     from pflash_jax.attention import api
-    from pflash_jax.pflash import pipeline
+    from pflash_jax.pflash import drafter
 
     if jax.default_backend() != "gpu":
-        assert pipeline.resolve_impl("auto", jnp.bfloat16) == "reference"
+        assert drafter.resolve_impl("auto", jnp.bfloat16) == "reference"
         assert api.resolve_dense("auto", jnp.bfloat16, 64, 64) == "reference"
         assert api.resolve_mass("auto") == "xla" and api.resolve_mass("auto", True) == "triton"
     monkeypatch.setattr(api.jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(api, "is_hopper", lambda: True)
-    assert pipeline.resolve_impl("auto", jnp.bfloat16) == "mosaic"
-    assert pipeline.resolve_impl("auto", jnp.float16) == "mosaic"
-    assert pipeline.resolve_impl("auto", jnp.float32) == "triton"
-    assert pipeline.resolve_impl("triton", jnp.bfloat16) == "triton"  # explicit choices stay
-    assert pipeline.resolve_impl("dense", jnp.bfloat16) == "dense"
+    assert drafter.resolve_impl("auto", jnp.bfloat16) == "mosaic"
+    assert drafter.resolve_impl("auto", jnp.float16) == "mosaic"
+    assert drafter.resolve_impl("auto", jnp.float32) == "triton"
+    assert drafter.resolve_impl("triton", jnp.bfloat16) == "triton"  # explicit choices stay
+    assert drafter.resolve_impl("dense", jnp.bfloat16) == "dense"
     assert api.resolve_dense("auto", jnp.bfloat16, 64, 64) == "mosaic"
     assert api.resolve_dense("auto", jnp.float32, 64, 64) == "cudnn"
     assert api.resolve_dense("auto", jnp.bfloat16, 1, 64) == "reference"  # not prefill-shaped
     assert api.resolve_mass("auto") == "triton"
     monkeypatch.setattr(api, "is_hopper", lambda: False)
-    assert pipeline.resolve_impl("auto", jnp.bfloat16) == "triton"
+    assert drafter.resolve_impl("auto", jnp.bfloat16) == "triton"
     assert api.resolve_dense("auto", jnp.bfloat16, 64, 64) == "cudnn"
     with pytest.raises(NotImplementedError, match="Hopper"):
         api._supports_sparse("mosaic", jnp.bfloat16)

@@ -1,0 +1,218 @@
+"""The drafter stage of PFlash: one forward over the prompt -> per-token importance.
+
+    dp = drafter_pass(drafter, ids, preset("pflash"))   # dp.importance float32 [S]
+
+Design choices:
+- Fused scoring (docs/design.md 1, 1.2): the drafter runs the model's one layer scan
+  (`qwen3.scan_layers`) with a per-layer hook that folds the tail queries' softmax over all keys
+  into a running max [n_tail, S]; no per-layer K/V is kept and the drafter runs no LM head. The
+  last layer stops after its q/k (its attention and MLP cannot change the scores).
+- Drafter attention is block-sparse (select_blocks + kernel, every layer, per head) unless
+  `attention_impl="dense"`; "auto" is resolved by `attention.api.resolve_sparse`.
+- The drafter pads S to a multiple of its block size only: block selection's structural rules
+  (last query blocks dense) refer to the real end; padded keys sit at a position later than
+  every query (PAD_POSITION) so causality keeps them out of every score.
+- Look-ahead mode (SpecPrefill, `tail_mode="lookahead"`): tail queries = the last prompt token +
+  n_tail - 1 greedily generated drafter tokens. Three steps: a prefill that keeps a KV cache and
+  every layer's scoring keys and folds the last prompt token's query; greedy decode of n_tail - 2
+  more tokens; one "extend" pass feeding the generated tokens at positions S, S+1, ... against
+  the prompt cache (`qwen3.cached_attention`), folding each layer's new queries over the prompt
+  keys only. It keeps O(L * S) memory (SpecPrefill's own design): it reproduces that system and
+  is not our default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pflash_jax.attention import block_sparse_attention, dense_attention
+from pflash_jax.attention.api import resolve_sparse
+from pflash_jax.attention.selection import select_blocks, select_blocks_fixed_density
+from pflash_jax.models import qwen3
+from pflash_jax.models.qwen3 import KVCache, embed, final_logits
+from pflash_jax.pflash.config import PFlashConfig, ScoringConfig
+from pflash_jax.pflash.scoring import fold_layer, importance, init_running_max
+
+_importance = jax.jit(importance, static_argnames=("cfg",))
+PAD_POSITION = np.iinfo(np.int32).max  # position of padded keys: later than every query
+# Not donating: the prompt cache is read again by the extend pass after decoding.
+_decode = jax.jit(qwen3.decode, static_argnames=("cfg",))
+
+
+def resolve_impl(impl: str, dtype=None) -> str:
+    """The drafter attention `impl` means here: "dense" stays, anything else is a block-sparse
+    kernel resolved by `attention.api.resolve_sparse` (the one place "auto" is decided)."""
+    return impl if impl == "dense" else resolve_sparse(impl, dtype)
+
+
+def drafter_attention(cfg: PFlashConfig):
+    """attn(qkv, extra) -> (o, block density) for one drafter layer (docs/design.md 1.1), in
+    the shape `qwen3.scan_layers` takes."""
+    if cfg.attention_impl == "dense":
+        return lambda qkv, _: (dense_attention(qkv.q, qkv.k, qkv.v, impl="auto"),
+                               jnp.float32(1.0))
+
+    def attn(qkv, _):
+        q, k, v = qkv.q, qkv.k, qkv.v
+        if cfg.block_density is not None:
+            mask = select_blocks_fixed_density(q, k, density=cfg.block_density,
+                                               block_size=cfg.block_size)
+        else:
+            mask = select_blocks(q, k, alpha=cfg.alpha, block_size=cfg.block_size)
+        o = block_sparse_attention(q, k, v, mask, impl=cfg.attention_impl,
+                                   block_size=cfg.block_size)
+        return o, mask.density()
+    return attn
+
+
+def scoring_qk(qkv: qwen3.QKV, rope: str):
+    """The q/k scores are computed from: pre-RoPE ("nope") or post-RoPE ("post")."""
+    return (qkv.q_pre, qkv.k_pre) if rope == "nope" else (qkv.q, qkv.k)
+
+
+def _key_positions(Sb: int, length):
+    k = jnp.arange(Sb, dtype=jnp.int32)
+    return jnp.where(k < length, k, PAD_POSITION)
+
+
+# ---------------------------------------------------------------- tail mode
+@partial(jax.jit, static_argnames=("mcfg", "pcfg", "chunk"))
+def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
+    """Fused drafter pass. ids [1, Sb] (padded), length = real S (traced) ->
+    (running max float32 [n_tail, Sb], mean block density over the drafter's layers)."""
+    scfg: ScoringConfig = pcfg.scoring
+    Sb = ids.shape[1]
+    T = scfg.n_tail
+    positions = jnp.arange(Sb, dtype=jnp.int32)[None]
+    k_pos = _key_positions(Sb, length)
+    q_pos = length - T + jnp.arange(T, dtype=jnp.int32)
+
+    def fold(rmax, qkv, _):
+        qs, ks = scoring_qk(qkv, scfg.rope)
+        q_tail = jax.lax.dynamic_slice_in_dim(qs[0], length - T, T, axis=0)
+        return fold_layer(rmax, q_tail, ks[0], q_pos, k_pos, scfg), None
+
+    out = qwen3.scan_layers(params, mcfg, embed(params, ids), positions,
+                            drafter_attention(pcfg), chunk=chunk, hook=fold,
+                            state=init_running_max(T, Sb), last_qkv_only=True)
+    L = mcfg.num_hidden_layers
+    return out.state, jnp.sum(out.attn_out) / max(L - 1, 1)
+
+
+# ---------------------------------------------------------------- look-ahead mode
+@partial(jax.jit, static_argnames=("mcfg", "pcfg", "chunk", "cache_len"))
+def prefill_keep(params, mcfg, ids, length, pcfg: PFlashConfig, chunk, cache_len):
+    """Look-ahead step 1: prefill ids [1, Sb] keeping a KV cache (capacity cache_len) and every
+    layer's scoring keys, folding the last prompt token's query ->
+    (last logits, cache, scoring keys [L, Sb, K, H], running max [1, Sb], mean density)."""
+    scfg = pcfg.scoring
+    Sb = ids.shape[1]
+    positions = jnp.arange(Sb, dtype=jnp.int32)[None]
+    k_pos = _key_positions(Sb, length)
+    q_pos = (length - 1)[None]
+
+    def fold_and_keep(rmax, qkv, _):
+        qs, ks = scoring_qk(qkv, scfg.rope)
+        q_last = jax.lax.dynamic_slice_in_dim(qs[0], length - 1, 1, axis=0)
+        rmax = fold_layer(rmax, q_last, ks[0], q_pos, k_pos, scfg)
+        pad = [(0, 0), (0, cache_len - Sb), (0, 0), (0, 0)]
+        return rmax, (jnp.pad(qkv.k, pad), jnp.pad(qkv.v, pad), ks[0])
+
+    out = qwen3.scan_layers(params, mcfg, embed(params, ids), positions,
+                            drafter_attention(pcfg), chunk=chunk, hook=fold_and_keep,
+                            state=init_running_max(1, Sb))
+    k, v, ks = out.hook_out
+    last = jax.lax.dynamic_index_in_dim(out.x, length - 1, axis=1, keepdims=False)
+    cache = KVCache(k, v, length.astype(jnp.int32))
+    density = jnp.sum(out.attn_out) / mcfg.num_hidden_layers
+    return final_logits(params, mcfg, last), cache, ks, out.state, density
+
+
+@partial(jax.jit, static_argnames=("mcfg", "pcfg"))
+def extend_scores(params, mcfg, new_ids, cache: KVCache, ks, length, rmax, pcfg: PFlashConfig):
+    """Look-ahead step 3: fold the generated tokens' queries (positions length, length+1, ...)
+    over the prompt keys into rmax; they attend to the prompt cache and causally each other."""
+    scfg = pcfg.scoring
+    T = new_ids.shape[1]
+    Sb = ks.shape[1]
+    positions = (length + jnp.arange(T, dtype=jnp.int32))[None]
+    k_pos = _key_positions(Sb, length)
+
+    def fold(r, qkv, extra):
+        qs, _ = scoring_qk(qkv, scfg.rope)
+        return fold_layer(r, qs[0], extra[2], positions[0], k_pos, scfg), None
+
+    def attend(qkv, extra):
+        kc, vc, _ = extra
+        return qwen3.cached_attention(qkv.q, kc[:, :Sb], vc[:, :Sb], qkv.k, qkv.v,
+                                      length), None
+
+    out = qwen3.scan_layers(params, mcfg, embed(params, new_ids), positions, attend, hook=fold,
+                            state=rmax, per_layer=(cache.k, cache.v, ks))
+    return out.state
+
+
+def lookahead_running_max(drafter, ids: np.ndarray, cfg: PFlashConfig, *, chunk=None):
+    """-> (running max [n_tail, Sb], mean block density, Sb) for `drafter_pass`."""
+    S = ids.shape[0]
+    n_gen = cfg.scoring.n_tail - 1
+    Sb = -(-S // cfg.block_size) * cfg.block_size
+    ids_p = np.zeros(Sb, np.int32)
+    ids_p[:S] = ids
+    mcfg, params = drafter.config, drafter.params
+    length = jnp.int32(S)
+    lg, cache, ks, rmax_last, dens = prefill_keep(params, mcfg, jnp.asarray(ids_p)[None],
+                                                  length, cfg, chunk, Sb + max(n_gen, 1))
+    if n_gen == 0:
+        return rmax_last, dens, Sb
+    gen = [int(jnp.argmax(lg[0]))]
+    dec_cache = cache
+    for i in range(n_gen - 1):
+        lg, dec_cache = _decode(params, mcfg, jnp.asarray(gen[-1:], jnp.int32),
+                                jnp.asarray([S + i], jnp.int32), dec_cache)
+        gen.append(int(jnp.argmax(lg[0])))
+    rmax_gen = extend_scores(params, mcfg, jnp.asarray(gen, jnp.int32)[None], cache, ks, length,
+                             init_running_max(n_gen, Sb), cfg)
+    return jnp.concatenate([rmax_gen, rmax_last], axis=0), dens, Sb
+
+
+# ---------------------------------------------------------------- the stage
+@dataclasses.dataclass
+class DrafterPass:
+    """What the drafter contributes, before any span choice: per-token importance. Span size
+    and keep ratio only act after it, so a sweep over them reuses one pass per prompt."""
+
+    importance: np.ndarray  # float32 [S]
+    block_density: float | None  # mean kept fraction of causal blocks (None: dense drafter)
+    timings: dict  # drafter_forward, importance (the scoring stage before span pooling)
+
+
+def drafter_pass(drafter, ids, cfg: PFlashConfig, *, chunk: int | None = None) -> DrafterPass:
+    """The drafter stage of PFlash on one prompt (1-D ids): forward + token importance."""
+    ids = np.asarray(ids, np.int32)
+    S = ids.shape[0]
+    t0 = time.perf_counter()
+    if cfg.scoring.tail_mode == "lookahead":
+        rmax, density, Sb = lookahead_running_max(drafter, ids, cfg, chunk=chunk)
+    else:
+        Sb = -(-S // cfg.block_size) * cfg.block_size
+        ids_p = np.zeros(Sb, np.int32)
+        ids_p[:S] = ids
+        rmax, density = drafter_scores(drafter.params, drafter.config, jnp.asarray(ids_p)[None],
+                                       jnp.int32(S), cfg, chunk=chunk)
+    jax.block_until_ready(rmax)
+    t1 = time.perf_counter()
+    imp = np.asarray(_importance(rmax, cfg.scoring, length=jnp.int32(S)))[:S]
+    t2 = time.perf_counter()
+    # None when no layer ran block-sparse attention: a dense drafter, or a 1-layer drafter
+    # (its only layer contributes Q/K to the scores and runs no attention at all).
+    sparse = (density is not None and cfg.attention_impl != "dense"
+              and drafter.config.num_hidden_layers > 1)
+    dens = float(density) if sparse else None
+    return DrafterPass(imp, dens, {"drafter_forward": t1 - t0, "importance": t2 - t1})
