@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# A device call's worth of GPU work in named, time-boxed stages; everything lands under $OUT.
-# Run on the GPU machine from the repo root (hydra wheels installed, PYTHONPATH set, see
-# DEVICE.md), e.g.:
-#   bash scripts/gpu_batch.sh tests prefill speedup
+# GPU work in named, time-boxed stages on any CUDA machine; everything lands under $OUT (default
+# ./gpu_out), packed into one archive at the end. Run from the repo root with the package
+# importable (pip install ., or PYTHONPATH=$PWD with its dependencies installed), e.g.:
+#   OUT=gpu_out bash scripts/gpu_batch.sh tests prefill speedup
 # Stages:
 #   tests     every `gpu`-marked test                                   (~2 min)
 #   prefill   full-prefill baselines, Qwen3-0.6B and -8B at 131072      (~2 min)
@@ -17,11 +17,13 @@
 #             not fit 80 GB                                               (~2 min)
 #   quality   experiment=quality (tiny pair: 8 tasks x 3 S x 2 presets, span x keep grid)
 #   quality@S1,S2  the same for these lengths only (e.g. quality@4096,8192 then quality@16384
-#             in a second call: ~8-10 min each on an H100, first job compiling ~1.5-2.5 min)
+#             separately: ~8-10 min each on an H100, first job compiling ~1.5-2.5 min);
+#             QUALITY_TASKS=a,b,c limits the tasks (default: the experiment file's eight)
 # Each stage writes a log and its metrics; all of it comes back as $OUT/gpu_batch.tgz, and a
 # short table of what ran is printed last.
 set -uo pipefail
-: "${OUT:?OUT must be set (the device tool sets it)}"
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
 summary=()
 stage() {  # name, timeout seconds, command...
   local name=$1 limit=$2; shift 2
@@ -31,7 +33,7 @@ stage() {  # name, timeout seconds, command...
   summary+=("$(printf '%-10s rc=%-3s %4ss' "$name" "$rc" $((SECONDS - t0)))")
 }
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/device.txt"
-# A call killed at the device's time limit never reaches the final archive: keep a snapshot of
+# A job killed at a wall-clock limit never reaches the final archive: keep a snapshot of
 # everything so far in $OUT/gpu_batch_partial.tgz (removed once the final archive is written).
 ( while sleep 45; do
     tar czf /tmp/gpu_batch_partial.tgz --exclude=./gpu_batch_partial.tgz -C "$OUT" . 2>/dev/null \
@@ -75,12 +77,15 @@ for s in "$@"; do
         experiment=quality hydra.sweep.dir="$OUT/quality" ;;
     quality@*)
       lens=${s#quality@}
+      tasks=()
+      [ -n "${QUALITY_TASKS:-}" ] && tasks=("task=$QUALITY_TASKS")
       stage "quality_${lens//,/_}" "${QUALITY_LIMIT:-400}" python3 experiments/run.py -m \
-        experiment=quality task.seq_len="$lens" hydra.sweep.dir="$OUT/quality_${lens//,/_}" ;;
+        experiment=quality task.seq_len="$lens" "${tasks[@]}" \
+        hydra.sweep.dir="$OUT/quality_${lens//,/_}" ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done
-# The device returns at most 8 files, 2 folders deep: pack everything into one archive.
+# One archive is easier to copy back than a tree of logs and metrics.
 kill "$snapshots" 2>/dev/null; wait "$snapshots" 2>/dev/null
 rm -f "$OUT/gpu_batch_partial.tgz"
 tar czf /tmp/gpu_batch.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gpu_batch.tgz "$OUT/"
