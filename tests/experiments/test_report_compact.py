@@ -1,0 +1,147 @@
+"""experiments/report.py --compact: a sweep's metrics.json files -> one rows.jsonl, and every
+table read back from it equals the table of the raw files. Metrics come from real tiny runs on
+the CPU: a span x keep grid job (whose cells share one full-prefill baseline) and a timed job."""
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _module(name):
+    sys.path.insert(0, str(REPO / "experiments"))  # update_readme imports report by name
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+report = _module("report")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """sweep/grid/cells/<cell>/metrics.json (4 cells, 2 cases) + sweep/timed/metrics.json."""
+    from pflash_jax.bench import write_metrics
+    from pflash_jax.run import run_cells
+    from pflash_jax.run_config import GridSpec, RunConfig, TaskSpec
+
+    root = tmp_path_factory.mktemp("sweep")
+    grid = RunConfig(task=TaskSpec(seq_len=1024, n_cases=2), max_new_tokens=4, repeats=0,
+                     quiet=True, experiment="quality",
+                     grid=GridSpec(span_sizes=[16, 64], keep_ratios=[0.1, 0.5]))
+    for name, m in run_cells(grid):
+        write_metrics(root / "grid" / "cells" / name / "metrics.json", m)
+    timed = RunConfig(task=TaskSpec(seq_len=512), max_new_tokens=4, repeats=1, quiet=True)
+    ((_, m),) = run_cells(timed)
+    write_metrics(root / "timed" / "metrics.json", m)
+    return root
+
+
+def _no_source(rows):
+    return sorted(json.dumps({k: v for k, v in r.items() if k != "source"}, sort_keys=True)
+                  for r in rows)
+
+
+def test_tables_from_rows_jsonl_equal_tables_from_metrics(sweep, tmp_path):
+    raw, comp = tmp_path / "raw", tmp_path / "compact"
+    report.write_report([str(sweep)], raw)
+    report.write_report([str(sweep)], comp, compact=True)
+    assert not (comp / "rows.json").exists()  # rows.jsonl is the record there
+    text = (raw / "tables.md").read_text()
+    assert "## Speed" in text and "## Quality" in text
+    assert (comp / "tables.md").read_text() == text
+    raw_rows = report.flat_rows(report.find_metrics([str(sweep)]))
+    assert len(raw_rows) == 5
+    assert _no_source(report.load_rows([str(comp)])) == _no_source(raw_rows)
+    assert _no_source(report.load_rows([str(comp / "rows.jsonl")])) == _no_source(raw_rows)
+    # regenerated in place from rows.jsonl alone (what update_readme does): the same tables
+    report.write_report([str(comp)], comp)
+    assert (comp / "tables.md").read_text() == text
+    assert sorted(p.name for p in comp.glob("*.png")) == sorted(p.name for p in raw.glob("*.png"))
+
+
+def _keys(obj):
+    if isinstance(obj, dict):
+        return set(obj) | {k for v in obj.values() for k in _keys(v)}
+    if isinstance(obj, list):
+        return {k for v in obj for k in _keys(v)}
+    return set()
+
+
+def test_compact_file_has_no_tokens_and_one_baseline_per_case(sweep, tmp_path):
+    path = report.write_compact(report.compact_records([str(sweep)]), tmp_path / "rows.jsonl")
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert not {"pflash_tokens", "full_tokens"} & _keys(recs)  # token ids stay out
+    jobs = {r["job"]: r for r in recs if r["kind"] == "job"}
+    cells = [r for r in recs if r["kind"] == "cell"]
+    assert sorted(jobs) == ["niah_pflash-1024-pflash-tiny_target",
+                            "niah_pflash-512-pflash-tiny_target"]
+    assert len(cells) == 5 and {c["job"] for c in cells} == set(jobs)
+    grid = jobs["niah_pflash-1024-pflash-tiny_target"]
+    assert [c["case"] for c in grid["cases"]] == [0, 1]
+    for case in grid["cases"]:  # the baseline, once
+        assert {"task", "S", "full_acc", "full_answer", "expected"} <= set(case)
+    assert "span_size" not in grid["pflash_config"] and "keep_ratio" not in grid["pflash_config"]
+    raw = {str(p.relative_to(sweep)): json.loads(p.read_text())
+           for p in sweep.rglob("metrics.json")}
+    for c in cells:
+        m = raw[c["source"]]
+        assert len(c["cases"]) == c["n_cases"] == len(m["cases"])
+        for mine, full in zip(c["cases"], m["cases"], strict=True):
+            assert not {"full_acc", "full_answer", "expected"} & set(mine)  # not repeated
+            assert mine["n_kept"] == full["n_kept"] and mine["recall"] == full["recall"]
+            assert mine["pflash_answer"] == full["pflash_answer"]
+    # 2 cases x 4 new tokens here; a real quality sweep shrinks 10x (35 MB -> 3.3 MB)
+    assert path.stat().st_size < sum(p.stat().st_size for p in sweep.rglob("metrics.json")) / 2
+
+
+def test_a_folder_with_rows_jsonl_is_read_from_it_alone(sweep, tmp_path):
+    comp = tmp_path / "compact"
+    report.write_report([str(sweep)], comp, compact=True)
+    shutil.copytree(sweep, comp / "raw")  # the raw files left beside the record
+    assert len(report.load_rows([str(comp)])) == 5
+
+
+def test_one_job_folder_holding_two_jobs_is_refused(sweep, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(sweep / "grid", mixed / "grid")
+    stray = mixed / "grid" / "cells" / "x" / "metrics.json"  # another job's file, one cell more
+    stray.parent.mkdir()
+    shutil.copy(sweep / "timed" / "metrics.json", stray)
+    with pytest.raises(ValueError, match="is not one job"):
+        report.compact_records([str(mixed)])
+
+
+def test_report_keeps_a_compact_folder_consistent(sweep, tmp_path):
+    comp = tmp_path / "compact"
+    report.write_report([str(sweep / "grid")], comp, compact=True)
+    with pytest.raises(SystemExit, match="compact sweep folder"):
+        report.write_report([str(sweep / "timed")], comp)  # tables.md would not match rows.jsonl
+    report.write_report([str(comp), str(sweep / "timed")], comp, compact=True)  # merge: fine
+    assert len(report.load_rows([str(comp)])) == 5
+
+
+def test_readme_quality_section_and_index_from_compact_folders(sweep, tmp_path, monkeypatch):
+    u = _module("update_readme")
+    monkeypatch.setattr(u, "RESULTS", tmp_path)
+    monkeypatch.setattr(u, "QUALITY", "q")
+    monkeypatch.setattr(u, "SPAN", 16)
+    monkeypatch.setattr(u, "KEEP", 0.1)
+    absent = u.quality_section()
+    assert "not recorded yet" in absent and "results/q/rows.jsonl" in absent
+    assert absent.strip().count("\n") == 0  # one line
+    report.write_report([str(sweep / "grid")], tmp_path / "q", compact=True)
+    (tmp_path / "q" / "README.md").write_text("# a grid\n\nMade by: `run.py`\n")
+    text = u.quality_section()
+    assert "| niah_pflash | pflash | 1K |" in text and "`results/q/tables.md`" in text
+    assert "single-needle tasks" in text  # the headline at (SPAN, KEEP)
+    (tmp_path / "bare").mkdir()
+    index = u.write_index().read_text()
+    assert "| [`q/`](q/) | a grid | `run.py` | cpu |" in index
+    assert "| [`bare/`](bare/) | **no README.md" in index
