@@ -12,35 +12,42 @@ from pflash_jax.pflash.config import (
     preset,
 )
 
+# Every option of both presets, copied from the values pflash/config.py documents (and where
+# they come from): a change to a preset must change this table too.
+DOCUMENTED = {
+    "pflash": dict(n_tail=8, tail_mode="tail", rope="nope", pooling="after_mean", pool_width=13,
+                   span_size=32, keep_ratio=0.05, rounding="floor", forced_head_spans=8,
+                   forced_tail_spans=24, positions="renumbered", attention_impl="auto",
+                   alpha=0.12, block_density=None, block_size=128),
+    "specprefill": dict(n_tail=8, tail_mode="lookahead", rope="post", pooling="per_row",
+                        pool_width=13, span_size=32, keep_ratio=0.1, rounding="ceil",
+                        forced_head_spans=0, forced_tail_spans=0, positions="original",
+                        attention_impl="dense", alpha=0.12, block_density=None,
+                        block_size=128),
+}
 
-def test_presets_reproduce_the_two_systems():
-    pf, sp = preset("pflash"), preset("specprefill")
-    assert (pf.scoring.pooling, pf.scoring.rope, pf.scoring.tail_mode) == (
-        "after_mean",
-        "nope",
-        "tail",
-    )
-    assert (
-        pf.selection.rounding,
-        pf.selection.forced_head_spans,
-        pf.selection.forced_tail_spans,
-        pf.selection.positions,
-    ) == ("floor", 8, 24, "renumbered")
-    assert (pf.selection.span_size, pf.selection.keep_ratio) == (32, 0.05)
-    assert (sp.scoring.pooling, sp.scoring.rope, sp.scoring.tail_mode) == (
-        "per_row",
-        "post",
-        "lookahead",
-    )
-    assert (
-        sp.selection.rounding,
-        sp.selection.forced_head_spans,
-        sp.selection.forced_tail_spans,
-        sp.selection.positions,
-    ) == ("ceil", 0, 0, "original")
-    assert sp.attention_impl == "dense" and pf.attention_impl != "dense"
-    assert pf.scoring.pool_width == sp.scoring.pool_width == 13
-    assert (pf.preset, sp.preset) == ("pflash", "specprefill")
+
+@pytest.mark.parametrize("name", ["pflash", "specprefill"])
+def test_presets_reproduce_the_two_systems(name):
+    cfg = preset(name)
+    assert cfg.to_dict() == {**DOCUMENTED[name], "preset": name}, name
+    assert PRESETS[name] == DOCUMENTED[name]
+    # and each value sits in the dataclass the option belongs to
+    s, sel = cfg.scoring, cfg.selection
+    assert (s.n_tail, s.tail_mode, s.rope, s.pooling, s.pool_width) == tuple(
+        DOCUMENTED[name][k] for k in ("n_tail", "tail_mode", "rope", "pooling", "pool_width"))
+    assert (sel.span_size, sel.keep_ratio, sel.rounding, sel.forced_head_spans,
+            sel.forced_tail_spans, sel.positions) == tuple(
+        DOCUMENTED[name][k] for k in ("span_size", "keep_ratio", "rounding", "forced_head_spans",
+                                      "forced_tail_spans", "positions"))
+
+
+@pytest.mark.parametrize("name", ["pflash", "specprefill"])
+def test_to_dict_rebuilds_the_same_config(name):
+    """metrics.json records to_dict(); the preset and options it holds rebuild the config."""
+    cfg = preset(name, span_size=16, keep_ratio=0.25, rope="post", block_density=0.3)
+    flat = cfg.to_dict()
+    assert preset(flat.pop("preset"), **flat) == cfg
 
 
 def test_default_is_pflash_with_original_positions():
