@@ -1,4 +1,4 @@
-"""The conversion cache (embedded.py): keyed by content and dtype, never serves a half-written
+"""The conversion cache (convert.py): keyed by content and dtype, never serves a half-written
 entry, evicts what a retrained folder left behind, and can be listed and cleared."""
 
 import json
@@ -8,9 +8,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from pflash_jax import embedded
+from pflash_jax import convert as convert_module
 from pflash_jax.convert import main
-from pflash_jax.embedded import MARKER, cache_entries, content_key, open_model
+from pflash_jax.convert import MARKER, cache_entries, content_key
+from pflash_jax.embedded import open_model
 from pflash_jax.models.qwen3 import logits
 
 from .conftest import hf_copy, reference, rewrite
@@ -106,7 +107,7 @@ def test_help_documents_the_cache(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "$PFLASH_CACHE" in out and "--list-cache" in out and "--clear-cache" in out
-    assert "PFLASH_CACHE" in embedded.__doc__
+    assert "PFLASH_CACHE" in convert_module.__doc__
 
 
 def test_content_sample_of_a_large_file(tmp_path):

@@ -13,7 +13,8 @@ import pytest
 
 from pflash_jax import convert as convert_mod
 from pflash_jax.convert import STALE_AFTER_S, convert, main
-from pflash_jax.embedded import cache_entries, open_model
+from pflash_jax.convert import cache_entries
+from pflash_jax.embedded import open_model
 from pflash_jax.models.loading import load_model
 
 from .conftest import FIXTURES, hf_copy
