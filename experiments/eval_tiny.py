@@ -53,7 +53,7 @@ def render(rows: list[dict], prov: dict, cfg: dict) -> str:
             + head + body)
 
 
-@hydra.main(config_path="../configs", config_name="eval_tiny", version_base=None)
+@hydra.main(config_path="../pflash_jax/configs", config_name="eval_tiny", version_base=None)
 def main(c: DictConfig) -> None:
     # dtype "auto": bf16 on GPU (cuDNN flash attention needs a 16-bit dtype), f32 on CPU
     drafter, target = (

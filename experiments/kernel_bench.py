@@ -1,4 +1,5 @@
-"""Block-sparse attention kernel benchmark (issue 3), Hydra-configured (configs/kernel_bench.yaml).
+"""Block-sparse attention kernel benchmark (issue 3), Hydra-configured
+(pflash_jax/configs/kernel_bench.yaml).
 
 Per (S, density) cell, in one process on one card: fixed-density selection time, alpha-mode
 selection time, Triton sparse forward time, cuDNN dense causal time, effective TFLOP/s on the kept
@@ -260,7 +261,7 @@ def table(metrics) -> str:
     return "\n".join(lines) + "\n"
 
 
-@hydra.main(config_path="../configs", config_name="kernel_bench", version_base="1.3")
+@hydra.main(config_path="../pflash_jax/configs", config_name="kernel_bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     global INTERPRET, IMPL
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))

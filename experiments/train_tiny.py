@@ -125,7 +125,7 @@ def prefetch(c: DictConfig, start: int):
         yield from pool.imap(step_batch, specs, chunksize=4)
 
 
-@hydra.main(config_path="../configs", config_name="train_tiny", version_base=None)
+@hydra.main(config_path="../pflash_jax/configs", config_name="train_tiny", version_base=None)
 def main(c: DictConfig) -> None:
     tok = tiny_tokenizer()
     vocab = -(-tok.get_vocab_size() // 128) * 128  # padded: tidy matmul shapes

@@ -25,8 +25,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
-sys.path.insert(0, str(REPO / "experiments"))
-from report import ROWS, load_rows, read_compact, write_report  # noqa: E402
+from pflash_jax.report import ROWS, load_rows, read_compact, write_report  # noqa: E402
 
 # The quality grid (span x keep, both presets) the README's quality section reads: point this
 # at a new sweep's compact folder (report.py OUTPUTS --out results/NAME --compact).

@@ -28,7 +28,7 @@ import numpy as np
 from pflash_jax.bench import peak_memory_bytes, provenance, write_metrics
 from pflash_jax.run_config import ModelSpec, RunConfig
 
-REPO = Path(__file__).resolve().parent.parent
+CONFIGS = Path(__file__).resolve().parent / "configs"  # package data: works installed too
 
 
 # ---------------------------------------------------------------- models and prompts
@@ -419,7 +419,7 @@ def main() -> None:
     run_config.register()
     debug = os.environ.get("PFLASH_DEBUG", "") not in ("", "0")
 
-    @hydra.main(config_path=str(REPO / "configs"), config_name="config", version_base=None)
+    @hydra.main(config_path=str(CONFIGS), config_name="config", version_base=None)
     def _main(d) -> None:
         _quiet_logs()
         hydra_out = Path(HydraConfig.get().runtime.output_dir)

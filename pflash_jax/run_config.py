@@ -1,9 +1,9 @@
 """Structured-config schemas of the run job (`pflash-run`, `experiments/run.py`).
 
-These dataclasses are registered with Hydra's ConfigStore as the schema of configs/config.yaml,
-so a misspelt key or a wrong type fails at composition, before any model loads. The entry
-point converts the composed DictConfig to these plain dataclasses once (`to_run_config`);
-nothing below the entry point sees Hydra.
+These dataclasses are registered with Hydra's ConfigStore as the schema of
+pflash_jax/configs/config.yaml, so a misspelt key or a wrong type fails at composition, before
+any model loads. The entry point converts the composed DictConfig to these plain dataclasses
+once (`to_run_config`); nothing below the entry point sees Hydra.
 """
 
 from __future__ import annotations

@@ -2,18 +2,16 @@
 display stack): block masks, drafter importance with the needle and kept spans, result rows.
 
 Every plotting function draws a new figure and returns it; notebooks call `plt.show()`.
-`load_results` reads metrics.json files with experiments/report.py's own functions (loaded by
-path: experiments/ is not a package), so the notebook tables are the report's tables.
+`load_results` reads metrics.json and rows.jsonl files with pflash_jax/report.py's own
+functions, so the notebook tables are the report's tables.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
 KEPT_COLOR, DROPPED_COLOR, NEEDLE_COLOR = "tab:blue", "0.88", "tab:red"
 
 
@@ -151,22 +149,15 @@ def plot_ttft_breakdown(timings: dict[str, dict], stages=None, title: str = "TTF
 
 
 # ---------------------------------------------------------------- results
-def _report_module():
-    """experiments/report.py, loaded by path (experiments/ is scripts, not a package)."""
-    path = REPO / "experiments" / "report.py"
-    spec = importlib.util.spec_from_file_location("pflash_report", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def load_results(root="results", *, verbose: bool = True) -> list[dict]:
-    """Flat run rows (report.flat_rows) of every metrics.json under `root`; [] when none.
+    """Flat run rows (report.load_rows) of every metrics.json and rows.jsonl under `root`;
+    [] when none.
 
     Says what it found and what is missing instead of raising: a fresh clone or CI may have an
     empty results/ folder, or only metrics of other experiments (kernel bench, training).
     """
-    report = _report_module()
+    from pflash_jax import report
+
     root = Path(root)
     say = print if verbose else (lambda *a, **k: None)
     if not root.exists():
@@ -174,15 +165,17 @@ def load_results(root="results", *, verbose: bool = True) -> list[dict]:
             f"`python experiments/run.py -m experiment=smoke`, then "
             f"`python experiments/report.py outputs --out {root}/NAME`.")
         return []
-    paths = report.find_metrics([str(root)])
-    if not paths:
-        say(f"no metrics.json under {root}/ (it holds {sum(1 for _ in root.rglob('*'))} "
-            f"other files).")
+    metrics, compact = report.find_sources([str(root)])
+    paths = [p for p, _ in metrics]
+    if not paths and not compact:
+        say(f"no metrics.json or {report.ROWS} under {root}/ (it holds "
+            f"{sum(1 for _ in root.rglob('*'))} other files).")
         return []
-    rows = report.flat_rows(paths)
+    rows = report.load_rows([str(root)])
     used = {r["source"] for r in rows}
     others = [str(p) for p in paths if str(p) not in used]
-    say(f"{len(paths)} metrics.json under {root}/: {len(rows)} pipeline runs"
+    say(f"{len(paths)} metrics.json and {len(compact)} {report.ROWS} under {root}/: "
+        f"{len(rows)} pipeline runs"
         + (f"; not pipeline runs (see 'Other experiments'): {', '.join(others)}" if others else ""))
     if rows:
         have_speed = sum(r.get("full_ttft_s") is not None for r in rows)
@@ -194,7 +187,8 @@ def load_results(root="results", *, verbose: bool = True) -> list[dict]:
 
 def results_tables(rows: list[dict]) -> str:
     """The report's speed and quality tables as one Markdown string ("" without rows)."""
-    report = _report_module()
+    from pflash_jax import report
+
     st, qt = report.speed_table(rows), report.quality_table(rows)
     text = ""
     if st:
@@ -208,7 +202,9 @@ def report_plots(rows: list[dict], out) -> list[Path]:
     """The report's own plots (those its rows allow: several S, several keep ratios), as PNGs."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return [out / f for f in _report_module().plots(rows, out)]
+    from pflash_jax import report
+
+    return [out / f for f in report.plots(rows, out)]
 
 
 def plot_result_rows(rows: list[dict]):
@@ -255,7 +251,8 @@ def other_results(root="results") -> list[tuple[Path, dict]]:
     beside them, which `show_other_results` displays."""
     import json
 
-    report = _report_module()
+    from pflash_jax import report
+
     root = Path(root)
     if not root.exists():
         return []

@@ -13,7 +13,7 @@ from pflash_jax import run_config
 from pflash_jax.pflash.config import PRESETS
 from pflash_jax.run import pflash_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "pflash_jax" / "configs"
 run_config.register()
 
 
@@ -27,7 +27,7 @@ def _group_options(group):
 
 
 def _file(group: str, option: str) -> dict:
-    """What one yaml file sets. group "model@drafter" reads configs/model/."""
+    """What one yaml file sets. group "model@drafter" reads pflash_jax/configs/model/."""
     return yaml.safe_load((CONFIGS / group.split("@")[0] / f"{option}.yaml").read_text()) or {}
 
 

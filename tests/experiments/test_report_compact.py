@@ -1,11 +1,11 @@
-"""experiments/report.py --compact: a sweep's metrics.json files -> one rows.jsonl, and every
-table read back from it equals the table of the raw files. Metrics come from real tiny runs on
-the CPU: a span x keep grid job (whose cells share one full-prefill baseline) and a timed job."""
+"""pflash_jax/report.py (experiments/report.py) --compact: a sweep's metrics.json files ->
+one rows.jsonl, and every table read back from it equals the table of the raw files. Metrics
+come from real tiny runs on the CPU: a span x keep grid job (whose cells share one full-prefill
+baseline) and a timed job."""
 
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +14,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _module(name):
-    sys.path.insert(0, str(REPO / "experiments"))  # update_readme imports report by name
     spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-report = _module("report")
+from pflash_jax import report  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ run_config.register()
 
 
 def _config(*overrides):
-    with initialize_config_dir(str(REPO / "configs"), version_base=None):
+    with initialize_config_dir(str(REPO / "pflash_jax" / "configs"), version_base=None):
         return run_config.to_run_config(compose("config", overrides=list(overrides)))
 
 

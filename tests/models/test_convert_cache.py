@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from pflash_jax import convert as convert_module
-from pflash_jax.convert import main
-from pflash_jax.convert import MARKER, cache_entries, content_key
+from pflash_jax.convert import MARKER, cache_entries, content_key, main
 from pflash_jax.embedded import open_model
 from pflash_jax.models.qwen3 import logits
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from pflash_jax import convert as convert_mod
-from pflash_jax.convert import STALE_AFTER_S, convert, main
-from pflash_jax.convert import cache_entries
+from pflash_jax.convert import STALE_AFTER_S, cache_entries, convert, main
 from pflash_jax.embedded import open_model
 from pflash_jax.models.loading import load_model
 
