@@ -1,6 +1,6 @@
 """Full-prefill baseline: random-init Qwen3 of real shapes, bf16, one long prompt.
 
-The number every PFlash speedup is measured against (DESIGN section 1): a Qwen3-8B-shaped
+The number every PFlash speedup is measured against (docs/design.md section 1): a Qwen3-8B-shaped
 prefill of 131072 random tokens with cuDNN flash attention returning the KV cache and the
 first-token logits, and a Qwen3-0.6B-shaped dense forward (the dense drafter) likewise.
 

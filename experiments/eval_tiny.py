@@ -1,4 +1,4 @@
-"""Held-out quality of the tiny pair (issue 5, DESIGN section 5): per task and length, the
+"""Held-out quality of the tiny pair (issue 5, docs/design.md section 5): per task and length, the
 target's exact-match accuracy with full prefill, the drafter's needle recall at keep_ratio,
 and (with_pflash) the PFlash accuracy on the same cases. Writes metrics.json + table.md.
 """

@@ -1,4 +1,5 @@
-"""Train the tiny target/drafter pair (DESIGN section 5) and export them as HF Qwen3 checkpoints.
+"""Train the tiny target/drafter pair (docs/design.md section 5); export them as HF Qwen3
+checkpoints.
 
 Design choices:
 - Both models train on the same batches in one process (the data generator, on the host, is

@@ -105,7 +105,7 @@ def quality_section() -> str:
     current = embedded_target_weights()
     which = ", ".join(weights) + (", the embedded target's" if weights == [current] else
                                   f"; the embedded target's is now {current}")
-    out += [f"\nQuality on the tiny pair (trained here; DESIGN section 5; target weights "
+    out += [f"\nQuality on the tiny pair (trained here; docs/design.md section 5; target weights "
             f"fingerprint {which}), "
             f"{', '.join(str(n) for n in sorted({r['n_cases'] for r in rows}))} held-out cases "
             f"per task and length, span {SPAN} (the speedup's), "

@@ -20,9 +20,9 @@
 #   only those tokens, then decodes the answer;
 # - **full prefill**: the target reads every token (the baseline).
 #
-# Models: the embedded tiny trained Qwen3-architecture pair (`pflash_jax/assets/tiny`, DESIGN
-# section 5). They are small and may be retrained: the answers below are whatever the current
-# weights say, right or wrong. Runs on a CPU; `PFLASH_NB_SMALL=1` halves the prompt.
+# Models: the embedded tiny trained Qwen3-architecture pair (`pflash_jax/assets/tiny`,
+# docs/design.md section 5). They are small and may be retrained: the answers below are whatever
+# the current weights say, right or wrong. Runs on a CPU; `PFLASH_NB_SMALL=1` halves the prompt.
 
 # %%
 import os
@@ -64,8 +64,8 @@ print("expected:", case.answers)
 # The `pflash` preset (NoPE scoring, smoothing after the mean, floor budget) with three changes:
 # keep 10% of the spans; force only 1 head and 2 tail spans (the preset's 8 + 24 forced spans
 # would be half of a 2K prompt and hide the selection); and keep the tokens' original positions
-# (DESIGN 1.2: our default when drafter and target share a tokenizer; the preset renumbers them
-# 0..K-1 like PFlash's text round-trip).
+# (docs/design.md 1.2: our default when drafter and target share a tokenizer; the preset
+# renumbers them 0..K-1 like PFlash's text round-trip).
 
 # %%
 cfg = preset("pflash", keep_ratio=0.1, forced_head_spans=1, forced_tail_spans=2,

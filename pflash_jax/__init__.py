@@ -4,7 +4,7 @@ Axis alphabet (used in einsums, shape comments and annotations across the packag
   B batch, T query length, S key length, D model dim, N query heads, K kv heads,
   G = N // K (query heads per kv head), H head dim, F MLP dim, V vocab, L layers.
 
-Public entry points (DESIGN.md section 3) are imported lazily so that `import pflash_jax`
+Public entry points (docs/design.md section 3) are imported lazily so that `import pflash_jax`
 stays cheap for tools that only need one submodule.
 """
 

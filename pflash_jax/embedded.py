@@ -2,8 +2,8 @@
 
 `open_model(path)` accepts a converted directory or a Hugging Face Qwen3 directory; an HF one
 is converted once into the conversion cache, then loaded. The tiny pair ships as HF
-checkpoints in pflash_jax/assets/tiny/{drafter,target} (DESIGN section 5), so it goes through
-exactly the converter and loader a user's real Qwen3 would.
+checkpoints in pflash_jax/assets/tiny/{drafter,target} (docs/design.md section 5), so it goes
+through exactly the converter and loader a user's real Qwen3 would.
 
 The conversion cache (where, key, eviction, never half-written) is described in
 pflash_jax/convert.py; `open_model` uses it through `convert.cached_conversion`.

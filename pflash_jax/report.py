@@ -1,5 +1,5 @@
-"""Turn run metrics into the Markdown tables and PNG plots of DESIGN section 6, and keep what a
-sweep leaves in results/ small.
+"""Turn run metrics into the Markdown tables and PNG plots of docs/design.md section 7, and keep
+what a sweep leaves in results/ small.
 
     python experiments/report.py SRC [SRC ...] --out results/NAME             # report
     python experiments/report.py SRC [SRC ...] --out results/NAME --compact   # + rows.jsonl

@@ -32,7 +32,7 @@ class AttentionSpec:
     group file or an experiment) wins over the preset."""
 
     impl: str | None = None  # auto | reference | triton | mosaic | dense
-    alpha: float | None = None  # normalised-mass threshold (DESIGN 1.1); presets: 0.12
+    alpha: float | None = None  # normalised-mass threshold (docs/design.md 1.1); presets: 0.12
     density: float | None = None  # fixed block density (random weights) instead of alpha
     block_size: int | None = None  # presets: 128
     # The target's dense attention, for its PFlash prefill and the full-prefill baseline alike:

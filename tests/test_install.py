@@ -11,7 +11,6 @@ import json
 import os
 import site
 import subprocess
-import sys
 import venv
 from pathlib import Path
 

@@ -1,6 +1,6 @@
 """Write our params as an ordinary Hugging Face Qwen3 checkpoint (the inverse of conversion).
 
-Used to ship the tiny trained pair (DESIGN section 5): the export goes through the same
+Used to ship the tiny trained pair (docs/design.md section 5): the export goes through the same
 converter and loader as a real Qwen3 checkpoint and loads in transformers too. The mapping is
 `weights.HF_RULES` read backwards, so the two directions cannot drift apart.
 """

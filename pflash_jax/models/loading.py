@@ -1,4 +1,4 @@
-"""Load a converted checkpoint directory (DESIGN section 4) into a `Model`.
+"""Load a converted checkpoint directory (docs/design.md section 4) into a `Model`.
 
 The directory holds config.json (checked by `Qwen3Config.from_file`), model.safetensors (or
 shards with model.safetensors.index.json) in our flattened names, and tokenizer.json when

@@ -371,7 +371,7 @@ decode_jit = jax.jit(decode, static_argnames=("cfg",), donate_argnames=("cache",
 
 
 def logits(model, ids, *, attn: str | AttnFn = "reference") -> jax.Array:
-    """float32 [T, V] logits of a 1-D id array at positions 0..T-1 (DESIGN section 3)."""
+    """float32 [T, V] logits of a 1-D id array at positions 0..T-1 (docs/design.md section 3)."""
     ids = check_ids(ids, model.config.vocab_size, "logits: ids")
     if ids.ndim != 1:
         raise ValueError(f"logits expects a 1-D id array, got shape {ids.shape}")

@@ -4,20 +4,22 @@ These are not model architecture (that is `Qwen3Config`): they are what a sweep 
 every result row must name. All dataclasses are frozen and hashable, so a config can be a static
 argument of a jitted function; each validates itself on construction and names the bad option.
 
-Two presets reproduce the published systems (DESIGN.md 1.2); `preset(name, **overrides)` builds
+Two presets reproduce the published systems (docs/design.md 1.2); `preset(name, **overrides)` builds
 one with flat overrides (`preset("pflash", keep_ratio=0.1, rope="post")`).
 
 Preset values ("pflash" / "specprefill") and where they come from:
-- n_tail, tail_mode: 8 "tail" / 8 "lookahead" (DESIGN 1.2; SpecPrefill's README example runs
+- n_tail, tail_mode: 8 "tail" / 8 "lookahead" (docs/design.md 1.2; SpecPrefill's README example runs
   its `config_p1_full_lah8` config, look-ahead 8).
-- rope: "nope" / "post" (DESIGN 1.2; PFlash's scorer defaults to pre-RoPE q/k: Luce-Org/lucebox
-  PR #574 speaks of "the default NoPE scoring path", post-RoPE being the legacy option).
-- pooling: "after_mean" / "per_row"; pool_width 13 for both (DESIGN 1 and 1.2).
+- rope: "nope" / "post" (docs/design.md 1.2; PFlash's scorer defaults to pre-RoPE q/k:
+  Luce-Org/lucebox PR #574 speaks of "the default NoPE scoring path", post-RoPE being the legacy
+  option).
+- pooling: "after_mean" / "per_row"; pool_width 13 for both (docs/design.md 1 and 1.2).
 - span_size: 32 / 32 (issue 4's benchmark uses span 32; SpecPrefill keeps fixed-size chunks).
 - keep_ratio: 0.05 / 0.1 (issue 4's benchmark keeps 0.05; SpecPrefill's README headline keeps
   10% of the tokens).
-- rounding: "floor" (at least 1) / "ceil"; forced spans: 8 head + 24 tail / none (DESIGN 1.2).
-- positions: "renumbered" (PFlash's text round-trip) / "original" (DESIGN 1.2).
+- rounding: "floor" (at least 1) / "ceil"; forced spans: 8 head + 24 tail / none
+  (docs/design.md 1.2).
+- positions: "renumbered" (PFlash's text round-trip) / "original" (docs/design.md 1.2).
 - attention_impl: "auto" (block-sparse: Mosaic kernel on Hopper, Triton on other GPUs,
   reference on CPU) / "dense":
   PFlash's drafter is block-sparse, SpecPrefill's dense.
@@ -25,7 +27,8 @@ Preset values ("pflash" / "specprefill") and where they come from:
 - alpha 0.12, block_density None, block_size 128 for both (only read by block-sparse impls).
 
 The plain dataclass defaults are *our* defaults: the PFlash values, except positions="original"
-(DESIGN 1.2: our default when drafter and target share a tokenizer). Experiments decide the rest.
+(docs/design.md 1.2: our default when drafter and target share a tokenizer). Experiments decide
+the rest.
 Span size and keep ratio are sweep axes: the preset values only fix a starting point.
 """
 
@@ -63,7 +66,7 @@ def _check_fraction(owner: str, name: str, value, allow_zero: bool = False) -> N
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """How the drafter turns tail attention into per-token importance (DESIGN 1.2).
+    """How the drafter turns tail attention into per-token importance (docs/design.md 1.2).
 
     n_tail: number of tail queries (last prompt tokens, or last token + look-ahead tokens).
     tail_mode: "tail" = the last n_tail prompt tokens' queries; "lookahead" = the last prompt
@@ -95,7 +98,7 @@ class ScoringConfig:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """How importance becomes kept spans (DESIGN 1.2). See `spans.select_spans`.
+    """How importance becomes kept spans (docs/design.md 1.2). See `spans.select_spans`.
 
     span_size: tokens per span; the last span may be partial.
     keep_ratio: fraction of spans kept by score, in (0, 1]; 1 keeps every span.
@@ -128,11 +131,12 @@ class PFlashConfig:
 
     attention_impl: the drafter's attention. "auto" = "mosaic" on Hopper (bf16/f16; "triton"
         for float32 there), "triton" on other GPUs, "reference" without a GPU.
-        "reference" / "triton" / "mosaic" are the same block-sparse algorithm (DESIGN 1.1) on
-        different backends; "dense" runs full causal attention (SpecPrefill's drafter, and the
-        ablation without block sparsity).
-    alpha: FlashPrefill block-selection threshold on the *normalised* mass scale (DESIGN 1.1,
-        0.08-0.18 in the paper's configs; not comparable with unnormalised 0.7-0.85 values).
+        "reference" / "triton" / "mosaic" are the same block-sparse algorithm
+        (docs/design.md 1.1) on different backends; "dense" runs full causal attention
+        (SpecPrefill's drafter, and the ablation without block sparsity).
+    alpha: FlashPrefill block-selection threshold on the *normalised* mass scale
+        (docs/design.md 1.1, 0.08-0.18 in the paper's configs; not comparable with unnormalised
+        0.7-0.85 values).
     block_density: None = alpha-driven dynamic selection; a fraction in (0, 1] = keep that
         fraction of blocks per query-block row (fixed-density mode for timing random weights).
     block_size: attention block size in tokens.

@@ -1,4 +1,4 @@
-"""Token importance from the drafter's tail attention (DESIGN.md 1.2).
+"""Token importance from the drafter's tail attention (docs/design.md 1.2).
 
     p[l, n, t, j] = softmax_j(q[l, t, n] . k[l, j, n // G] / sqrt(H))   float32, causal per row
     importance[j] = mean_t max_{l, n} pool(p)[l, n, t, j]

@@ -1,4 +1,4 @@
-"""From importance[S] to the kept token positions (DESIGN.md 1.2). NumPy, once per prompt.
+"""From importance[S] to the kept token positions (docs/design.md 1.2). NumPy, once per prompt.
 
     span score  = mean importance over each span of `span_size` tokens (partial last span:
                   mean of its valid tokens)
