@@ -28,12 +28,8 @@ from pflash_jax.attention import dense_attention, select_blocks, select_blocks_f
 from pflash_jax.attention import mosaic as mg  # noqa: E402
 from pflash_jax.attention import triton as tr  # noqa: E402
 from pflash_jax.attention.blockmask import BlockMask  # noqa: E402
-from pflash_jax.attention.selection import (  # noqa: E402
-    block_mass,
-    block_mass_triton,
-    block_means,
-    structural_mask,
-)
+from pflash_jax.attention.selection import block_mass, block_means, structural_mask  # noqa: E402
+from pflash_jax.attention.selection_triton import block_mass_triton  # noqa: E402
 
 
 def inputs(S, cfg, seed=0):

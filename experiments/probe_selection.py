@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pflash_jax import bench
-from pflash_jax.attention import blockmask, selection
+from pflash_jax.attention import blockmask, selection, selection_triton
+from pflash_jax.attention.selection_triton import MassTiles
 
 
 def block_means_sum(k, block_size: int):
@@ -146,19 +147,22 @@ def main() -> None:
 
     # The unfused path (mass kernel, XLA epilogue over [B,N,M,M], from_dense) is the reference
     # for every variant below, the fused one included.
-    unfused = jax.jit(lambda q, k: selection._select_dense(q, k, alpha=0.1))
+    unfused = jax.jit(lambda q, k: selection.select_blocks_unfused(q, k, alpha=0.1))
     base = unfused(q, k)
     timed("select_blocks unfused (XLA epilogue + from_dense)", unfused, q, k)
     sel = jax.jit(lambda q, k: selection.select_blocks(q, k, alpha=0.1))
     check_fused(sel(q, k), base, selection.block_mass(q, k, block_size=128), alpha=0.1)
     timed("select_blocks (current: fused epilogue kernel)", sel, q, k)
-    chunks = jax.jit(lambda q, k: selection._mass_chunks(q, k, block_size=128, interpret=False))
+    chunks = jax.jit(lambda q, k: selection_triton.mass_chunks(q, k, block_size=128,
+                                                               interpret=False))
     timed("mass kernel alone (fused total minus this = epilogue kernel)", chunks, q, k)
-    # The mass kernel's tiles (selection.MASS_TILES is the default): same output, other speed.
+    # The mass kernel's tiles (selection_triton.MASS_TILES is the default): same output, other
+    # speed.
     e0, c0 = chunks(q, k)
     for chunk, warps, stages in [(c, w, s) for c in (64, 128) for w in (4, 8) for s in (1, 2, 3)]:
-        f = jax.jit(lambda q, k, c=chunk, w=warps, s=stages: selection._mass_chunks(
-            q, k, block_size=128, interpret=False, chunk=c, num_warps=w, num_stages=s))
+        tiles = MassTiles(chunk=chunk, num_warps=warps, num_stages=stages)
+        f = jax.jit(lambda q, k, t=tiles: selection_triton.mass_chunks(
+            q, k, block_size=128, interpret=False, tiles=t))
         e, c = f(q, k)
         if chunk == e0.shape[-1]:  # other chunks lay e out differently
             np.testing.assert_allclose(np.asarray(e), np.asarray(e0), rtol=1e-3, atol=1e-6)
@@ -173,16 +177,18 @@ def main() -> None:
         np.testing.assert_array_equal(np.asarray(idx), np.asarray(base.indices))
         timed(name, f, mask)
 
-    saved = (selection.block_means, blockmask.compress)
-    for name, means, comp in [("unfused select + compress sortkeys", saved[0], compress_sortkeys),
-                              ("unfused select + compress bits", saved[0], compress_bits)]:
-        selection.block_means, blockmask.compress = means, comp
+    # BlockMask.from_dense looks compress up in blockmask's namespace: swapping it there swaps
+    # the unfused path's compression.
+    saved = blockmask.compress
+    for name, comp in [("unfused select + compress sortkeys", compress_sortkeys),
+                       ("unfused select + compress bits", compress_bits)]:
+        blockmask.compress = comp
         jax.clear_caches()  # the jitted selection functions would reuse their old traces
-        f = jax.jit(lambda q, k: selection._select_dense(q, k, alpha=0.1))
+        f = jax.jit(lambda q, k: selection.select_blocks_unfused(q, k, alpha=0.1))
         out = f(q, k)
         np.testing.assert_array_equal(np.asarray(out.indices), np.asarray(base.indices))
         timed(name, f, q, k)
-        selection.block_means, blockmask.compress = saved
+        blockmask.compress = saved
         jax.clear_caches()
 
     prov = bench.provenance()

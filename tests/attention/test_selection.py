@@ -1,4 +1,4 @@
-"""FlashPrefill block selection against a plain NumPy re-implementation (DESIGN 1.1)."""
+"""FlashPrefill block selection against a plain NumPy re-implementation (docs/design.md 1.1)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,8 @@ import pytest
 
 from pflash_jax.attention import BlockMask, select_blocks, select_blocks_fixed_density, selection
 from pflash_jax.attention.blockmask import compress
-from pflash_jax.attention.selection import block_mass, block_mass_xla
+from pflash_jax.attention.selection import block_mass
+from pflash_jax.attention.selection_xla import block_mass_xla
 from tests.tolerances import assert_close
 
 
@@ -257,7 +258,7 @@ def test_fused_select_equals_unfused(S, bs, N, K, B, dtype, alpha, structural):
     kw = dict(alpha=alpha, block_size=bs, sink=sink, window=window, last_full=last_full,
               impl="triton", interpret=True)
     got = select_blocks(q, k, **kw)
-    exp = selection._select_dense(q, k, **kw)
+    exp = selection.select_blocks_unfused(q, k, **kw)
     for field in ("mask", "indices", "counts"):
         a, b = np.asarray(getattr(got, field)), np.asarray(getattr(exp, field))
         assert a.shape == b.shape and a.dtype == b.dtype, f"{field}: {a.shape} {a.dtype}"
@@ -334,7 +335,7 @@ def test_gpu_fused_select_matches_unfused(S):
     q, k = _qk(13, S, 4, 2, H=128, scale=3.0)
     q, k = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
     got = select_blocks(q, k, alpha=0.1, block_size=128, impl="triton")
-    exp = selection._select_dense(q, k, alpha=0.1, block_size=128, impl="triton")
+    exp = selection.select_blocks_unfused(q, k, alpha=0.1, block_size=128, impl="triton")
     mass = np.asarray(block_mass(q, k, block_size=128, impl="triton"))
     thr = 0.1 * mass.max(-1, keepdims=True)
     edge = np.abs(mass - thr) <= 1e-5 * thr
