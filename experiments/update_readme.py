@@ -112,8 +112,9 @@ def quality_section() -> str:
             f"{', '.join(sorted({r['device'] for r in rows}))}, commit(s) "
             f"{', '.join(sorted({r['commit'] for r in rows}))}. Accuracy (exact match) of PFlash "
             f"at each keep ratio beside full prefill of the same cases, averaged over the lengths "
-            f"run (S column). The tiny target was trained to 16K, so this is where quality is "
-            f"measured; the 128K speed rows above use random weights.", ""]
+            f"run (S column), the mean kept share of tokens in brackets; forced head/tail spans "
+            f"{forced_rule(rows)}. The tiny target was trained to 16K, so this is where "
+            f"quality is measured; the 128K speed rows above use random weights.", ""]
     out += keep_table(rows)
     out.append(f"\nEvery span size x keep ratio cell, drafter needle recall, kept fraction and "
                f"plots (accuracy heatmap per preset and length, accuracy against keep ratio): "
@@ -121,9 +122,17 @@ def quality_section() -> str:
     return "\n".join(out)
 
 
+def forced_rule(rows) -> str:
+    """How the sweep counted forced spans (rows recorded before the option existed: on top)."""
+    modes = sorted({r.get("forced_spans") or "on_top" for r in rows})
+    says = {"on_top": "on top of the keep budget (so the kept share exceeds the keep ratio, "
+                      "most at 4K)", "inside": "inside the keep budget"}
+    return " / ".join(says[m] for m in modes)
+
+
 def keep_table(rows) -> list[str]:
     """Header, then one line per (task, preset): full-prefill accuracy and PFlash accuracy per
-    keep ratio, each averaged over the lengths run."""
+    keep ratio, each averaged over the lengths run, with the kept share of tokens beside it."""
     keeps = sorted({r["keep_ratio"] for r in rows})
     out = ["| task | preset | S | full | " + " | ".join(f"keep {k}" for k in keeps) + " |",
            "| --- | --- | --- | --- |" + " --- |" * len(keeps)]
@@ -133,8 +142,9 @@ def keep_table(rows) -> list[str]:
         full = np.mean([r["full_acc"] for r in g])
         cells = []
         for k in keeps:
-            v = [r["pflash_acc"] for r in g if r["keep_ratio"] == k]
-            cells.append(f"{np.mean(v):.2f}" if v else "-")
+            v = [r for r in g if r["keep_ratio"] == k]
+            cells.append(f"{np.mean([r['pflash_acc'] for r in v]):.2f} "
+                         f"({100 * np.mean([r['kept_frac'] for r in v]):.0f}%)" if v else "-")
         out.append(f"| {task} | {pre} | {', '.join(f'{s // 1024}K' for s in lengths)} | "
                    f"{full:.2f} | " + " | ".join(cells) + " |")
     return out

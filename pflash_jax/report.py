@@ -91,6 +91,9 @@ def flat_row(m: dict, source: str) -> dict:
         "dtype": m["models"]["target"]["dtype"], "S": s["S"], "n_cases": s["n_cases"],
         "task": cases[0].get("task", m["run_config"]["task"]["name"]) if cases else None,
         "preset": pc["preset"], "keep_ratio": pc["keep_ratio"], "span_size": pc["span_size"],
+        # forced spans counted inside the budget or on top (metrics from before the option: on
+        # top, the only rule then)
+        "forced_spans": pc.get("forced_spans", "on_top"),
         "alpha": pc["alpha"], "density_cfg": pc["block_density"],
         "attention": pc["attention_impl"], "rope": pc["rope"], "pooling": pc["pooling"],
         # resolved kernels ("auto" on this card); older metrics files lack them

@@ -50,6 +50,7 @@ class SelectionSpec:
     rounding: str | None = None
     forced_head_spans: int | None = None
     forced_tail_spans: int | None = None
+    forced_spans: str | None = None  # inside (the budget) | on_top
     positions: str | None = None
     n_tail: int | None = None
     tail_mode: str | None = None

@@ -17,7 +17,8 @@ Preset values ("pflash" / "specprefill") and where they come from:
 - span_size: 32 / 32 (issue 4's benchmark uses span 32; SpecPrefill keeps fixed-size chunks).
 - keep_ratio: 0.05 / 0.1 (issue 4's benchmark keeps 0.05; SpecPrefill's README headline keeps
   10% of the tokens).
-- rounding: "floor" (at least 1) / "ceil"; forced spans: 8 head + 24 tail / none
+- rounding: "floor" (at least 1) / "ceil"; forced spans: 8 head + 24 tail / none, counted
+  inside the keep budget (forced_spans "inside"; the original PFlash scales them down to fit)
   (docs/design.md 1.2).
 - positions: "renumbered" (PFlash's text round-trip) / "original" (docs/design.md 1.2).
 - attention_impl: "auto" (block-sparse: Mosaic kernel on Hopper, Triton on other GPUs,
@@ -42,6 +43,7 @@ ROPE_MODES = ("post", "nope")
 POOLING_MODES = ("per_row", "after_mean")
 ROUNDING_MODES = ("ceil", "floor")
 POSITION_MODES = ("original", "renumbered")
+FORCED_MODES = ("inside", "on_top")
 ATTENTION_IMPLS = ("auto", "reference", "triton", "mosaic", "dense")
 
 
@@ -104,8 +106,12 @@ class SelectionConfig:
     keep_ratio: fraction of spans kept by score, in (0, 1]; 1 keeps every span.
     rounding: budget = ceil(n_spans * keep_ratio) ("ceil", SpecPrefill) or
         max(1, floor(n_spans * keep_ratio)) ("floor", PFlash).
-    forced_head_spans / forced_tail_spans: spans always kept at the start / end of the prompt,
-        on top of the score budget (PFlash 8 / 24, SpecPrefill 0 / 0).
+    forced_head_spans / forced_tail_spans: spans always kept at the start / end of the prompt
+        (PFlash 8 / 24, SpecPrefill 0 / 0).
+    forced_spans: "inside" (default) = the forced spans count inside the budget and shrink
+        proportionally when they alone would exceed it, so keep_ratio is the share of spans
+        actually kept at every length (+ the last token); "on_top" = added to the top-budget
+        spans (the rule of every result recorded before this option existed).
     positions: "original" = kept tokens keep their prompt positions; "renumbered" = 0..K-1.
     """
 
@@ -114,6 +120,7 @@ class SelectionConfig:
     rounding: str = "floor"
     forced_head_spans: int = 8
     forced_tail_spans: int = 24
+    forced_spans: str = "inside"
     positions: str = "original"
 
     def __post_init__(self):
@@ -122,6 +129,7 @@ class SelectionConfig:
         _check_choice("SelectionConfig", "rounding", self.rounding, ROUNDING_MODES)
         _check_int("SelectionConfig", "forced_head_spans", self.forced_head_spans, 0)
         _check_int("SelectionConfig", "forced_tail_spans", self.forced_tail_spans, 0)
+        _check_choice("SelectionConfig", "forced_spans", self.forced_spans, FORCED_MODES)
         _check_choice("SelectionConfig", "positions", self.positions, POSITION_MODES)
 
 
@@ -191,6 +199,7 @@ PRESETS: dict[str, dict] = {
         rounding="floor",
         forced_head_spans=8,
         forced_tail_spans=24,
+        forced_spans="inside",
         positions="renumbered",
         attention_impl="auto",
         alpha=0.12,
@@ -208,6 +217,7 @@ PRESETS: dict[str, dict] = {
         rounding="ceil",
         forced_head_spans=0,
         forced_tail_spans=0,
+        forced_spans="inside",
         positions="original",
         attention_impl="dense",
         alpha=0.12,

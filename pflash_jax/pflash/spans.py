@@ -4,15 +4,25 @@
                   mean of its valid tokens)
     budget      = ceil(n_spans * keep_ratio)            ("ceil", SpecPrefill)
                   max(1, floor(n_spans * keep_ratio))   ("floor", PFlash)
-    kept spans  = top-`budget` spans by score  UNION  forced head/tail spans
+    kept spans  = forced head/tail spans + the best-scoring others, `budget` spans in all
+                  (forced_spans="inside", the default), or
+                  top-`budget` spans by score  UNION  forced head/tail spans  ("on_top")
 
-Forced-span semantics (PFlash's: the forced spans are added to the top-k set):
+Forced-span semantics, forced_spans="inside" (a keep ratio means the share of spans kept):
+- the forced spans count inside the budget; the rest of it goes to the best-scoring other
+  spans, so exactly min(budget, n_spans) spans are kept (fewer only when head and tail
+  overlap on a prompt shorter than both).
+- when the forced spans alone exceed the budget they shrink in proportion, the tail rounded
+  up (the question sits at the end): head' + tail' = budget, tail' = ceil(budget * tail /
+  (head + tail)) capped at tail. At 4K tokens, span 32, keep 0.05 the budget is 6 spans: 2
+  head + 4 tail instead of 8 + 24 (which alone are 25% of the prompt).
+Forced-span semantics, "on_top" (how PFlash adds them to its top-k set; the rule of every
+result recorded before this option existed):
 - the budget ranks *all* spans, forced ones included; the forced spans are then added on top,
   so they never consume budget and a forced span that also ranks in the top-k is counted once
   (the top-k is not refilled). Kept count is between max(budget, n_forced) and
-  budget + n_forced.
-- forced spans are kept even when they alone exceed the budget; when head and tail overlap
-  (short prompts) they simply merge.
+  budget + n_forced; forced spans are kept even when they alone exceed the budget.
+In both, head and tail spans that overlap (short prompts) simply merge.
 - ties in score go to the lower span index (stable, deterministic across backends).
 - the last prompt token is always kept by `kept_positions` (SpecPrefill's always-keep-last
   rule): the target's first token is predicted from it, so without it the "first token" would
@@ -84,9 +94,17 @@ def select_spans(scores, cfg: SelectionConfig) -> np.ndarray:
     n = scores.size
     k = n_keep(n, cfg.keep_ratio, cfg.rounding)
     order = np.lexsort((np.arange(n), -scores))  # by score descending, then index ascending
-    head = np.arange(min(cfg.forced_head_spans, n))
-    tail = np.arange(max(0, n - cfg.forced_tail_spans), n)
-    return np.union1d(np.union1d(order[:k], head), tail).astype(np.int32)
+    n_head, n_tail = cfg.forced_head_spans, cfg.forced_tail_spans
+    if cfg.forced_spans == "on_top":
+        head = np.arange(min(n_head, n))
+        tail = np.arange(max(0, n - n_tail), n)
+        return np.union1d(np.union1d(order[:k], head), tail).astype(np.int32)
+    if n_head + n_tail > k:  # shrink in proportion; the tail (the question) rounds up
+        n_tail = min(n_tail, math.ceil(k * n_tail / (n_head + n_tail)))
+        n_head = k - n_tail
+    forced = np.union1d(np.arange(min(n_head, n)), np.arange(max(0, n - n_tail), n))
+    rest = order[~np.isin(order, forced)][: max(k - forced.size, 0)]
+    return np.union1d(forced, rest).astype(np.int32)
 
 
 def kept_positions(span_ids, span_size: int, S: int, keep_last: bool = True) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 Semantics spelled out by `reference_kept` (the spec of spans.select_spans):
   budget = ceil(n_spans * r) or max(1, floor(n_spans * r)), with r read as the exact decimal
-  kept   = { top `budget` spans by (score desc, index asc) over ALL spans }
-           | { first forced_head spans } | { last forced_tail spans }      (forced: on top)
+  on_top:  kept = { top `budget` spans by (score desc, index asc) over ALL spans }
+                  | { first forced_head spans } | { last forced_tail spans }
+  inside:  forced head/tail shrink to fit the budget (tail rounded up), then the best others
+           by (score desc, index asc) until `budget` spans are kept
   tokens = every token of a kept span (last span clipped at S) | { S - 1 }
 """
 
@@ -41,9 +43,21 @@ def reference_kept(imp, cfg: SelectionConfig):
     n = len(scores)
     budget = reference_budget(n, cfg.keep_ratio, cfg.rounding)
     ranked = sorted(range(n), key=lambda i: (-scores[i], i))
-    spans = set(ranked[:budget])
-    spans |= set(range(min(cfg.forced_head_spans, n)))
-    spans |= set(range(max(0, n - cfg.forced_tail_spans), n))
+    head, tail = cfg.forced_head_spans, cfg.forced_tail_spans
+    if cfg.forced_spans == "on_top":
+        spans = set(ranked[:budget])
+    else:
+        if head + tail > budget:
+            tail = min(tail, -(-budget * tail // (head + tail)))  # ceil, integers only
+            head = budget - tail
+        spans = set()
+    spans |= set(range(min(head, n)))
+    spans |= set(range(max(0, n - tail), n))
+    if cfg.forced_spans == "inside":
+        for i in ranked:
+            if len(spans) >= budget:
+                break
+            spans.add(i)
     tokens = {j for i in spans for j in range(i * s, min((i + 1) * s, S))} | {S - 1}
     return sorted(spans), sorted(tokens)
 
@@ -53,7 +67,8 @@ def _random_case(rng, name):
     n_spans = int(rng.integers(1, 120))
     S = int(max(span_size, n_spans * span_size - rng.integers(0, span_size)))  # partial last
     keep_ratio = float(rng.choice([1.0, 0.05, 0.1, 0.25, 0.5, rng.uniform(0.001, 1.0)]))
-    cfg = preset(name, span_size=span_size, keep_ratio=keep_ratio).selection
+    forced = str(rng.choice(["inside", "on_top"]))
+    cfg = preset(name, span_size=span_size, keep_ratio=keep_ratio, forced_spans=forced).selection
     if rng.random() < 0.5:  # integer-valued importance: many exact ties in span means
         imp = rng.integers(0, 4, size=S).astype(np.float64)
     else:
@@ -102,10 +117,40 @@ def test_budget_rounding(n, r, rounding, want):
     assert n_keep(n, r, rounding) == want == reference_budget(n, r, rounding)
 
 
+def test_forced_spans_count_inside_the_budget_by_default():
+    """keep 0.05 keeps 5% of the spans whatever the length: the forced spans take their share
+    of the budget, shrunk in proportion (tail rounded up) when they alone would exceed it."""
+    cfg = SelectionConfig(span_size=1, keep_ratio=0.05, rounding="floor", forced_head_spans=8,
+                          forced_tail_spans=24)
+    assert cfg.forced_spans == "inside"
+    scores = np.full(400, 0.1)
+    scores[[100, 200]] = 1.0
+    # 400 spans -> budget 20 < 32 forced: tail ceil(20 * 24 / 32) = 15, head 5, no scored span
+    kept = select_spans(scores, cfg).tolist()
+    assert kept == list(range(5)) + list(range(385, 400))
+    # 4000 spans -> budget 200: 8 + 24 forced + the 168 best others (100 and 200 among them)
+    big = np.random.default_rng(0).random(4000) * 0.5
+    big[[1000, 2000]] = 1.0
+    kept = select_spans(big, cfg)
+    assert kept.size == 200 and {0, 7, 3976, 3999, 1000, 2000} <= set(kept.tolist())
+    others = np.setdiff1d(kept, np.r_[0:8, 3976:4000])
+    worst_kept = big[others].min()
+    dropped = np.setdiff1d(np.arange(8, 3976), others)
+    assert worst_kept >= big[dropped].max()  # the rest of the budget went by score
+    # the kept share of tokens is the keep ratio at every length (+ the last token)
+    for S in (4096, 8192, 16384, 131072):
+        c = SelectionConfig(span_size=32, keep_ratio=0.05, forced_head_spans=8,
+                            forced_tail_spans=24)
+        imp = np.random.default_rng(S).random(S)
+        n_spans = S // 32
+        assert select_tokens(imp, c).size <= n_keep(n_spans, 0.05, "floor") * 32 + 1
+
+
 def test_forced_spans_are_added_on_top_of_the_budget():
     # 40 spans, keep 0.05 floor -> budget 2; forced head 0..7 and tail 16..39 (32 spans).
     cfg = SelectionConfig(
-        span_size=1, keep_ratio=0.05, rounding="floor", forced_head_spans=8, forced_tail_spans=24
+        span_size=1, keep_ratio=0.05, rounding="floor", forced_head_spans=8, forced_tail_spans=24,
+        forced_spans="on_top",
     )
     scores = np.full(40, 0.1)
     scores[[10, 11]] = 1.0
