@@ -22,17 +22,9 @@ head h reads kv head h // G (GQA, G = N // K). CTAs are ordered heads fastest (t
 kv group run side by side and share K/V blocks in L2), then query blocks heaviest first (the
 last query blocks keep the most blocks), then batch.
 
-Persistent variant (BlockSizes(persistent=True), opt-in: measured SLOWER on an H100, 17.3 vs
-13.6 ms at 128K / density 0.105 and 5% slower dense, results/kernel_bench/h100/
-session3_persistent; the cause is not profiled yet, see docs/LOG.md): one
-CTA per SM takes the work items (query block, head, batch) of that same order round-robin
-(item cta, cta + #CTAs, ...). Both warpgroup kinds walk the CTA's items in the same order and
-count K/V steps globally, so the ring, its barriers' phases and the compute warpgroups'
-ping-pong run on across items: the memory warpgroup already copies the next item's first K/V
-blocks while the current item finishes, instead of every CTA filling an empty ring. Aimed at
-low densities, where a row keeps ~50 blocks and the per-CTA fill / drain is a few percent.
-The CPU interpreter runs it (tests) and the GPU tests pass; the default variant's Mosaic IR is
-unchanged by it (lowered for CUDA on the CPU and diffed, session 2).
+Persistent variant (BlockSizes(persistent=True), opt-in, measured slower): mosaic_persistent.py,
+one CTA per SM walking these same work items with the K/V ring running on across them. It is
+built from this file's per-item pieces (`item_ops`), which this kernel is written in too.
 
 P @ V variants (BlockSizes.pv), the one Hopper-vs-interpreter difference:
 - "registers" (GPU default, FA3): P stays in registers as wgmma's A operand and the output
@@ -58,7 +50,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +59,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pflash_jax.attention import mosaic_persistent
 from pflash_jax.attention.blockmask import BlockMask
 from pflash_jax.numerics import MASK_VALUE
 
@@ -83,210 +77,220 @@ class BlockSizes:
     schedule_barrier: bool = True  # ping-pong the two compute warpgroups (FA3)
     compute_registers: int = 232  # setmaxnreg for compute / memory warpgroups:
     memory_registers: int = 40  # 2 * 232 + 40 = 504 regs x 128 threads fits the 64K file
-    # One CTA per SM walking (query block, head, batch) items round-robin in the heaviest-first
-    # order, with the K/V ring running on across items: the next item's first K/V copies
-    # overlap the current item's last steps (short kept lists pay no per-CTA ring fill).
+    # mosaic_persistent.py's kernel instead: one CTA per SM walking the work items round-robin
+    # with the K/V ring running on across them (opt-in, measured slower; see that file).
     persistent: bool = False
 
 
-def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, q_smem2, k_smem, v_smem, p_smem2,
-            k_loaded, v_loaded, q_loaded, k_consumed, v_consumed, schedule, *, scale: float,
-            causal: bool, seq_len: int, block: int, n_blocks: int, heads_per_kv: int,
-            stages: int, pv: str, schedule_barrier: bool, compute_registers: int,
-            memory_registers: int, shared_mask: bool, n_heads: int, n_batch: int,
-            n_ctas: int):
-    # idx_ref    [B, N, M, M] int32 GMEM  kept key blocks per selection row (ascending, padded);
-    #            [B, 1, M, M] when shared_mask (one pattern for every head, e.g. dense causal)
-    # cnt_ref    [B, N, M]    int32 GMEM  kept counts ([B, 1, M] when shared_mask)
-    # q_ref/o_ref [B, S_pad, N, H] GMEM; k_ref/v_ref [B, S_pad, K, H] GMEM
-    # q_smem2    [2, bq, H]          this CTA's query rows, one tile per compute warpgroup;
-    #                                reused for the output tile
-    # k_smem, v_smem [stages, block, H]  the K/V ring
-    # p_smem2    [2, bq, block] or None  P tiles (pv="smem" only)
-    # *_loaded: TMA-completion barriers; *_consumed: both compute warpgroups done with a slot
-    if n_ctas:  # persistent: this CTA's items are cta, cta + n_ctas, ... of the launch order
-        cta = lax.axis_index("cta")
-        wg = lax.axis_index("wg")
-        n_mine = lax.div(jnp.int32(n_heads * n_blocks * n_batch) - 1 - cta,
-                         jnp.int32(n_ctas)) + 1
+@dataclasses.dataclass(frozen=True)
+class KernelParams:
+    """The static parameters of one launch (the wrapper derives them from the shapes and the
+    BlockSizes); `item_ops` builds the kernels' pieces from them."""
 
-        def item_of(k):  # the non-persistent grid's order: heads fastest, heaviest block first
-            i = cta + k * n_ctas
-            h = lax.rem(i, jnp.int32(n_heads))
-            m = n_blocks - 1 - lax.rem(lax.div(i, jnp.int32(n_heads)), jnp.int32(n_blocks))
-            return lax.div(i, jnp.int32(n_heads * n_blocks)), h, m
-    else:
-        b = lax.axis_index("batch")
-        h = lax.axis_index("heads")
-        m = n_blocks - 1 - lax.axis_index("q_blocks")  # heaviest query blocks first
-        wg = lax.axis_index("wg")
-        hm = 0 if shared_mask else h  # the mask row's head
-        count = cnt_ref[b, hm, m]
-    bq = block // COMPUTE_WGS
-    dtype = q_ref.dtype
+    scale: float  # 1 / sqrt(H)
+    causal: bool
+    seq_len: int  # S before padding
+    block: int  # selection block: query rows per CTA, key rows per K/V step
+    n_blocks: int  # M
+    heads_per_kv: int  # G
+    stages: int  # K/V ring slots
+    pv: str  # "registers" or "smem"
+    schedule_barrier: bool
+    compute_registers: int
+    memory_registers: int
+    shared_mask: bool  # one mask row for every head ([B, 1, M, M])
+
+
+class Refs(NamedTuple):
+    """The kernels' refs in plgpu.kernel's order: inputs, output, then scratch."""
+
+    idx: Any  # [B, N, M, M] int32 GMEM  kept key blocks per selection row (ascending, padded);
+    #           [B, 1, M, M] when shared_mask (one pattern for every head, e.g. dense causal)
+    cnt: Any  # [B, N, M]    int32 GMEM  kept counts ([B, 1, M] when shared_mask)
+    q: Any  # [B, S_pad, N, H] GMEM
+    k: Any  # [B, S_pad, K, H] GMEM
+    v: Any  # [B, S_pad, K, H] GMEM
+    o: Any  # [B, S_pad, N, H] GMEM
+    q_smem2: Any  # [2, bq, H]  this CTA's query rows, one tile per compute warpgroup; reused
+    #               for the output tile
+    k_smem: Any  # [stages, block, H]  the K ring
+    v_smem: Any  # [stages, block, H]  the V ring
+    p_smem2: Any  # [2, bq, block] P tiles (pv="smem"), else None
+    k_loaded: Any  # [stages] barriers: TMA -> compute
+    v_loaded: Any  # [stages]
+    q_loaded: Any  # [2]
+    k_consumed: Any  # [stages] barriers: both compute warpgroups done with a slot -> TMA
+    v_consumed: Any  # [stages]
+    schedule: Any  # the compute warpgroups' ping-pong barrier
+
+
+class ItemOps(NamedTuple):
+    """One warpgroup's pieces of a work item (query block m, head h, batch row b): what this
+    file's kernel and mosaic_persistent.py's are written in. The persistent kernel gets them
+    passed in (`item_ops`): it cannot import this file, which dispatches to it."""
+
+    split: Callable  # (compute, memory): run compute() on the compute warpgroups, memory() on
+    #                  the memory warpgroup, each with its register budget
+    row: Callable  # (b, h, m) -> (hm, count): the item's mask head and kept count
+    compute: Callable  # (b, h, m, hm, count, g0=None, opening=True, closing=True): the item's
+    #                    attention on a compute warpgroup (docstring of item_ops)
+    issue: Callable  # (b, kv_h, m, hm, j, slot): TMA-copy kept block j's K and V into slot
+    wait_consumed: Callable  # (slot): wait until both compute warpgroups are done with slot
+    drain: Callable  # (total): observe the last steps' "consumed" phases
+    slot_of: Callable  # (g) -> ring slot of K/V step g
+
+
+def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
+    """The ItemOps of warpgroup wg over the kernel's refs (Refs' fields, in order)."""
+    r = Refs(*refs)
+    bq = cfg.block // COMPUTE_WGS
+    dtype = r.q.dtype
 
     def slot_of(j):
-        return lax.rem(j, jnp.int32(stages))
+        return lax.rem(j, jnp.int32(cfg.stages))
 
     def schedule_sync():
-        if schedule_barrier:
-            plgpu.barrier_arrive(schedule)
-            plgpu.barrier_wait(schedule)
+        if cfg.schedule_barrier:
+            plgpu.barrier_arrive(r.schedule)
+            plgpu.barrier_wait(r.schedule)
 
-    @pl.when(wg < COMPUTE_WGS)
-    def _compute():
-        plgpu.set_max_registers(compute_registers, action="increase")
-        q_smem = q_smem2.at[wg]
+    def split(compute, memory):
+        @pl.when(wg < COMPUTE_WGS)
+        def _compute():
+            plgpu.set_max_registers(cfg.compute_registers, action="increase")
+            compute()
 
-        def run_item(b, h, m, hm, count, g0=None, opening=True, closing=True):
-            """One (query block, head, batch) item. g0: global step of its first K/V block in
-            the ring (persistent CTAs); opening / closing: whether this item starts / ends the
-            CTA's ping-pong (bool, or a traced flag for persistent CTAs)."""
-            q0 = m * block + wg * bq  # first query row of this warpgroup
-            plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q0, bq), h], q_smem, q_loaded.at[wg])
-            plgpu.barrier_wait(q_loaded.at[wg])
-            H = q_smem.shape[-1]
-            qk_scale = scale * LOG2E
+        @pl.when(wg == COMPUTE_WGS)
+        def _memory():
+            plgpu.set_max_registers(cfg.memory_registers, action="decrease")
+            memory()
 
-            def step(j, carry, masked: bool, kv0=None):
-                acc, m_i, l_i = carry
-                slot = slot_of(j if g0 is None else g0 + j)
-                plgpu.barrier_wait(k_loaded.at[slot])
+    def row(b, h, m):
+        hm = 0 if cfg.shared_mask else h  # the mask row's head
+        return hm, r.cnt[b, hm, m]
 
-                def qk(acc_ref):
-                    plgpu.wgmma(acc_ref, q_smem, k_smem.at[slot].T)
-                    schedule_sync()  # let the other warpgroup issue its matmul meanwhile
+    def compute(b, h, m, hm, count, g0=None, opening=True, closing=True):
+        """One (query block, head, batch) item. g0: global step of its first K/V block in the
+        ring (persistent CTAs); opening / closing: whether this item starts / ends the CTA's
+        ping-pong (bool, or a traced flag for persistent CTAs)."""
+        q_smem = r.q_smem2.at[wg]
+        q0 = m * cfg.block + wg * bq  # first query row of this warpgroup
+        plgpu.copy_gmem_to_smem(r.q.at[b, pl.ds(q0, bq), h], q_smem, r.q_loaded.at[wg])
+        plgpu.barrier_wait(r.q_loaded.at[wg])
+        H = q_smem.shape[-1]
+        qk_scale = cfg.scale * LOG2E
+
+        def step(j, carry, masked: bool, kv0=None):
+            acc, m_i, l_i = carry
+            slot = slot_of(j if g0 is None else g0 + j)
+            plgpu.barrier_wait(r.k_loaded.at[slot])
+
+            def qk(acc_ref):
+                plgpu.wgmma(acc_ref, q_smem, r.k_smem.at[slot].T)
+                schedule_sync()  # let the other warpgroup issue its matmul meanwhile
+                return acc_ref[...]
+
+            s = pl.run_scoped(qk, plgpu.ACC((bq, cfg.block), jnp.float32))
+            plgpu.barrier_arrive(r.k_consumed.at[slot])
+            s = s * qk_scale  # float32 logits in log2 units
+            if masked:
+                rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
+                cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
+                k_pos = cols + kv0
+                ok = k_pos < cfg.seq_len
+                if cfg.causal:
+                    ok = ok & (k_pos <= rows + q0)
+                s = jnp.where(ok, s, MASK_VALUE)
+            m_new = jnp.maximum(m_i, s.max(axis=1))
+            corr = jnp.exp2(m_i - m_new)
+            p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
+            l_i = l_i * corr + p.sum(axis=1)
+            acc = acc * lax.broadcast_in_dim(corr, acc.shape, [0])
+            p16 = p.astype(dtype)
+            schedule_sync()  # softmax done: the other warpgroup's turn on the tensor cores
+            plgpu.barrier_wait(r.v_loaded.at[slot])
+            if cfg.pv == "registers":
+                def pv_mm(acc_ref):
+                    plgpu.wgmma(acc_ref, p16, r.v_smem.at[slot])
+
+                acc = pl.run_state(pv_mm)(plgpu.ACC.init(acc))
+            else:
+                p_smem = r.p_smem2.at[wg]
+                p_smem[...] = p16
+                plgpu.commit_smem()  # make the tile visible to the tensor cores (async proxy)
+
+                def pv_mm(acc_ref):
+                    plgpu.wgmma(acc_ref, p_smem, r.v_smem.at[slot])
                     return acc_ref[...]
 
-                s = pl.run_scoped(qk, plgpu.ACC((bq, block), jnp.float32))
-                plgpu.barrier_arrive(k_consumed.at[slot])
-                s = s * qk_scale  # float32 logits in log2 units
-                if masked:
-                    rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0,
-                                                  layout=plgpu.Layout.WGMMA)
-                    cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1,
-                                                  layout=plgpu.Layout.WGMMA)
-                    k_pos = cols + kv0
-                    ok = k_pos < seq_len
-                    if causal:
-                        ok = ok & (k_pos <= rows + q0)
-                    s = jnp.where(ok, s, MASK_VALUE)
-                m_new = jnp.maximum(m_i, s.max(axis=1))
-                corr = jnp.exp2(m_i - m_new)
-                p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
-                l_i = l_i * corr + p.sum(axis=1)
-                acc = acc * lax.broadcast_in_dim(corr, acc.shape, [0])
-                p16 = p.astype(dtype)
-                schedule_sync()  # softmax done: the other warpgroup's turn on the tensor cores
-                plgpu.barrier_wait(v_loaded.at[slot])
-                if pv == "registers":
-                    def pv_mm(acc_ref):
-                        plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+                acc = acc + pl.run_scoped(pv_mm, plgpu.ACC((bq, H), jnp.float32))
+            plgpu.barrier_arrive(r.v_consumed.at[slot])
+            return acc, m_new, l_i
 
-                    acc = pl.run_state(pv_mm)(plgpu.ACC.init(acc))
-                else:
-                    p_smem = p_smem2.at[wg]
-                    p_smem[...] = p16
-                    plgpu.commit_smem()  # make the tile visible to the tensor cores (async proxy)
+        carry = (
+            plgpu.layout_cast(jnp.zeros((bq, H), jnp.float32), plgpu.Layout.WGMMA),
+            plgpu.layout_cast(jnp.full((bq,), MASK_VALUE, jnp.float32),
+                              plgpu.Layout.WGMMA.reduce(1)),
+            plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
+        )
+        pl.when(_and(wg == 1, opening))(schedule_sync)  # warpgroup 0 goes first
+        carry = lax.fori_loop(0, count - 1, functools.partial(step, masked=False), carry)
+        last = count - 1
+        kv0 = r.idx[b, hm, m, last] * cfg.block  # the diagonal block when causal
+        acc, _, l_i = step(last, carry, masked=True, kv0=kv0)
+        pl.when(_and(wg == 0, closing))(schedule_sync)  # balance wg 1's opening arrival
 
-                    def pv_mm(acc_ref):
-                        plgpu.wgmma(acc_ref, p_smem, v_smem.at[slot])
-                        return acc_ref[...]
+        out = acc / lax.broadcast_in_dim(l_i, acc.shape, [0])
+        q_smem[...] = out.astype(dtype)  # all wgmmas reading Q have completed
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(q_smem, r.o.at[b, pl.ds(q0, bq), h])
+        plgpu.wait_smem_to_gmem(0)  # (and a persistent CTA's next Q may overwrite the tile)
 
-                    acc = acc + pl.run_scoped(pv_mm, plgpu.ACC((bq, H), jnp.float32))
-                plgpu.barrier_arrive(v_consumed.at[slot])
-                return acc, m_new, l_i
+    def issue(b, kv_h, m, hm, j, slot):
+        rows = pl.ds(r.idx[b, hm, m, j] * cfg.block, cfg.block)
+        plgpu.copy_gmem_to_smem(r.k.at[b, rows, kv_h], r.k_smem.at[slot], r.k_loaded.at[slot])
+        plgpu.copy_gmem_to_smem(r.v.at[b, rows, kv_h], r.v_smem.at[slot], r.v_loaded.at[slot])
 
-            carry = (
-                plgpu.layout_cast(jnp.zeros((bq, H), jnp.float32), plgpu.Layout.WGMMA),
-                plgpu.layout_cast(jnp.full((bq,), MASK_VALUE, jnp.float32),
-                                  plgpu.Layout.WGMMA.reduce(1)),
-                plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
-            )
-            pl.when(_and(wg == 1, opening))(schedule_sync)  # warpgroup 0 goes first
-            carry = lax.fori_loop(0, count - 1, functools.partial(step, masked=False), carry)
-            last = count - 1
-            kv0 = idx_ref[b, hm, m, last] * block  # the diagonal block when causal
-            acc, _, l_i = step(last, carry, masked=True, kv0=kv0)
-            pl.when(_and(wg == 0, closing))(schedule_sync)  # balance wg 1's opening arrival
+    def wait_consumed(slot):
+        # The slot held step g - stages: reuse it once both warpgroups are done with it.
+        plgpu.barrier_wait(r.k_consumed.at[slot])
+        plgpu.barrier_wait(r.v_consumed.at[slot])
 
-            out = acc / lax.broadcast_in_dim(l_i, acc.shape, [0])
-            q_smem[...] = out.astype(dtype)  # all wgmmas reading Q have completed
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(q_smem, o_ref.at[b, pl.ds(q0, bq), h])
-            plgpu.wait_smem_to_gmem(0)  # (and the next item's Q may overwrite the tile)
-
-        if not n_ctas:
-            run_item(b, h, m, hm, count)
-            return
-
-        def one(k, g0):
-            b, h, m = item_of(k)
-            hm = 0 if shared_mask else h
-            count = cnt_ref[b, hm, m]
-            run_item(b, h, m, hm, count, g0, opening=k == 0, closing=k == n_mine - 1)
-            return g0 + count
-
-        lax.fori_loop(0, n_mine, one, jnp.int32(0))
-
-    @pl.when(wg == COMPUTE_WGS)
-    def _memory():
-        plgpu.set_max_registers(memory_registers, action="decrease")
-
-        def issue(b, kv_h, m, hm, j, slot):
-            rows = pl.ds(idx_ref[b, hm, m, j] * block, block)
-            plgpu.copy_gmem_to_smem(k_ref.at[b, rows, kv_h], k_smem.at[slot], k_loaded.at[slot])
-            plgpu.copy_gmem_to_smem(v_ref.at[b, rows, kv_h], v_smem.at[slot], v_loaded.at[slot])
-
-        def wait_consumed(slot):
-            # The slot held step g - stages: reuse it once both warpgroups are done with it.
-            plgpu.barrier_wait(k_consumed.at[slot])
-            plgpu.barrier_wait(v_consumed.at[slot])
-
-        if n_ctas:  # the ring runs on across this CTA's items; g counts K/V steps globally
-            def one(k, g0):
-                b, h, m = item_of(k)
-                hm = 0 if shared_mask else h
-                kv_h = lax.div(h, jnp.int32(heads_per_kv))
-
-                def load(j, g):
-                    slot = slot_of(g)
-                    pl.when(g >= stages)(functools.partial(wait_consumed, slot))
-                    issue(b, kv_h, m, hm, j, slot)
-                    return g + 1
-
-                return lax.fori_loop(0, cnt_ref[b, hm, m], load, g0)
-
-            total = lax.fori_loop(0, n_mine, one, jnp.int32(0))
-        else:
-            kv_h = lax.div(h, jnp.int32(heads_per_kv))
-            for j in range(stages):  # fill the ring
-                pl.when(j < count)(functools.partial(issue, b, kv_h, m, hm, jnp.int32(j), j))
-
-            def refill(j, _):
-                slot = slot_of(j)
-                wait_consumed(slot)
-                issue(b, kv_h, m, hm, j, slot)
-
-            lax.fori_loop(jnp.int32(stages), count, refill, None)
-            total = count
-
-        def drain(g, _):
+    def drain(total):
+        def one(g, _):
             # Observe the last steps' "consumed" phases too. The hardware does not need it (the
             # CTA ends), but the interpreter rejects a barrier freed with unobserved phases.
-            plgpu.barrier_wait(k_consumed.at[slot_of(g)])
-            plgpu.barrier_wait(v_consumed.at[slot_of(g)])
+            plgpu.barrier_wait(r.k_consumed.at[slot_of(g)])
+            plgpu.barrier_wait(r.v_consumed.at[slot_of(g)])
 
-        lax.fori_loop(jnp.maximum(total - stages, 0), total, drain, None)
+        lax.fori_loop(jnp.maximum(total - cfg.stages, 0), total, one, None)
+
+    return ItemOps(split, row, compute, issue, wait_consumed, drain, slot_of)
 
 
-def _sm_count() -> int:
-    dev = jax.devices()[0]
-    n = getattr(dev, "core_count", None)
-    if not n:
-        raise NotImplementedError(f"BlockSizes(persistent=True) needs the SM count of "
-                                  f"{dev.device_kind!r}, which jax does not report")
-    return int(n)
+def _kernel(*refs, cfg: KernelParams):
+    """One CTA per (query block, head, batch) item; refs: Refs' fields, in order."""
+    b = lax.axis_index("batch")
+    h = lax.axis_index("heads")
+    m = cfg.n_blocks - 1 - lax.axis_index("q_blocks")  # heaviest query blocks first
+    wg = lax.axis_index("wg")
+    ops = item_ops(refs, wg, cfg)
+    hm, count = ops.row(b, h, m)
+
+    def memory():
+        kv_h = lax.div(h, jnp.int32(cfg.heads_per_kv))
+        for j in range(cfg.stages):  # fill the ring
+            pl.when(j < count)(functools.partial(ops.issue, b, kv_h, m, hm, jnp.int32(j), j))
+
+        def refill(j, _):
+            slot = ops.slot_of(j)
+            ops.wait_consumed(slot)
+            ops.issue(b, kv_h, m, hm, j, slot)
+
+        lax.fori_loop(jnp.int32(cfg.stages), count, refill, None)
+        ops.drain(count)
+
+    ops.split(functools.partial(ops.compute, b, h, m, hm, count), memory)
 
 
 def _and(cond, flag):
@@ -364,10 +368,6 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         pad = ((0, 0), (0, S_pad - S), (0, 0), (0, 0))
         q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
     bq = bs // COMPUTE_WGS
-    n_ctas = 0
-    if block_sizes.persistent:  # one CTA per SM (3 in the interpreter: uneven item counts)
-        n_ctas = 3 if interpret is not None else _sm_count()
-        n_ctas = min(n_ctas, N * M * B)
     scratch = [
         _smem((COMPUTE_WGS, bq, H), dtype),  # Q tiles, then O tiles
         _smem((stages, bs, H), dtype),  # K ring
@@ -380,18 +380,26 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),  # v_consumed
         plgpu.Barrier(num_arrivals=COMPUTE_WGS),  # schedule
     ]
-    kernel = functools.partial(
-        _kernel, scale=1.0 / math.sqrt(H), causal=causal, seq_len=S, block=bs, n_blocks=M,
+    cfg = KernelParams(
+        scale=1.0 / math.sqrt(H), causal=causal, seq_len=S, block=bs, n_blocks=M,
         heads_per_kv=N // K, stages=stages, pv=pv, schedule_barrier=block_sizes.schedule_barrier,
         compute_registers=block_sizes.compute_registers,
-        memory_registers=block_sizes.memory_registers, shared_mask=shared_mask, n_heads=N,
-        n_batch=B, n_ctas=n_ctas)
+        memory_registers=block_sizes.memory_registers, shared_mask=shared_mask)
+    if block_sizes.persistent:
+        n_ctas = mosaic_persistent.num_ctas(N * M * B, interpret=interpret is not None)
+        kernel = functools.partial(
+            mosaic_persistent.kernel, item_ops=functools.partial(item_ops, cfg=cfg),
+            n_ctas=n_ctas, n_heads=N, n_blocks=M, n_batch=B, heads_per_kv=N // K, stages=stages)
+        grid, grid_names = (n_ctas,), ("cta",)
+    else:
+        kernel = functools.partial(_kernel, cfg=cfg)
+        grid, grid_names = (N, M, B), ("heads", "q_blocks", "batch")
     out = plgpu.kernel(
         kernel,
         out_type=jax.ShapeDtypeStruct((B, S_pad, N, H), dtype),
         scratch_types=scratch,
-        grid=(n_ctas,) if n_ctas else (N, M, B),
-        grid_names=("cta",) if n_ctas else ("heads", "q_blocks", "batch"),
+        grid=grid,
+        grid_names=grid_names,
         num_threads=COMPUTE_WGS + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),

@@ -134,11 +134,20 @@ class TestMosaicInterpret(SharedMaskCases, MosaicBase):
                                        BlockSizes(persistent=True, stages=3)])
     def test_gpu_variants_lower_for_cuda(self, sizes, monkeypatch):
         """The variants the interpreter cannot run (P in registers) still lower to Mosaic GPU
-        IR for CUDA here: lowering errors show up on the CPU, PTX compilation only on a GPU."""
-        from pflash_jax.attention import mosaic
+        IR for CUDA here: lowering errors show up on the CPU, PTX compilation only on a GPU.
+        BlockSizes(persistent=True), and only it, runs mosaic_persistent.py's kernel."""
+        from pflash_jax.attention import mosaic, mosaic_persistent
 
         monkeypatch.setattr(mosaic, "_check_device", lambda interpret: None)
-        monkeypatch.setattr(mosaic, "_sm_count", lambda: 132)
+        monkeypatch.setattr(mosaic_persistent, "sm_count", lambda: 132)
+        traced = []
+        persistent_kernel = mosaic_persistent.kernel
+
+        def counting_kernel(*refs, **kw):
+            traced.append(kw["n_ctas"])
+            return persistent_kernel(*refs, **kw)
+
+        monkeypatch.setattr(mosaic_persistent, "kernel", counting_kernel)
         q = jax.ShapeDtypeStruct((1, 1000, 4, 128), jnp.bfloat16)
         k = jax.ShapeDtypeStruct((1, 1000, 2, 128), jnp.bfloat16)
         bm = BlockMask.from_dense(_random_mask(98, 1, 4, self.blocks(1000)), block_size=128,
@@ -147,6 +156,7 @@ class TestMosaicInterpret(SharedMaskCases, MosaicBase):
             q, k, v, bm, block_sizes=sizes))
         text = f.trace(q, k, k, bm).lower(lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text
+        assert traced == ([min(132, 4 * 8)] if sizes.persistent else [])  # N * M items
 
     def test_small_selection_block(self):
         """The interpreter also runs selection blocks other than 128 (16-row warpgroups here);
