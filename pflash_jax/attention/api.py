@@ -66,6 +66,10 @@ def _supports_dense(impl: str, dtype=None, T: int | None = None, S: int | None =
     elif impl in ("cudnn", "xla"):
         if impl == "cudnn":
             _on_gpu()
+            if dtype is not None and jax.numpy.dtype(dtype).itemsize != 2:
+                # cuDNN flash attention takes fp16/bf16 (and fp8) only; float32 raised inside
+                # the traced call, so "auto" never fell back (seen on an H200)
+                raise NotImplementedError(f"takes 16-bit inputs, got {dtype}")
         if causal and not square:
             # jax.nn's is_causal aligns top-left; we only call it for square prefill.
             raise NotImplementedError(f"causal needs T == S, got T={T}, S={S}")
@@ -103,8 +107,9 @@ def _first_supported(order, check, *args, **kw) -> str:
 def resolve_dense(impl: str = "auto", dtype=None, T: int | None = None, S: int | None = None,
                   causal: bool = True) -> str:
     """The dense attention implementation `impl` means here: "auto" -> the first of AUTO_DENSE
-    that supports the call (mosaic on Hopper for 16-bit prefill, cudnn on other GPUs and for
-    float32, the reference without a GPU); an explicit name is returned as given."""
+    that supports the call (mosaic on Hopper for 16-bit prefill, cudnn for 16-bit inputs on
+    other GPUs, the chunked jnp reference otherwise: float32, or no GPU); an explicit name is
+    returned as given."""
     return impl if impl != "auto" else _first_supported(AUTO_DENSE, _supports_dense, dtype, T,
                                                         S, causal)
 

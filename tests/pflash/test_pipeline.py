@@ -11,8 +11,8 @@ from pflash_jax.models.loading import Model
 from pflash_jax.models.params import init_params
 from pflash_jax.pflash.config import preset
 from pflash_jax.pflash.drafter import drafter_scores
+from pflash_jax.pflash.importance import importance, importance_unfused
 from pflash_jax.pflash.pipeline import bucket, full_prefill, prefill_at, speculative_prefill
-from pflash_jax.pflash.scoring import importance, importance_unfused
 from tests.tolerances import assert_close
 
 VOCAB = 97
@@ -168,11 +168,13 @@ def test_auto_attention_picks_kernel_per_device_and_dtype(monkeypatch):
     assert drafter.resolve_impl("triton", jnp.bfloat16) == "triton"  # explicit choices stay
     assert drafter.resolve_impl("dense", jnp.bfloat16) == "dense"
     assert api.resolve_dense("auto", jnp.bfloat16, 64, 64) == "mosaic"
-    assert api.resolve_dense("auto", jnp.float32, 64, 64) == "cudnn"
+    assert api.resolve_dense("auto", jnp.float32, 64, 64) == "reference"  # cuDNN: 16-bit only
+    assert api.resolve_dense("auto", jnp.float16, 64, 64) == "mosaic"
     assert api.resolve_dense("auto", jnp.bfloat16, 1, 64) == "reference"  # not prefill-shaped
     assert api.resolve_mass("auto") == "triton"
     monkeypatch.setattr(api, "is_hopper", lambda: False)
     assert drafter.resolve_impl("auto", jnp.bfloat16) == "triton"
     assert api.resolve_dense("auto", jnp.bfloat16, 64, 64) == "cudnn"
+    assert api.resolve_dense("auto", jnp.float32, 64, 64) == "reference"
     with pytest.raises(NotImplementedError, match="Hopper"):
         api._supports_sparse("mosaic", jnp.bfloat16)
