@@ -40,7 +40,7 @@ from pflash_jax.models.export_hf import export_hf
 from pflash_jax.models.params import Params, init_params, unflatten
 from pflash_jax.models.weights import CheckpointError, hf_to_ours, read_hf_checkpoint
 from pflash_jax.tasks import tiny_tokenizer
-from pflash_jax.tasks.tokenizer import TINY_TOKENIZER_PATH
+from pflash_jax.tasks.task_tokenizer import TINY_TOKENIZER_PATH
 
 REPO = Path(__file__).resolve().parent.parent
 EOS = "<|endoftext|>"

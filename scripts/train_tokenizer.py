@@ -22,7 +22,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout
 
 from pflash_jax.tasks import TASKS, ByteTokenizer, make_case, words  # noqa: E402
-from pflash_jax.tasks.tokenizer import EOS_TOKEN, TINY_TOKENIZER_PATH  # noqa: E402
+from pflash_jax.tasks.task_tokenizer import EOS_TOKEN, TINY_TOKENIZER_PATH  # noqa: E402
 
 
 def corpus(n_seeds: int):

@@ -1,4 +1,4 @@
-"""Speculative prefill: importance scoring (scoring.py), span selection (spans.py), knobs
+"""Speculative prefill: token importance (importance.py), span selection (spans.py), knobs
 (config.py); the drafter -> select -> target pipeline builds on these."""
 
 from pflash_jax.pflash.config import (

@@ -37,7 +37,7 @@ from pflash_jax.attention.selection import select_blocks, select_blocks_fixed_de
 from pflash_jax.models import qwen3
 from pflash_jax.models.qwen3 import KVCache, embed, final_logits
 from pflash_jax.pflash.config import PFlashConfig, ScoringConfig
-from pflash_jax.pflash.scoring import fold_layer, importance, init_running_max
+from pflash_jax.pflash.importance import fold_layer, importance, init_running_max
 
 _importance = jax.jit(importance, static_argnames=("cfg",))
 PAD_POSITION = np.iinfo(np.int32).max  # position of padded keys: later than every query

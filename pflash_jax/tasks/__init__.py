@@ -7,11 +7,12 @@ extraction), sized to an exact token budget in the reader's tokenizer, scored by
     case.needle_positions   # token indices of the evidence, for drafter recall
     score(case, " 1234567.")
 
-Layout rules (id-level assembly, exact budgets) are in case.py, scoring rules in scoring.py,
+Layout rules (id-level assembly, exact budgets) are in case.py, scoring rules in grading.py,
 seed convention in registry.py.
 """
 
 from pflash_jax.tasks.case import BudgetError, Case
+from pflash_jax.tasks.grading import score
 from pflash_jax.tasks.registry import (
     EVAL_SEED_BASE,
     TASKS,
@@ -20,8 +21,12 @@ from pflash_jax.tasks.registry import (
     make_cases,
     make_training_case,
 )
-from pflash_jax.tasks.scoring import score
-from pflash_jax.tasks.tokenizer import ByteTokenizer, TaskTokenizer, as_tokenizer, tiny_tokenizer
+from pflash_jax.tasks.task_tokenizer import (
+    ByteTokenizer,
+    TaskTokenizer,
+    as_tokenizer,
+    tiny_tokenizer,
+)
 
 __all__ = [
     "BudgetError",

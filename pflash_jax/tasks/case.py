@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from pflash_jax.tasks.tokenizer import Bank, TaskTokenizer
+from pflash_jax.tasks.task_tokenizer import Bank, TaskTokenizer
 
 
 class BudgetError(ValueError):
@@ -36,7 +36,7 @@ class Case:
     task: str
     seed: int
     ids: np.ndarray  # int32 [n_tokens]
-    answers: list[str]  # expected values (all must appear; see scoring.py)
+    answers: list[str]  # expected values (all must appear; see grading.py)
     target: str  # reference continuation text, e.g. " 1234567."
     needle_positions: np.ndarray  # int32 [n]: every token of every evidence needle, sorted
     distractor_positions: np.ndarray  # int32 [m]: tokens of distractor needles (not evidence)

@@ -14,7 +14,7 @@ import numpy as np
 
 from pflash_jax.tasks import aggregation, niah
 from pflash_jax.tasks.case import Case, Ctx
-from pflash_jax.tasks.tokenizer import as_tokenizer
+from pflash_jax.tasks.task_tokenizer import as_tokenizer
 
 TRAIN_SEED_LIMIT = 10**6
 EVAL_SEED_BASE = 10**9
@@ -22,20 +22,22 @@ EVAL_SET_STRIDE = 10**6  # make_cases(seed=s) uses EVAL_SEED_BASE + s * stride +
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskSpec:
+class TaskGenerator:
+    """A task's case generator and how its answers are graded."""
+
     fn: Callable[..., Case]
     multi: bool  # several expected values (all must appear) vs one (first run must match)
 
 
-TASKS: dict[str, TaskSpec] = {
-    "niah_single": TaskSpec(niah.niah_single, multi=False),
-    "niah_pflash": TaskSpec(niah.niah_pflash, multi=False),
-    "niah_multikey": TaskSpec(niah.niah_multikey, multi=False),
-    "niah_multivalue": TaskSpec(niah.niah_multivalue, multi=True),
-    "niah_multiquery": TaskSpec(niah.niah_multiquery, multi=True),
-    "variable_tracking": TaskSpec(aggregation.variable_tracking, multi=True),
-    "common_words": TaskSpec(aggregation.common_words, multi=True),
-    "frequent_words": TaskSpec(aggregation.frequent_words, multi=True),
+TASKS: dict[str, TaskGenerator] = {
+    "niah_single": TaskGenerator(niah.niah_single, multi=False),
+    "niah_pflash": TaskGenerator(niah.niah_pflash, multi=False),
+    "niah_multikey": TaskGenerator(niah.niah_multikey, multi=False),
+    "niah_multivalue": TaskGenerator(niah.niah_multivalue, multi=True),
+    "niah_multiquery": TaskGenerator(niah.niah_multiquery, multi=True),
+    "variable_tracking": TaskGenerator(aggregation.variable_tracking, multi=True),
+    "common_words": TaskGenerator(aggregation.common_words, multi=True),
+    "frequent_words": TaskGenerator(aggregation.frequent_words, multi=True),
 }
 
 

@@ -107,7 +107,7 @@ def test_task_opts_batches():
     reach the task generator."""
     from pflash_jax.data import step_batch, training_batch
     from pflash_jax.tasks import as_tokenizer
-    from pflash_jax.tasks.tokenizer import TINY_TOKENIZER_PATH
+    from pflash_jax.tasks.task_tokenizer import TINY_TOKENIZER_PATH
 
     spec = ({"niah_multikey": 1}, 0, 5, 512, 2, 0.1, str(TINY_TOKENIZER_PATH))
     default = training_batch({"niah_multikey": 1}, 2, 512, as_tokenizer(TINY_TOKENIZER_PATH),

@@ -1,7 +1,8 @@
 """SpecPrefill look-ahead scoring (pflash/drafter.py, tail_mode="lookahead") against an unfused
 reference written here (docs/design.md 1.2).
 
-The spec, as docs/design.md 1.2 and pflash_jax/pflash/scoring.py state it for tail_mode="lookahead":
+The spec, as docs/design.md 1.2 and pflash_jax/pflash/importance.py state it for
+tail_mode="lookahead":
 - tail queries: the last prompt token (position S-1) and the n_tail - 1 tokens the drafter
   generates greedily after the prompt, fed at positions S, S+1, ...; the last generated token is
   fed too (its query counts), its successor is never needed;

@@ -3,7 +3,7 @@ import pytest
 
 from pflash_jax.data import training_batch
 from pflash_jax.tasks import TASKS, as_tokenizer, make_case, make_training_case
-from pflash_jax.tasks.tokenizer import TINY_TOKENIZER_PATH
+from pflash_jax.tasks.task_tokenizer import TINY_TOKENIZER_PATH
 
 
 def test_tiny_tokenizer_file(tiny):

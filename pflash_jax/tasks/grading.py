@@ -1,4 +1,4 @@
-"""Exact-match scoring of a model's continuation.
+"""Exact-match grading of a model's continuation.
 
 The continuation (ids cut at the first eos and decoded, or text cut at the eos token) is split
 into runs: maximal pieces between whitespace and commas, each stripped of surrounding
@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from pflash_jax.tasks.case import Case
-from pflash_jax.tasks.tokenizer import EOS_TOKEN, as_tokenizer
+from pflash_jax.tasks.task_tokenizer import EOS_TOKEN, as_tokenizer
 
 _SPLIT = re.compile(r"[\s,]+")
 _PUNCT = ".;:!?\"'()[]"

@@ -1,4 +1,4 @@
-"""Scoring vs NumPy: tail softmax, moving average edges, fused fold == unfused, end to end."""
+"""Token importance vs NumPy: tail softmax, moving average edges, fused == unfused, end to end."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pflash_jax.pflash.config import ScoringConfig, preset
-from pflash_jax.pflash.scoring import (
+from pflash_jax.pflash.importance import (
     fold_layer,
     importance,
     importance_unfused,
