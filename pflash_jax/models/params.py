@@ -3,8 +3,9 @@
 Names mirror Hugging Face (`q_proj`, `k_norm`, `input_layernorm`) so the weight map reads as the
 identity. Kernels are Flax-native [in, out]; stacking on L lets `lax.scan` compile one layer.
 Flattened names (`embed_tokens`, `layers.q_proj`, `norm`, `lm_head`) are the keys of the
-converted safetensors file. No device placement here: callers (loader, benchmarks, a future
-sharded setup) decide where arrays live.
+converted safetensors file. A quantized model holds a `quant.QuantizedWeight` (values + scale)
+where a projection's [in, out] array sits (PROJECTIONS; docs/design.md section 8). No device
+placement here: callers (loader, benchmarks, a future sharded setup) decide where arrays live.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def _pytree(cls):
 
 @_pytree
 class LayerParams:
-    """One decoder layer; inside `Params.layers` every leaf has an extra leading L axis."""
+    """One decoder layer; inside `Params.layers` every leaf has an extra leading L axis.
+    The seven projections may be `quant.QuantizedWeight`s of the same [in, out] shape."""
 
     input_layernorm: jax.Array  # [D]
     q_proj: jax.Array  # [D, N*H]
@@ -52,6 +54,8 @@ class Params:
 
 
 LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerParams))
+# The layer matmuls: what quantization replaces (embeddings, norms and the head stay).
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _NORMS = ("input_layernorm", "post_attention_layernorm", "q_norm", "k_norm", "norm")
 
 

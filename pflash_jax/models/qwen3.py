@@ -15,6 +15,11 @@ Design choices:
 - The KV cache holds post-RoPE keys, a fixed capacity S_max and one fill length shared by the
   batch. Decode attends to the filled part of the cache plus the new token with one float32
   softmax, then writes the new K/V for all layers at once (in place when the cache is donated).
+- Quantization (models/quant.py): every projection goes through `quant.matmul`, which takes a
+  plain [in, out] array (exactly `x @ w`) or a `QuantizedWeight`. `kv_cache` ("bf16": the
+  compute dtype, "int8", "fp8") is static like fuse_qkv: a quantized cache stores K/V per token
+  and kv head with float32 scales; prefill attention reads the layer's own full-precision K/V,
+  decode dequantizes what it reads from the cache.
 
 Building blocks (public, so the pipeline can run its own layer scan and read q/k per layer):
   embed(params, ids) -> x [B,T,D]
@@ -43,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pflash_jax.attention import dense_attention
+from pflash_jax.models import quant
 from pflash_jax.models.config import Qwen3Config
 from pflash_jax.models.params import LayerParams, Params
 from pflash_jax.numerics import MASK_VALUE, SOFTMAX_DTYPE
@@ -57,14 +63,23 @@ class QKV(NamedTuple):
     v: jax.Array  # [B,T,K,H]
 
 
-class KVCache(NamedTuple):  # a NamedTuple is already a pytree
-    k: jax.Array  # [L,B,S_max,K,H] post-RoPE keys
+class KVCache(NamedTuple):  # a NamedTuple is already a pytree (None fields: empty subtrees)
+    k: jax.Array  # [L,B,S_max,K,H] post-RoPE keys (int8 / e4m3 values when quantized)
     v: jax.Array  # [L,B,S_max,K,H]
     length: jax.Array  # int32 scalar: slots [0, length) are filled
+    k_scale: jax.Array | None = None  # float32 [L,B,S_max,K]: k ~= k * k_scale[..., None]
+    v_scale: jax.Array | None = None  # float32 [L,B,S_max,K]
 
     @property
     def capacity(self) -> int:
         return self.k.shape[2]
+
+    @property
+    def format(self) -> str:
+        """The kv_cache format it was built with: "bf16" (unquantized), "int8" or "fp8"."""
+        if self.k_scale is None:
+            return "bf16"
+        return "int8" if self.k.dtype == jnp.int8 else "fp8"
 
 
 # ---------------------------------------------------------------- building blocks
@@ -112,10 +127,10 @@ def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None, *,
     N, K = cfg.num_attention_heads, cfg.num_key_value_heads
     h = rms_norm(x, layer.input_layernorm, eps)
     if fuse_qkv:
-        qkv = h @ jnp.concatenate([layer.q_proj, layer.k_proj, layer.v_proj], axis=1)
+        qkv = quant.matmul(h, quant.concat_out([layer.q_proj, layer.k_proj, layer.v_proj]))
         q, k, v = jnp.split(qkv, [N * H, (N + K) * H], axis=-1)
     else:
-        q, k, v = h @ layer.q_proj, h @ layer.k_proj, h @ layer.v_proj
+        q, k, v = (quant.matmul(h, w) for w in (layer.q_proj, layer.k_proj, layer.v_proj))
     q, k, v = q.reshape(B, T, N, H), k.reshape(B, T, K, H), v.reshape(B, T, K, H)
     q_pre, k_pre = rms_norm(q, layer.q_norm, eps), rms_norm(k, layer.k_norm, eps)
     cos, sin = rope_tables(cfg, positions) if rope is None else rope
@@ -125,10 +140,11 @@ def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None, *,
 def layer_finish(layer: LayerParams, x, attn_out, cfg: Qwen3Config):
     """o_proj + residual, then post-attention norm + SwiGLU MLP + residual. attn_out [B,T,N,H]."""
     B, T, _ = x.shape
-    x = x + attn_out.reshape(B, T, -1) @ layer.o_proj
+    mm = quant.matmul
+    x = x + mm(attn_out.reshape(B, T, -1), layer.o_proj)
     h = rms_norm(x, layer.post_attention_layernorm, cfg.rms_norm_eps)
     # gate/up stay two GEMMs: fusing them measured no faster (69.1 vs 68.2 ms, 8B, 128K).
-    return x + (jax.nn.silu(h @ layer.gate_proj) * (h @ layer.up_proj)) @ layer.down_proj
+    return x + mm(jax.nn.silu(mm(h, layer.gate_proj)) * mm(h, layer.up_proj), layer.down_proj)
 
 
 def final_logits(params: Params, cfg: Qwen3Config, x):
@@ -270,31 +286,44 @@ def scan_layers(params: Params, cfg: Qwen3Config, x, positions, attn, *,
     return ScanOut(x, state, h, a)
 
 
+def store_kv(k, v, kv_cache: str):
+    """One layer's (k, v) [B,T,K,H] as the cache stores them -> (k, v, k_scale, v_scale); the
+    scales are None for "bf16" (kept in the compute dtype)."""
+    quant.check_format(kv_cache, quant.KV_CACHE_FORMATS, "kv_cache")
+    if kv_cache == "bf16":
+        return k, v, None, None
+    (kq, ks), (vq, vs) = quant.quantize_kv(k, kv_cache), quant.quantize_kv(v, kv_cache)
+    return kq, vq, ks, vs
+
+
 def run_layers(params: Params, cfg: Qwen3Config, x, positions, attn: str | AttnFn, *,
                chunk: int | None = None, cache_len: int | None = None,
-               fuse_qkv: bool = True) -> tuple[jax.Array, KVCache]:
+               fuse_qkv: bool = True, kv_cache: str = "bf16") -> tuple[jax.Array, KVCache]:
     """Every layer over x [B,T,D] at positions [B,T] -> (x, KVCache with capacity cache_len
-    or T, filled T). attn: a dense_attention name or a callable (q, k, v) -> o."""
+    or T, filled T). attn: a dense_attention name or a callable (q, k, v) -> o.
+    kv_cache: "bf16" (the compute dtype), "int8" or "fp8" (quantized as stored; attention here
+    still reads the full-precision K/V)."""
     T = x.shape[1]
     pad = (cache_len or T) - T
     if pad < 0:
         raise ValueError(f"cache_len={cache_len} is shorter than the prompt ({T} tokens)")
+    quant.check_format(kv_cache, quant.KV_CACHE_FORMATS, "kv_cache")
     attn_fn = resolve_attn(attn)
 
     def keep_kv(state, qkv, _):
-        k, v = qkv.k, qkv.v
-        if pad:
-            widths = [(0, 0), (0, pad), (0, 0), (0, 0)]
-            k, v = jnp.pad(k, widths), jnp.pad(v, widths)
-        return state, (k, v)
+        stored = store_kv(qkv.k, qkv.v, kv_cache)
+        if pad:  # values [B,T,K,H] and scales [B,T,K]: pad the T axis
+            stored = jax.tree.map(
+                lambda a: jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)), stored)
+        return state, stored
 
     def dense(qkv, _):
         return attn_fn(qkv.q, qkv.k, qkv.v), None
 
     out = scan_layers(params, cfg, x, positions, dense, chunk=chunk, hook=keep_kv,
                       fuse_qkv=fuse_qkv)
-    k, v = out.hook_out
-    return out.x, KVCache(k, v, jnp.asarray(T, jnp.int32))
+    k, v, ks, vs = out.hook_out
+    return out.x, KVCache(k, v, jnp.asarray(T, jnp.int32), ks, vs)
 
 
 # ---------------------------------------------------------------- modes
@@ -308,26 +337,32 @@ def forward(params: Params, cfg: Qwen3Config, ids, positions, *,
 
 def prefill(params: Params, cfg: Qwen3Config, ids, positions, *,
             attn: str | AttnFn = "reference", chunk: int | None = None,
-            cache_len: int | None = None, fuse_qkv: bool = True):
+            cache_len: int | None = None, fuse_qkv: bool = True, kv_cache: str = "bf16"):
     """Prefill ids [B,T] at positions [B,T] (increasing, gaps allowed).
 
-    Returns (last-token logits float32 [B,V], KVCache with capacity cache_len or T, filled T).
+    Returns (last-token logits float32 [B,V], KVCache with capacity cache_len or T, filled T,
+    stored as kv_cache says).
     """
     x, cache = run_layers(params, cfg, embed(params, ids), positions, attn, chunk=chunk,
-                          cache_len=cache_len, fuse_qkv=fuse_qkv)
+                          cache_len=cache_len, fuse_qkv=fuse_qkv, kv_cache=kv_cache)
     return final_logits(params, cfg, x[:, -1]), cache
 
 
-def cached_attention(q, k_cache, v_cache, k_new, v_new, length):
+def cached_attention(q, k_cache, v_cache, k_new, v_new, length, *, k_scale=None,
+                     v_scale=None):
     """Queries of T new tokens against a KV cache and, causally, each other.
 
     q [B,T,N,H] at cache slots length, length+1, ...; k_cache/v_cache [B,S_max,K,H] of which
     slots [0, length) are filled; k_new/v_new [B,T,K,H]. One float32 softmax over the filled
     cache and the new keys up to each query's own. Decode is T = 1; the look-ahead scorer
-    feeds its generated tokens with T = n_tail - 1.
+    feeds its generated tokens with T = n_tail - 1. A quantized cache passes its float32
+    scales k_scale/v_scale [B,S_max,K]: it is dequantized here, into the float32 it is read in.
     """
     B, T, N, H = q.shape
     K = k_cache.shape[2]
+    if k_scale is not None:
+        k_cache = quant.dequantize_kv(k_cache, k_scale, SOFTMAX_DTYPE)
+        v_cache = quant.dequantize_kv(v_cache, v_scale, SOFTMAX_DTYPE)
     qg = q.reshape(B, T, K, N // K, H).astype(SOFTMAX_DTYPE) / math.sqrt(H)
     s_c = jnp.einsum("btkgh,bskh->bkgts", qg, k_cache.astype(SOFTMAX_DTYPE))
     s_c = jnp.where(jnp.arange(k_cache.shape[1]) < length, s_c, MASK_VALUE)
@@ -340,34 +375,48 @@ def cached_attention(q, k_cache, v_cache, k_new, v_new, length):
     return o.reshape(B, T, N, H).astype(q.dtype)
 
 
-def decode(params: Params, cfg: Qwen3Config, token, position, cache: KVCache):
+def decode(params: Params, cfg: Qwen3Config, token, position, cache: KVCache, *,
+           kv_cache: str | None = None):
     """One token per batch row: token [B], position [B] -> (logits float32 [B,V], cache).
 
     The cache must have a free slot (length < capacity): under jit an overflow cannot raise, and
-    dynamic_update_slice would clamp and overwrite the last slot.
+    dynamic_update_slice would clamp and overwrite the last slot. kv_cache: the cache's format
+    (None: read from the cache, which knows it; a value that disagrees is an error). The new
+    token attends to its own K/V in full precision and is stored quantized like the rest.
     """
+    fmt = cache.format
+    if kv_cache is not None and kv_cache != fmt:
+        raise ValueError(f"decode: kv_cache={kv_cache!r} but the cache is stored as {fmt!r}")
     positions = position[:, None]
 
     def new_kv(state, qkv, _):
         return state, (qkv.k, qkv.v)
 
     def attend(qkv, kv):
-        return cached_attention(qkv.q, kv[0], kv[1], qkv.k, qkv.v, cache.length), None
+        kc, vc, ks, vs = kv
+        return cached_attention(qkv.q, kc, vc, qkv.k, qkv.v, cache.length, k_scale=ks,
+                                v_scale=vs), None
 
     out = scan_layers(params, cfg, embed(params, token[:, None]), positions, attend,
-                      hook=new_kv, per_layer=(cache.k, cache.v))
+                      hook=new_kv, per_layer=(cache.k, cache.v, cache.k_scale, cache.v_scale))
     x, (k_new, v_new) = out.x, out.hook_out
-    at = (0, 0, cache.length, 0, 0)
-    cache = KVCache(jax.lax.dynamic_update_slice(cache.k, k_new.astype(cache.k.dtype), at),
-                    jax.lax.dynamic_update_slice(cache.v, v_new.astype(cache.v.dtype), at),
-                    cache.length + 1)
+    k_new, v_new, ks_new, vs_new = store_kv(k_new, v_new, fmt)  # [L,B,1,K,H], scales [L,B,1,K]
+
+    def write(buf, new):
+        at = (0, 0, cache.length) + (0,) * (buf.ndim - 3)
+        return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), at)
+
+    scales = ((None, None) if fmt == "bf16"
+              else (write(cache.k_scale, ks_new), write(cache.v_scale, vs_new)))
+    cache = KVCache(write(cache.k, k_new), write(cache.v, v_new), cache.length + 1, *scales)
     return final_logits(params, cfg, x[:, 0]), cache
 
 
 # ---------------------------------------------------------------- user-facing entry points
 forward_jit = jax.jit(forward, static_argnames=("cfg", "attn", "chunk", "fuse_qkv"))
-prefill_jit = jax.jit(prefill, static_argnames=("cfg", "attn", "chunk", "cache_len", "fuse_qkv"))
-decode_jit = jax.jit(decode, static_argnames=("cfg",), donate_argnames=("cache",))
+prefill_jit = jax.jit(prefill, static_argnames=("cfg", "attn", "chunk", "cache_len", "fuse_qkv",
+                                                "kv_cache"))
+decode_jit = jax.jit(decode, static_argnames=("cfg", "kv_cache"), donate_argnames=("cache",))
 
 
 def logits(model, ids, *, attn: str | AttnFn = "reference") -> jax.Array:
@@ -381,7 +430,8 @@ def logits(model, ids, *, attn: str | AttnFn = "reference") -> jax.Array:
 
 
 def greedy_generate(model, ids, n_new: int, positions=None, *,
-                    attn: str | AttnFn = "reference", chunk: int | None = None) -> np.ndarray:
+                    attn: str | AttnFn = "reference", chunk: int | None = None,
+                    kv_cache: str = "bf16") -> np.ndarray:
     """Greedy tokens [n_new] (or [B, n_new] for 2-D ids): prefill, then decode.
 
     positions default to 0..T-1; decoding continues at positions[-1] + 1, + 2, ...
@@ -398,7 +448,7 @@ def greedy_generate(model, ids, n_new: int, positions=None, *,
     positions = jnp.asarray(positions, jnp.int32).reshape(B, T)
     cfg, params = model.config, model.params
     lg, cache = prefill_jit(params, cfg, ids, positions, attn=attn, chunk=chunk,
-                            cache_len=T + max(n_new - 1, 0))
+                            cache_len=T + max(n_new - 1, 0), kv_cache=kv_cache)
     tok = jnp.argmax(lg, axis=-1).astype(jnp.int32)
     out, pos = [tok], positions[:, -1]
     for _ in range(n_new - 1):

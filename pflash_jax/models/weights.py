@@ -29,8 +29,8 @@ from pflash_jax.models.config import ProblemsError, Qwen3Config
 from pflash_jax.models.params import layer_shapes, param_shapes
 
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-          "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
-          "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+          "BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "I64": np.int64,
+          "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 DTYPE_NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
 FLOAT_DTYPES = ("F32", "BF16", "F16")
 _MAX_HEADER = 100 * 1024 * 1024

@@ -1,0 +1,343 @@
+"""Quantized weights (int8, int4, fp8) and a quantized KV cache (docs/design.md section 8).
+
+Formats (all symmetric, scales float32; `w ~= values * scale`):
+- "int8": weight-only, per output channel: values int8 [in, out] in [-127, 127], scale [out].
+- "int4": weight-only, group-wise along the input dim (`INT4_GROUP` = 128, or `in` when
+  smaller): values `jnp.int4` [in, out] in [-7, 7] (-8 is never produced: symmetric), scale
+  [in / group, out]. jax 0.11.2 has int4 arrays and packs them two per byte on the device
+  (checked on CPU: a [1024, 1024] int4 array holds 512 KiB); numpy (ml_dtypes.int4) keeps one
+  per byte, so on disk they are packed by hand (`pack_int4`).
+- "fp8": W8A8 e4m3 (`float8_e4m3fn`, max 448): weights per output channel as above; the
+  activations are quantized per token at the matmul, and the product is one
+  `lax.dot_general(fp8, fp8, preferred_element_type=float32)` scaled on its output (XLA's fp8
+  GEMM on Hopper; on CPU it runs emulated).
+Stacked on L like every layer tensor: values [L, in, out], scale [L, out] or [L, G, out].
+
+Where dequantization happens: `matmul(x, w)` is the one projection call of `qwen3.py` (q/k/v
+fused or not, o_proj, gate/up/down). int8/int4 dequantize the weight inside the jitted matmul
+(`values * scale` cast to x's dtype, then `x @ w`): the convert and the scale multiply are
+elementwise producers of the GEMM operand, which XLA fuses into the GEMM, so the
+full-precision weight is never written to memory. Why on the weight, not on the output: int4's
+scale varies along the contracted dim, so scaling the output needs one partial product per
+group; int8 could scale the output, but one rule for both keeps one code path to measure.
+Embeddings, norms and the LM head stay unquantized: on the small models (0.6B-4B) the head is
+tied to the embedding table, which is gathered, not multiplied, and the logits are what the
+pipeline compares and argmaxes; quantizing the head is a separate choice.
+
+Quantizing is done on the host with numpy, one tensor (and one layer of it) at a time, so a big
+model never sits on the device in full precision (`quantize_array`; `loading.load_model(...,
+quantize=)` and `pflash-convert --quantize` use it). The same function, given `jnp`, quantizes
+per-token activations (fp8) and the KV cache on the device (`quantize_rows`).
+
+KV cache (`KV_CACHE_FORMATS`): "bf16" keeps K/V in the compute dtype (the name of the GPU
+case; under float32 compute it is float32); "int8" / "fp8" store each token's K and V per kv
+head with a float32 scale [L, B, S, K] (`qwen3.KVCache.k_scale`), quantized as they are stored.
+Prefill attention reads its own layer's full-precision K/V; decode dequantizes what it reads.
+
+qwix (google/qwix 0.1.8, read, not used): its `QArray` and `dot_general` cover the same math
+(and its dispatch also dequantizes on the input when the other operand is float, for the
+fusion reason above), but it depends on flax >= 0.12 (a flax.struct QArray registered with
+nnx) and its PTQ entry points quantize Flax modules by interception or jax arrays already on
+the device, while this package is functional JAX without flax and must quantize numpy tensors
+on the host while loading and store them in its own safetensors layout. Its kernels
+(qwix/contrib/kernels) are Pallas TPU. What remains is ~100 lines of scales and one dispatching
+matmul. Provisional: no GPU was measured; if XLA does not fuse the dequantize into the GEMM on
+Hopper (prefill at 8K vs bf16), a kernel (qwix's or our own Pallas) is the next step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from pflash_jax.models.params import PROJECTIONS, Params
+from pflash_jax.models.weights import DTYPES, Lazy
+
+FORMATS = ("int8", "int4", "fp8")
+KV_CACHE_FORMATS = ("bf16", "int8", "fp8")
+INT4_GROUP = 128
+QMAX = {"int8": 127, "int4": 7, "fp8": 448.0}  # 448: float8_e4m3fn's largest finite value
+STORAGE = {"int8": np.dtype(np.int8), "int4": np.dtype(ml_dtypes.int4),
+           "fp8": np.dtype(ml_dtypes.float8_e4m3fn)}
+DISK_CODES = {"int8": "I8", "int4": "U8", "fp8": "F8_E4M3"}  # safetensors dtype of .qvalues
+SIDE_FILE = "quantization.json"
+LAYOUT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedWeight:
+    """A quantized [..., in, out] weight: `values * scale` (broadcast per format, see above).
+
+    A pytree whose children are values and scale (so lax.scan slices the layer axis and jit
+    moves them) and whose format and group are static (part of the jit cache key)."""
+
+    values: jax.Array  # [..., in, out] int8 | int4 | float8_e4m3fn
+    scale: jax.Array  # float32 [..., out]; int4: [..., in / group, out]
+    format: str
+    group: int | None = None  # int4 only: inputs per scale
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    def dequantize(self, dtype=jnp.float32):
+        """The weight [..., in, out] in dtype (values * scale in float32, then one cast)."""
+        v = self.values.astype(jnp.float32)
+        if self.format != "int4":
+            return (v * self.scale[..., None, :]).astype(dtype)
+        *lead, n_in, n_out = v.shape
+        g = v.reshape(*lead, n_in // self.group, self.group, n_out) * self.scale[..., None, :]
+        return g.reshape(*lead, n_in, n_out).astype(dtype)
+
+
+jax.tree_util.register_dataclass(QuantizedWeight, data_fields=["values", "scale"],
+                                 meta_fields=["format", "group"])
+
+
+def check_format(fmt, allowed=FORMATS, what="quantize") -> None:
+    if fmt not in allowed:
+        raise ValueError(f"{what} must be one of {list(allowed)}, got {fmt!r}")
+
+
+def int4_group(n_in: int, group: int = INT4_GROUP) -> int:
+    """The group size of an int4 weight with n_in inputs: `group`, or n_in when smaller."""
+    g = min(group, n_in)
+    if n_in % g:
+        raise ValueError(f"int4: input dim {n_in} is not a multiple of the group size {g}")
+    return g
+
+
+# ---------------------------------------------------------------- the arithmetic
+def quantize_rows(xp, x, fmt: str, axis: int = -1):
+    """Symmetric quantization over `axis` -> (values, scale float32, axis kept as size 1).
+
+    xp is numpy (host weights) or jax.numpy (activations, KV cache): one rule for both. An
+    all-zero row gets scale 1 (values 0) instead of a division by zero. Values are clipped
+    before the cast: e4m3fn has no infinity and turns anything past 448 into NaN.
+    """
+    xf = x.astype(xp.float32)
+    amax = xp.max(xp.abs(xf), axis=axis, keepdims=True)
+    qmax = QMAX[fmt]
+    scale = xp.where(amax > 0, amax / xp.float32(qmax), xp.float32(1)).astype(xp.float32)
+    y = xp.clip(xf / scale, -qmax, qmax)
+    if fmt == "fp8":
+        return y.astype(STORAGE[fmt]), scale
+    # numpy's float -> int4 cast is not defined: round, go through int8 (exact).
+    return xp.round(y).astype(xp.int8).astype(STORAGE[fmt]), scale
+
+
+def _quantize_2d(w: np.ndarray, fmt: str, group: int) -> tuple[np.ndarray, np.ndarray]:
+    n_in, n_out = w.shape
+    if fmt != "int4":
+        q, s = quantize_rows(np, np.asarray(w), fmt, axis=0)
+        return q, s[0]
+    q, s = quantize_rows(np, np.asarray(w).reshape(n_in // group, group, n_out), fmt, axis=1)
+    return q.reshape(n_in, n_out), s[:, 0]
+
+
+def quantize_array(w, fmt: str, group: int = INT4_GROUP) -> QuantizedWeight:
+    """A weight [..., in, out] (numpy or memmap, any float dtype) -> QuantizedWeight of numpy
+    arrays, on the host. One [in, out] slice at a time: float32 temporaries stay one layer."""
+    check_format(fmt)
+    w = np.asarray(w)
+    *lead, n_in, n_out = w.shape
+    g = int4_group(n_in, group) if fmt == "int4" else None
+    scale_shape = (*lead, n_in // g, n_out) if fmt == "int4" else (*lead, n_out)
+    values = np.empty(w.shape, STORAGE[fmt])
+    scale = np.empty(scale_shape, np.float32)
+    for idx in np.ndindex(*lead):
+        values[idx], scale[idx] = _quantize_2d(w[idx], fmt, g)
+    return QuantizedWeight(values, scale, fmt, g)
+
+
+def to_device(w: QuantizedWeight) -> QuantizedWeight:
+    return jax.tree.map(jnp.asarray, w)
+
+
+def matmul(x, w):
+    """x [..., in] @ w [in, out] -> [..., out] in x's dtype; w a plain array or a
+    QuantizedWeight (int8 / int4: dequantized into the GEMM; fp8: W8A8, see the docstring)."""
+    if not isinstance(w, QuantizedWeight):
+        return x @ w
+    if w.format != "fp8":
+        return x @ w.dequantize(x.dtype)
+    if w.values.ndim != 2:
+        raise ValueError(f"fp8 matmul takes one layer's weight [in, out], got {w.shape}")
+    xq, xs = quantize_rows(jnp, x, "fp8")  # per token: xs [..., 1]
+    acc = jax.lax.dot_general(xq, w.values, (((x.ndim - 1,), (0,)), ((), ())),
+                              preferred_element_type=jnp.float32)
+    return (acc * xs * w.scale).astype(x.dtype)
+
+
+def concat_out(ws):
+    """Weights concatenated along the output axis (the fused [Wq|Wk|Wv]), quantized or not."""
+    if not any(isinstance(w, QuantizedWeight) for w in ws):
+        return jnp.concatenate(ws, axis=-1)
+    kinds = {(w.format, w.group) if isinstance(w, QuantizedWeight) else None for w in ws}
+    if len(kinds) != 1 or None in kinds:
+        raise TypeError(f"concat_out: cannot fuse weights of different formats {kinds}")
+    return QuantizedWeight(jnp.concatenate([w.values for w in ws], axis=-1),
+                           jnp.concatenate([w.scale for w in ws], axis=-1),
+                           ws[0].format, ws[0].group)
+
+
+def quantize_params(params: Params, fmt: str, group: int = INT4_GROUP) -> Params:
+    """params with every layer projection (PROJECTIONS) quantized, on the host: each tensor is
+    copied to numpy, quantized and put back on the default device before the next."""
+    check_format(fmt)
+    done = {}
+    for name in PROJECTIONS:
+        w = getattr(params.layers, name)
+        if isinstance(w, QuantizedWeight):
+            raise ValueError(f"quantize_params: layers.{name} is already quantized "
+                             f"({w.format})")
+        done[name] = to_device(quantize_array(np.asarray(w), fmt, group))
+    return dataclasses.replace(params, layers=dataclasses.replace(params.layers, **done))
+
+
+def quantized_format(params: Params) -> str | None:
+    """The format of params' projections, or None when they are plain arrays."""
+    w = params.layers.q_proj
+    return w.format if isinstance(w, QuantizedWeight) else None
+
+
+# ---------------------------------------------------------------- KV cache
+def quantize_kv(x, fmt: str):
+    """K or V [..., K, H] -> (values int8 | e4m3, scale float32 [..., K]) per token and head."""
+    q, s = quantize_rows(jnp, x, fmt)
+    return q, s[..., 0]
+
+
+def dequantize_kv(values, scale, dtype=jnp.float32):
+    return (values.astype(jnp.float32) * scale[..., None]).astype(dtype)
+
+
+# ---------------------------------------------------------------- on disk
+# A quantized checkpoint stores each projection `layers.NAME` as `layers.NAME.qvalues` and
+# `layers.NAME.scale` and says so in quantization.json beside config.json (config.json stays
+# the source's: its parser refuses keys it does not know).
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """int4 [..., out] -> uint8 [..., out / 2]: output column 2j in the low nibble, 2j+1 in
+    the high one (two's complement nibbles)."""
+    v = np.asarray(values).astype(np.int8).view(np.uint8) & 0xF
+    return (v[..., 0::2] | (v[..., 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_int4(packed: np.ndarray) -> np.ndarray:
+    p = np.asarray(packed, np.uint8)
+    lo, hi = (p & 0xF).astype(np.int8), (p >> 4).astype(np.int8)
+    v = np.stack([lo, hi], axis=-1).reshape(*p.shape[:-1], 2 * p.shape[-1])
+    return ((v ^ 8) - 8).astype(STORAGE["int4"])  # sign-extend the nibble
+
+
+def stored_layout(shapes: dict[str, tuple[int, ...]], fmt: str,
+                  group: int = INT4_GROUP) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Stored name -> (shape, safetensors dtype code) of the quantized tensors replacing the
+    projections of `shapes` (params.param_shapes). Raises ValueError for shapes the format
+    cannot store (int4: inputs not a multiple of the group, an odd output dim)."""
+    check_format(fmt)
+    out = {}
+    for proj in PROJECTIONS:
+        *lead, n_in, n_out = shapes[f"layers.{proj}"]
+        if fmt == "int4":
+            if n_out % 2:
+                raise ValueError(f"int4: layers.{proj} has an odd output dim {n_out}")
+            g = int4_group(n_in, group)
+            out[f"layers.{proj}.qvalues"] = ((*lead, n_in, n_out // 2), DISK_CODES[fmt])
+            out[f"layers.{proj}.scale"] = ((*lead, n_in // g, n_out), "F32")
+        else:
+            out[f"layers.{proj}.qvalues"] = ((*lead, n_in, n_out), DISK_CODES[fmt])
+            out[f"layers.{proj}.scale"] = ((*lead, n_out), "F32")
+    return out
+
+
+def to_disk(w: QuantizedWeight) -> dict[str, np.ndarray]:
+    values = pack_int4(w.values) if w.format == "int4" else np.asarray(w.values)
+    return {"qvalues": values, "scale": np.asarray(w.scale)}
+
+
+def from_disk(values: np.ndarray, scale: np.ndarray, fmt: str, group: int) -> QuantizedWeight:
+    """Host arrays read from a checkpoint -> QuantizedWeight of numpy arrays."""
+    if fmt == "int4":
+        return QuantizedWeight(unpack_int4(values), np.asarray(scale), fmt,
+                               int4_group(values.shape[-2], group))
+    return QuantizedWeight(np.asarray(values), np.asarray(scale), fmt, None)
+
+
+def lazy_quantized(tensors: dict[str, Lazy], fmt: str,
+                   group: int = INT4_GROUP) -> dict[str, Lazy]:
+    """The converter's lazy tensors with each projection replaced by its .qvalues and .scale.
+
+    The two entries share one quantization: writing .qvalues quantizes and keeps the scale
+    until .scale, written next, takes it (write_safetensors writes in dict order), so one
+    projection is held at a time and none is quantized twice."""
+    shapes = {k: t.shape for k, t in tensors.items()}
+    layout = stored_layout(shapes, fmt, group)
+    out = {}
+    for name, t in tensors.items():
+        if name.removeprefix("layers.") not in PROJECTIONS:
+            out[name] = t
+            continue
+        pending: dict[str, np.ndarray] = {}
+
+        def values(t=t, pending=pending):
+            pending.update(to_disk(quantize_array(t.make(), fmt, group)))
+            return pending.pop("qvalues")
+
+        def scale(pending=pending):
+            return pending.pop("scale")
+
+        for part, make in (("qvalues", values), ("scale", scale)):
+            shape, code = layout[f"{name}.{part}"]
+            out[f"{name}.{part}"] = Lazy(shape, np.dtype(DTYPES[code]), make)
+    return out
+
+
+def write_side_file(directory: Path, fmt: str, group: int = INT4_GROUP) -> None:
+    info = {"version": LAYOUT_VERSION, "format": fmt,
+            "group": group if fmt == "int4" else None,
+            "quantized": [f"layers.{p}" for p in PROJECTIONS],
+            "int4_packing": "uint8 pairs along the output dim, low nibble first"
+            if fmt == "int4" else None}
+    (directory / SIDE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_side_file(directory: Path, problems: list[str]) -> tuple[str, int | None] | None:
+    """(format, group: int4's, else None) from quantization.json, None when absent; problems
+    are appended."""
+    path = directory / SIDE_FILE
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        problems.append(f"{path}: cannot read ({e})")
+        return None
+    keys = {"version", "format", "group", "quantized", "int4_packing"}
+    if not isinstance(info, dict):
+        problems.append(f"{path}: not a JSON object")
+        return None
+    for k in sorted(set(info) - keys):
+        problems.append(f"{path}: unknown key {k!r}")
+    if info.get("version") != LAYOUT_VERSION:
+        problems.append(f"{path}: layout version {info.get('version')!r}, this loader reads "
+                        f"{LAYOUT_VERSION}")
+    fmt, group = info.get("format"), info.get("group")
+    if fmt not in FORMATS:
+        problems.append(f"{path}: format {fmt!r} is not one of {list(FORMATS)}")
+        return None
+    if fmt == "int4" and not (isinstance(group, int) and not isinstance(group, bool)
+                              and group > 0):
+        problems.append(f"{path}: int4 needs a positive integer group, got {group!r}")
+        return None
+    expected = [f"layers.{p}" for p in PROJECTIONS]
+    if info.get("quantized") != expected:
+        problems.append(f"{path}: quantized tensors {info.get('quantized')!r}, expected "
+                        f"{expected}")
+    return fmt, (group if fmt == "int4" else None)
