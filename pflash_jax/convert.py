@@ -1,4 +1,5 @@
-"""`pflash-convert HF_DIR OUT_DIR [--dtype source|bf16|f32|f16]`: Hugging Face Qwen3 -> ours.
+"""`pflash-convert HF_DIR OUT_DIR [--dtype source|bf16|f32|f16] [--quantize int8|int4|fp8]`:
+Hugging Face Qwen3 -> ours.
 
 Reads config.json (strictly, see models/config.py) and model.safetensors or its shards, checks
 every tensor against the config (all problems reported at once), applies the declarative
@@ -12,6 +13,11 @@ Design choices:
   bf16 matrices) converts to the dtype holding most of its bytes (a tie: the wider one), with a
   warning: the matrices set the model's precision and widening them would double its size;
   `--dtype f32` keeps every value exact.
+- `--quantize`: the layer projections are stored quantized (`layers.NAME.qvalues` +
+  `layers.NAME.scale`, and quantization.json; models/quant.py), quantized from exactly what a
+  plain conversion at that dtype would store, so `pflash-convert --quantize F` and a plain
+  conversion loaded with `load_model(quantize=F)` give bitwise-identical params. The other
+  tensors keep the dtype rule above. One projection is held on the host at a time.
 - A tied config (tie_word_embeddings=true) whose file stores its own lm_head.weight is
   converted untied, with the stored head, as transformers 5 loads it (`weights.read_hf`).
 - Nothing half-written: output goes to a sibling `.OUT.pflash-tmp.HOST.PID.RAND` folder that is
@@ -71,6 +77,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pflash_jax.models import quant
 from pflash_jax.models.config import ProblemsError, Qwen3Config
 from pflash_jax.models.weights import (
     DTYPES,
@@ -178,17 +185,20 @@ def _check_not_source(hf_dir: Path, out_dir: Path) -> None:
 
 
 def convert(hf_dir: str | Path, out_dir: str | Path, dtype: str | None = None,
-            overwrite: bool = False) -> Path:
+            overwrite: bool = False, quantize: str | None = None) -> Path:
     """Convert an HF Qwen3 checkpoint into out_dir. dtype: None / "source" (the checkpoint's
-    own, see the module docstring) or a name of OUT_DTYPES."""
+    own, see the module docstring) or a name of OUT_DTYPES; quantize: None or a name of
+    quant.FORMATS (the projections stored quantized)."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     check_dtype(dtype)
+    if quantize is not None:
+        quant.check_format(quantize)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists (pass --overwrite to replace it)")
     _check_not_source(hf_dir, out_dir)
     cfg, refs = read_hf_safely(hf_dir)
     return write_converted(hf_dir, cfg, refs, out_dir, target_dtype(refs, dtype, hf_dir),
-                           overwrite)
+                           overwrite, quantize)
 
 
 def read_hf_safely(hf_dir: Path) -> tuple[Qwen3Config, dict[str, TensorRef]]:
@@ -204,15 +214,23 @@ def read_hf_safely(hf_dir: Path) -> tuple[Qwen3Config, dict[str, TensorRef]]:
 
 
 def write_converted(hf_dir: Path, cfg: Qwen3Config, refs: dict[str, TensorRef],
-                    out_dir: Path, code: str, overwrite: bool = False) -> Path:
-    """Write checked `refs` (from read_hf) into out_dir in dtype `code`, atomically."""
+                    out_dir: Path, code: str, overwrite: bool = False,
+                    quantize: str | None = None) -> Path:
+    """Write checked `refs` (from read_hf) into out_dir in dtype `code`, atomically; with
+    `quantize`, the projections quantized (quant.lazy_quantized) and quantization.json."""
     _check_not_source(hf_dir, out_dir)
+    tensors = hf_to_ours(refs, cfg, DTYPES[code])
+    metadata = {"format": "pflash_jax", "source": hf_dir.name}
+    if quantize is not None:
+        tensors = quant.lazy_quantized(tensors, quantize)  # shape problems raise before writing
+        metadata["quantization"] = quantize
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(out_dir.parent)
     tmp = _work_dir(out_dir, "tmp")
     try:
-        write_safetensors(tmp / "model.safetensors", hf_to_ours(refs, cfg, DTYPES[code]),
-                          metadata={"format": "pflash_jax", "source": hf_dir.name})
+        write_safetensors(tmp / "model.safetensors", tensors, metadata=metadata)
+        if quantize is not None:
+            quant.write_side_file(tmp, quantize)
         for name in SIDE_FILES:
             if (hf_dir / name).exists():
                 shutil.copyfile(hf_dir / name, tmp / name)  # content only: the umask's mode
@@ -424,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["source", *OUT_DTYPES], default="source",
                     help="tensor dtype of the output (default: the checkpoint's own; a mixed "
                          "checkpoint: the dtype of most of its bytes)")
+    ap.add_argument("--quantize", choices=list(quant.FORMATS), default=None,
+                    help="store the layer projections quantized: int8 per output channel, "
+                         "int4 in groups of 128 inputs, fp8 (e4m3, W8A8 at run time); "
+                         "embeddings, norms and the head stay in --dtype")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--list-cache", action="store_true",
                     help="list the automatic conversion cache ($PFLASH_CACHE) with sizes")
@@ -442,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _print_warning
-            out = convert(args.hf_dir, args.out_dir, args.dtype, args.overwrite)
+            out = convert(args.hf_dir, args.out_dir, args.dtype, args.overwrite,
+                          args.quantize)
     except KeyboardInterrupt:
         print("pflash-convert: interrupted; nothing was written", file=sys.stderr)
         return 130
