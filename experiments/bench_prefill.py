@@ -26,7 +26,7 @@ from pflash_jax import bench
 from pflash_jax.attention import dense_attention
 from pflash_jax.attention.api import resolve_dense
 from pflash_jax.models import qwen3
-from pflash_jax.models.config import Qwen3Config, preset
+from pflash_jax.models.config import Qwen3Config, model_preset
 from pflash_jax.models.params import init_params
 
 
@@ -42,7 +42,7 @@ def prefill_flops(cfg: Qwen3Config, T: int) -> dict[str, float]:
 
 def run(model: str, seq: int, attn: str, chunk: int | None, repeats: int,
         layers: int | None = None, fuse_qkv: bool = True) -> dict:
-    cfg = preset(model)
+    cfg = model_preset(model)
     if layers:  # smoke tests only: fewer layers of the same shapes
         cfg = dataclasses.replace(cfg, num_hidden_layers=layers)
     params = bench.block(init_params(cfg, jax.random.key(0), jnp.bfloat16))
@@ -82,7 +82,7 @@ def run(model: str, seq: int, attn: str, chunk: int | None, repeats: int,
 
 def breakdown(model: str, seq: int, repeats: int) -> list[dict]:
     """Per-layer pieces at full length (one layer's weights): where the non-attention time goes."""
-    cfg = dataclasses.replace(preset(model), num_hidden_layers=1)
+    cfg = dataclasses.replace(model_preset(model), num_hidden_layers=1)
     p = init_params(cfg, jax.random.key(0), jnp.bfloat16)
     layer = jax.tree.map(lambda a: a[0], p.layers)
     D, N, K, H = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim

@@ -42,7 +42,7 @@ def checkpoint_dir(spec: ModelSpec):
 
 def load(spec: ModelSpec, role: str):
     from pflash_jax.embedded import open_model
-    from pflash_jax.models import config as mconfig
+    from pflash_jax.models.config import model_preset
     from pflash_jax.models.loading import Model
     from pflash_jax.models.params import init_params
 
@@ -54,7 +54,7 @@ def load(spec: ModelSpec, role: str):
     if spec.random_init:
         if not spec.preset:
             raise ValueError(f"{role}.random_init needs {role}.preset (e.g. qwen3-0.6b)")
-        cfg = with_yarn(mconfig.preset(spec.preset), spec)
+        cfg = with_yarn(model_preset(spec.preset), spec)
         seed = {"drafter": 1, "target": 2}[role]
         return Model(cfg, init_params(cfg, jax.random.key(seed), dtype))
     path = checkpoint_dir(spec)

@@ -1,6 +1,6 @@
 """Qwen3 dense family: config, params, forward (prefill / decode), weights and loading."""
 
-from pflash_jax.models.config import ConfigError, Qwen3Config, YarnScaling, preset
+from pflash_jax.models.config import ConfigError, Qwen3Config, YarnScaling, model_preset
 from pflash_jax.models.params import LayerParams, Params, init_params
 from pflash_jax.models.qwen3 import (
     QKV,
@@ -17,6 +17,6 @@ from pflash_jax.models.qwen3 import (
     prefill,
 )
 
-__all__ = ["ConfigError", "Qwen3Config", "YarnScaling", "preset", "LayerParams", "Params",
+__all__ = ["ConfigError", "Qwen3Config", "YarnScaling", "model_preset", "LayerParams", "Params",
            "init_params", "QKV", "KVCache", "decode", "embed", "final_logits", "forward",
            "greedy_generate", "layer_finish", "layer_forward", "layer_qkv", "logits", "prefill"]

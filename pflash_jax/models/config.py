@@ -314,7 +314,7 @@ def _preset(hidden, inter, layers, heads, tied) -> Qwen3Config:
 
 
 # Values of the published Qwen/Qwen3-*/config.json files.
-PRESETS: dict[str, Qwen3Config] = {
+MODEL_PRESETS: dict[str, Qwen3Config] = {
     "qwen3-0.6b": _preset(1024, 3072, 28, 16, True),
     "qwen3-1.7b": _preset(2048, 6144, 28, 16, True),
     "qwen3-4b": _preset(2560, 9728, 36, 32, True),
@@ -324,9 +324,9 @@ PRESETS: dict[str, Qwen3Config] = {
 }
 
 
-def preset(name: str) -> Qwen3Config:
+def model_preset(name: str) -> Qwen3Config:
     key = name.lower().removeprefix("qwen/")
     key = key if key.startswith("qwen3-") else f"qwen3-{key}"
-    if key not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-    return PRESETS[key]
+    if key not in MODEL_PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {sorted(MODEL_PRESETS)}")
+    return MODEL_PRESETS[key]

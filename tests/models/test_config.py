@@ -4,33 +4,33 @@ import json
 import numpy as np
 import pytest
 
-from pflash_jax.models.config import PRESETS, ConfigError, Qwen3Config, preset
+from pflash_jax.models.config import MODEL_PRESETS, ConfigError, Qwen3Config, model_preset
 
 from .conftest import FIXTURES
 
 
 def test_presets_match_published_configs():
-    c = preset("Qwen/Qwen3-8B")
+    c = model_preset("Qwen/Qwen3-8B")
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
             c.head_dim, c.intermediate_size, c.vocab_size, c.tie_word_embeddings) == (
         4096, 36, 32, 8, 128, 12288, 151936, False)
-    c = preset("0.6b")
+    c = model_preset("0.6b")
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
             c.tie_word_embeddings) == (1024, 28, 16, 3072, True)
-    for c in PRESETS.values():
+    for c in MODEL_PRESETS.values():
         assert (c.rms_norm_eps, c.rope_theta, c.max_position_embeddings) == (1e-6, 1e6, 40960)
         hash(c)  # static jit argument
-    assert len({hash(c) for c in PRESETS.values()}) == len(PRESETS)
+    assert len({hash(c) for c in MODEL_PRESETS.values()}) == len(MODEL_PRESETS)
 
 
 def test_hf_roundtrip_and_yarn():
-    c = preset("8b").with_yarn()
+    c = model_preset("8b").with_yarn()
     assert Qwen3Config.from_hf_config(json.loads(json.dumps(c.to_hf_config()))) == c
     assert c.max_position_embeddings == 131072
     inv, factor = c.rope_inv_freq()
     assert inv.dtype == np.float32 and inv.shape == (64,)
     np.testing.assert_allclose(factor, 0.1 * np.log(4) + 1)
-    base_inv, _ = preset("8b").rope_inv_freq()
+    base_inv, _ = model_preset("8b").rope_inv_freq()
     # High frequencies extrapolate (unchanged), low frequencies interpolate (divided by 4).
     np.testing.assert_allclose(inv[:8], base_inv[:8], rtol=1e-6)
     np.testing.assert_allclose(inv[-4:], base_inv[-4:] / 4, rtol=1e-6)
@@ -52,7 +52,7 @@ def _problems(d, source="cfg.json"):
 
 
 def test_refuses_other_architecture_unknown_keys_and_missing_fields():
-    good = preset("0.6b").to_hf_config()
+    good = model_preset("0.6b").to_hf_config()
     msg = _problems({**good, "model_type": "llama", "architectures": ["LlamaForCausalLM"]})
     assert "cfg.json" in msg and "model_type" in msg and "'llama'" in msg
     msg = _problems({**good, "qk_layernorm_scale": 2.0, "hidden_act": "gelu"})
@@ -75,7 +75,7 @@ def test_config_file_errors_name_the_file(tmp_path):
 
 def test_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
-        preset("8b").hidden_size = 1
+        model_preset("8b").hidden_size = 1
 
 
 @pytest.mark.parametrize("key,value", [
@@ -93,7 +93,7 @@ def test_frozen():
 ])
 def test_wrongly_typed_values_are_refused(key, value, tmp_path):
     p = tmp_path / "config.json"
-    p.write_text(json.dumps({**preset("0.6b").to_hf_config(), key: value}))
+    p.write_text(json.dumps({**model_preset("0.6b").to_hf_config(), key: value}))
     with pytest.raises(ConfigError) as e:
         Qwen3Config.from_file(p)
     assert e.value.problems == [e.value.problems[0]], "one bad value, one message"
@@ -106,7 +106,7 @@ def test_wrongly_typed_values_are_refused(key, value, tmp_path):
                                          ("original_max_position_embeddings", 1.5),
                                          ("rope_type", 3)])
 def test_rope_fields_typed(field, value, tmp_path):
-    cfg = preset("8b").with_yarn().to_hf_config()
+    cfg = model_preset("8b").with_yarn().to_hf_config()
     cfg["rope_scaling"][field] = value
     p = tmp_path / "config.json"
     p.write_text(json.dumps(cfg))
@@ -117,7 +117,7 @@ def test_rope_fields_typed(field, value, tmp_path):
 
 
 def test_numbers_accepted_as_transformers_would():
-    good = preset("0.6b").to_hf_config()
+    good = model_preset("0.6b").to_hf_config()
     c = Qwen3Config.from_hf_config({**good, "rms_norm_eps": 0, "rope_theta": 10000,
                                     "partial_rotary_factor": 1})
     assert c.rms_norm_eps == 0.0 and isinstance(c.rms_norm_eps, float)
@@ -130,7 +130,7 @@ def test_numbers_accepted_as_transformers_would():
 def test_missing_required_field_is_one_message(missing, tmp_path):
     # head_dim null makes the parser derive it from hidden_size / num_attention_heads: a
     # missing one used to escape as a raw KeyError.
-    cfg = {**preset("0.6b").to_hf_config(), "head_dim": None, "num_key_value_heads": None}
+    cfg = {**model_preset("0.6b").to_hf_config(), "head_dim": None, "num_key_value_heads": None}
     del cfg[missing]
     p = tmp_path / "config.json"
     p.write_text(json.dumps(cfg))
@@ -146,6 +146,7 @@ def test_unreadable_config_files(tmp_path):
         Qwen3Config.from_file(p)
     with pytest.raises(ConfigError, match="cannot read"):
         Qwen3Config.from_file(tmp_path / "absent.json")
-    p.write_text(json.dumps({**preset("0.6b").to_hf_config(), "layer_types": "full_attention"}))
+    bad = {**model_preset("0.6b").to_hf_config(), "layer_types": "full_attention"}
+    p.write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="layer_types='full_attention' must be a list"):
         Qwen3Config.from_file(p)
