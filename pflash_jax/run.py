@@ -217,6 +217,7 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     target_attn = c.attention.target  # the same dense attention for both paths
     rows: list[list[dict]] = [[] for _ in cells]
     ps = prompts(c, target)
+    plans = memory_plans(c, drafter, target, ps, cfgs)
     # Progress: a bar for quiet sweeps; otherwise each case's summary, numbered, is the
     # progress (a bar between those summaries would be redrawn around every one of them).
     bar = tqdm(total=len(ps) * len(cells), desc="cases x cells", disable=not c.quiet)
@@ -226,7 +227,12 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
             check_inputs(drafter, target, p.ids, cfg, max_new_tokens=c.max_new_tokens,
                          chunk=c.chunk)
         full_row: dict = {}
-        if c.compare_full:
+        plan = plans[S]
+        skip = {path: plan.paths[path].verdict(plan.budget) for path in ("pflash", "full")
+                if not plan.paths[path].fits(plan.budget)}
+        if c.compare_full and "full" in skip:
+            full_row["full_skipped"] = skip["full"]
+        elif c.compare_full:
             t0 = time.perf_counter()
             first = full_prefill(target, p.ids, attn=target_attn, **kw)
             full_row["full_first_call_s"] = time.perf_counter() - t0
@@ -239,6 +245,13 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
                 full_row["full_answer"] = tok.decode(fulls[-1].tokens, skip_special_tokens=True)
             if p.case is not None:
                 full_row["full_acc"] = score(p.case, fulls[-1].tokens, tok)
+        if "pflash" in skip:  # recorded, not run: a sweep on a small card completes
+            for i in range(len(cfgs)):
+                rows[i].append({"S": S, "pflash_skipped": skip["pflash"], **full_row})
+                bar.update()
+            if not c.quiet:
+                print(f"\nprompt {S} tokens: PFlash {skip['pflash']}")
+            continue
         t0 = time.perf_counter()
         dp_first = drafter_pass(drafter, p.ids, pcfg, chunk=c.chunk)  # compiles
         dp_first_s = time.perf_counter() - t0
@@ -256,7 +269,7 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
                        pflash_tokens=r.tokens.tolist(), n_spans_kept=len(_spans(r.kept_positions)))
             row["pflash_compile_s"] = row["pflash_first_call_s"] - row["pflash"]["ttft"]
             row.update(full_row)
-            if c.compare_full:
+            if "full" in full_row:
                 row["speedup"] = row["full"]["ttft"] / row["pflash"]["ttft"]
             if p.case is not None:
                 row["task"] = p.case.task
@@ -287,8 +300,28 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
             "experiment": c.experiment, "run_config": dataclasses.asdict(cc),
             "pflash_config": cfg.to_dict(), "kernels": kernels, "models": models,
             "peak_memory_bytes": peak_memory_bytes(), "summary": summarize(cases),
+            "memory_plan": plans[max(plans)].to_dict(),
+            "memory_plans": {str(k): v.to_dict() for k, v in plans.items()},
             "cases": cases}))
     return out
+
+
+def memory_plans(c: RunConfig, drafter, target, ps: list[Prompt], cfgs) -> dict:
+    """The memory plan (pflash_jax/memory.py) of every prompt length of the job, against
+    `memory_budget_gb` (default: what the device offers; none on CPU); printed unless quiet."""
+    from pflash_jax.memory import GIB, device_budget, plan_run
+
+    budget = device_budget() if c.memory_budget_gb is None else int(c.memory_budget_gb * GIB)
+    # the cell that keeps the most tokens plans the target prefill (a grid shares one job)
+    pcfg = max(cfgs, key=lambda cfg: (cfg.selection.keep_ratio, cfg.selection.span_size))
+    plans = {}
+    for S in sorted({int(p.ids.shape[0]) for p in ps}):
+        plans[S] = plan_run(drafter.config, drafter.dtype, target.config, target.dtype, S,
+                            pcfg, max_new_tokens=c.max_new_tokens, chunk=c.chunk,
+                            target_attn=c.attention.target, budget=budget)
+        if not c.quiet:
+            print(f"prompt of {S} tokens: " + plans[S].summary())
+    return plans
 
 
 def weights_fingerprint(path) -> str:
@@ -336,13 +369,17 @@ def describe(m, spec: ModelSpec) -> dict:
 
 def summarize(cases: list[dict]) -> dict:
     out = {"n_cases": len(cases), "S": cases[0]["S"] if cases else None}
+    for key in ("pflash_skipped", "full_skipped"):
+        if any(key in r for r in cases):
+            out[key] = next(r[key] for r in cases if key in r)
     for key in ("speedup", "pflash_acc", "full_acc", "recall", "kept_frac", "block_density"):
         vals = [r[key] for r in cases if r.get(key) is not None]
         if vals:
             out[key] = float(np.mean(vals))
     for path in ("pflash", "full"):
-        if cases and path in cases[0]:
-            out[f"{path}_ttft_s"] = float(np.median([r[path]["ttft"] for r in cases]))
+        ttfts = [r[path]["ttft"] for r in cases if path in r]
+        if ttfts:
+            out[f"{path}_ttft_s"] = float(np.median(ttfts))
     return out
 
 
@@ -353,6 +390,8 @@ def print_case(row: dict, kept: np.ndarray) -> None:
           f"in {len(spans)} runs: {shown}")
     if "expected" in row:
         print(f"expected {row['expected']}")
+    if "full_skipped" in row:
+        print(f"full prefill not run: {row['full_skipped']}")
     if "pflash_answer" in row:
         acc = ""
         if "pflash_acc" in row:

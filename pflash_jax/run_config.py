@@ -93,6 +93,13 @@ class RunConfig:
     experiment: str = "run"  # name recorded in metrics (set by experiment/ files)
     quiet: bool = False  # no per-case summary (sweeps)
     grid: GridSpec = field(default_factory=GridSpec)  # cells/<span>_<keep>/metrics.json each
+    # Memory: a path (PFlash, full prefill) whose planned peak exceeds this many GiB is recorded
+    # as "does not fit: needs X GiB of Y" and not run. None: what the device offers (no limit
+    # on CPU). See pflash_jax/memory.py.
+    memory_budget_gb: float | None = None
+    # A card to reproduce: "rtx3090" = a 24 GiB budget and the sm_80 code path (the Triton
+    # drafter kernel, cuDNN dense attention) on any GPU; explicit options still win.
+    device_profile: str | None = None
 
 
 def register() -> None:
@@ -136,11 +143,41 @@ def validate(c: RunConfig) -> RunConfig:
     if c.attention.target not in DENSE_IMPLS:
         problems.append(f"attention.target must be one of {DENSE_IMPLS}, got "
                         f"{c.attention.target!r}")
+    if c.device_profile is not None and c.device_profile not in DEVICE_PROFILES:
+        problems.append(f"device_profile must be one of {sorted(DEVICE_PROFILES)} (or null), "
+                        f"got {c.device_profile!r}")
+    b = c.memory_budget_gb
+    if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or b <= 0):
+        problems.append(f"memory_budget_gb must be a number of GiB > 0 (or null), got {b!r}")
     for sp in c.grid.span_sizes:
         _int_at_least(problems, "grid.span_sizes[...]", sp, 1)
     if problems:
         raise ValueError("; ".join(problems))
-    return c
+    return apply_profile(c)
+
+
+# A card's budget and code path. rtx3090: 24 GB of GDDR6X (24 GiB as the driver reports it),
+# sm_86: no Mosaic GPU (no wgmma / TMA), so the Triton block-sparse kernel and cuDNN.
+DEVICE_PROFILES = {"rtx3090": {"memory_budget_gb": 24.0, "drafter_impl": "triton",
+                               "target_attention": "cudnn"}}
+
+
+def apply_profile(c: RunConfig) -> RunConfig:
+    """Fill what `device_profile` decides and the run left unset: the budget, the drafter's
+    kernel (unless the preset's drafter is dense) and the target's dense attention ("auto" is
+    read as unset)."""
+    if c.device_profile is None:
+        return c
+    from pflash_jax.pflash.config import PRESETS
+
+    prof = DEVICE_PROFILES[c.device_profile]
+    att = c.attention
+    preset_impl = PRESETS.get(c.selection.preset, {}).get("attention_impl")
+    impl = att.impl if att.impl is not None or preset_impl == "dense" else prof["drafter_impl"]
+    target = prof["target_attention"] if att.target == "auto" else att.target
+    budget = prof["memory_budget_gb"] if c.memory_budget_gb is None else c.memory_budget_gb
+    return dataclasses.replace(c, attention=dataclasses.replace(att, impl=impl, target=target),
+                               memory_budget_gb=budget)
 
 
 def to_run_config(d) -> RunConfig:
