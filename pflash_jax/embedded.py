@@ -38,11 +38,14 @@ def is_hf_checkpoint(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------- loading
-def open_model(path: str | os.PathLike, *, dtype: str | None = None) -> Model:
+def open_model(path: str | os.PathLike, *, dtype: str | None = None,
+               quantize: str | None = None) -> Model:
     """Load a converted checkpoint, converting an HF checkpoint first (cached).
 
     dtype: None keeps the checkpoint's own dtype; "bf16", "f32" or "f16" converts (HF) or casts
     (an already converted folder) to it.
+    quantize: None, "int8", "int4" or "fp8": the layer projections are quantized on the host
+    while loading (`load_model`), so the full-precision model never sits on the device.
     """
     path = Path(path)
     if not (path / "config.json").exists():
@@ -52,8 +55,8 @@ def open_model(path: str | os.PathLike, *, dtype: str | None = None) -> Model:
 
         check_dtype(dtype)
         cast = None if dtype in (None, "source") else DTYPES[OUT_DTYPES[dtype]]
-        return load_model(path, dtype=cast)
-    return load_model(cached_conversion(path, dtype))
+        return load_model(path, dtype=cast, quantize=quantize)
+    return load_model(cached_conversion(path, dtype), quantize=quantize)
 
 
 def tiny_pair(dtype: str | None = None) -> tuple[Model, Model]:

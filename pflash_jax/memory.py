@@ -50,10 +50,13 @@ def weights_bytes(cfg: Qwen3Config, dtype) -> int:
     return sum(math.prod(s) for s in param_shapes(cfg).values()) * size
 
 
-def kv_cache_bytes(cfg: Qwen3Config, capacity: int, dtype) -> int:
-    """Bytes of a KVCache of `capacity` slots: K and V for every layer, plus its int32 length."""
-    per_slot = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
-    return per_slot * capacity * jnp.dtype(dtype).itemsize + 4
+def kv_cache_bytes(cfg: Qwen3Config, capacity: int, dtype, kv_cache: str = "bf16") -> int:
+    """Bytes of a KVCache of `capacity` slots: K and V for every layer, plus its int32 length.
+    kv_cache "int8" / "fp8": one byte per value plus a float32 scale per (token, kv head)."""
+    kv_heads = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * capacity
+    if kv_cache == "bf16":  # the compute dtype, whatever it is
+        return kv_heads * cfg.head_dim * jnp.dtype(dtype).itemsize + 4
+    return kv_heads * (cfg.head_dim + 4) + 4
 
 
 def abstract_params(cfg: Qwen3Config, dtype):
@@ -128,9 +131,19 @@ def _analysed(jitted, *args, **kwargs):
     return m
 
 
+def _abstract(tree):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
 def _bytes_of(tree) -> int:
-    return sum(int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize
-               for a in jax.tree.leaves(tree))
+    """Device bytes of a tree of arrays / ShapeDtypeStructs; int4 packs two values a byte."""
+    total = 0
+    for a in jax.tree.leaves(tree):
+        n = int(np.prod(a.shape))
+        dt = jnp.dtype(a.dtype)
+        bits = 4 if dt.name in ("int4", "uint4") else 8 * dt.itemsize
+        total += -(-n * bits // 8)
+    return total
 
 
 def kept_tokens_upper_bound(S: int, selection) -> int:
@@ -146,20 +159,25 @@ def kept_tokens_upper_bound(S: int, selection) -> int:
 
 def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, target_dtype,
              S: int, pcfg, *, max_new_tokens: int = 1, chunk: int | None = None,
-             target_attn: str = "auto", budget: int | None = None) -> Plan:
-    """The memory plan of one prompt of S tokens (module docstring)."""
+             target_attn: str = "auto", budget: int | None = None, kv_cache: str = "bf16",
+             drafter_params=None, target_params=None) -> Plan:
+    """The memory plan of one prompt of S tokens (module docstring). drafter_params /
+    target_params: the models' parameter trees (arrays or ShapeDtypeStructs; quantized ones
+    too) when known, else the plain trees of the configs in the given dtypes."""
     from pflash_jax.pflash.drafter import drafter_scores, prefill_keep
     from pflash_jax.pflash.pipeline import bucket, prefill_at
 
     t0 = time.perf_counter()
     i32 = jnp.int32
-    dw = weights_bytes(drafter_cfg, drafter_dtype)
-    tw = weights_bytes(target_cfg, target_dtype)
+    dparams = (abstract_params(drafter_cfg, drafter_dtype) if drafter_params is None
+               else _abstract(drafter_params))
+    tparams = (abstract_params(target_cfg, target_dtype) if target_params is None
+               else _abstract(target_params))
+    dw, tw = _bytes_of(dparams), _bytes_of(tparams)
     stages: dict[str, Stage] = {}
 
     # drafter: the fused tail scan, or look-ahead's prefill that keeps a cache
     Sb = -(-S // pcfg.block_size) * pcfg.block_size
-    dparams = abstract_params(drafter_cfg, drafter_dtype)
     ids = jax.ShapeDtypeStruct((1, Sb), i32)
     length = jax.ShapeDtypeStruct((), i32)
     if pcfg.scoring.tail_mode == "lookahead":
@@ -174,12 +192,12 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
 
     def target_stage(n_tokens: int, resident: int) -> Stage:
         nb = bucket(n_tokens)
-        tparams = abstract_params(target_cfg, target_dtype)
         spec = jax.ShapeDtypeStruct((1, nb), i32)
         cache_len = nb + max(max_new_tokens - 1, 0)
         m = _analysed(prefill_at, tparams, target_cfg, spec, spec, length, attn=target_attn,
-                      chunk=chunk, cache_len=cache_len)
-        return _stage(m, tw, kv_cache_bytes(target_cfg, cache_len, target_dtype), resident)
+                      chunk=chunk, cache_len=cache_len, kv_cache=kv_cache)
+        kv = kv_cache_bytes(target_cfg, cache_len, target_dtype, kv_cache)
+        return _stage(m, tw, kv, resident)
 
     kept = kept_tokens_upper_bound(S, pcfg.selection)
     stages["target_prefill"] = target_stage(kept, resident=dw)

@@ -56,17 +56,30 @@ def load(spec: ModelSpec, role: str):
             raise ValueError(f"{role}.random_init needs {role}.preset (e.g. qwen3-0.6b)")
         cfg = with_yarn(model_preset(spec.preset), spec)
         seed = {"drafter": 1, "target": 2}[role]
-        return Model(cfg, init_params(cfg, jax.random.key(seed), dtype))
+        params = init_params(cfg, jax.random.key(seed), dtype)
+        if spec.quantize:  # random weights are made on the device, then quantized per tensor
+            from pflash_jax.models.quant import quantize_params
+
+            params = quantize_params(params, spec.quantize)
+        return Model(cfg, params)
     path = checkpoint_dir(spec)
     if path is None:
         raise ValueError(f"{role}: set {role}.path (a checkpoint dir) or {role}.random_init")
     if not Path(path).is_dir():
         what = "is a file, not a checkpoint folder" if Path(path).exists() else "does not exist"
         raise FileNotFoundError(f"{role}.path: {path} {what}")
-    m = open_model(path)
+    m = open_model(path, quantize=spec.quantize)
     if m.params.embed_tokens.dtype != dtype:
-        m = Model(m.config, jax.tree.map(lambda a: a.astype(dtype), m.params), m.tokenizer)
+        m = Model(m.config, cast_params(m.params, dtype), m.tokenizer)
     return Model(with_yarn(m.config, spec), m.params, m.tokenizer)
+
+
+def cast_params(params, dtype):
+    """Every unquantized tensor to `dtype` (the compute dtype); quantized weights keep theirs."""
+    from pflash_jax.models.quant import QuantizedWeight
+
+    return jax.tree.map(lambda a: a if isinstance(a, QuantizedWeight) else a.astype(dtype),
+                        params, is_leaf=lambda a: isinstance(a, QuantizedWeight))
 
 
 def with_yarn(cfg, spec: ModelSpec):
@@ -213,7 +226,8 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
                   f"{d['heads']}/{d['kv_heads']} heads, {d['dtype']}, {jax.default_backend()}")
     tok = target.tokenizer
     eos = tok.eos_token_id if tok is not None else None
-    kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk, eos_id=eos)
+    kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk, eos_id=eos,
+              kv_cache=c.target.kv_cache)
     target_attn = c.attention.target  # the same dense attention for both paths
     rows: list[list[dict]] = [[] for _ in cells]
     ps = prompts(c, target)
@@ -318,7 +332,9 @@ def memory_plans(c: RunConfig, drafter, target, ps: list[Prompt], cfgs) -> dict:
     for S in sorted({int(p.ids.shape[0]) for p in ps}):
         plans[S] = plan_run(drafter.config, drafter.dtype, target.config, target.dtype, S,
                             pcfg, max_new_tokens=c.max_new_tokens, chunk=c.chunk,
-                            target_attn=c.attention.target, budget=budget)
+                            target_attn=c.attention.target, budget=budget,
+                            kv_cache=c.target.kv_cache, drafter_params=drafter.params,
+                            target_params=target.params)
         if not c.quiet:
             print(f"prompt of {S} tokens: " + plans[S].summary())
     return plans
@@ -364,7 +380,7 @@ def describe(m, spec: ModelSpec) -> dict:
             "dtype": str(m.params.embed_tokens.dtype), "layers": cfg.num_hidden_layers,
             "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
             "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
-            "vocab": cfg.vocab_size}
+            "vocab": cfg.vocab_size, "quantize": spec.quantize, "kv_cache": spec.kv_cache}
 
 
 def summarize(cases: list[dict]) -> dict:

@@ -23,6 +23,8 @@ class ModelSpec:
     yarn_factor: float = 4.0  # 4 -> 131,072 positions (a config.json rope_scaling wins)
     dtype: str = "auto"  # auto (bf16 on GPU, f32 on CPU) | bf16 | f32
     embedded: str | None = None  # "drafter" | "target": which model of the tiny pair
+    quantize: str | None = None  # weight-only int8 | int4 (group 128) | fp8 (W8A8 e4m3)
+    kv_cache: str = "bf16"  # the target's KV cache as stored for decode: bf16 | int8 | fp8
 
 
 @dataclass
@@ -138,6 +140,14 @@ def validate(c: RunConfig) -> RunConfig:
             problems.append(f"{role}.yarn_factor must be a number > 1, got {f!r}")
         if spec.dtype not in ("auto", "bf16", "f32"):
             problems.append(f"{role}.dtype must be auto, bf16 or f32, got {spec.dtype!r}")
+        from pflash_jax.models.quant import FORMATS, KV_CACHE_FORMATS
+
+        if spec.quantize is not None and spec.quantize not in FORMATS:
+            problems.append(f"{role}.quantize must be one of {FORMATS} (or null), got "
+                            f"{spec.quantize!r}")
+        if spec.kv_cache not in KV_CACHE_FORMATS:
+            problems.append(f"{role}.kv_cache must be one of {KV_CACHE_FORMATS}, got "
+                            f"{spec.kv_cache!r}")
     from pflash_jax.attention.api import DENSE_IMPLS
 
     if c.attention.target not in DENSE_IMPLS:

@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cfg(layers=3, tied=True, vocab=300):
-    return Qwen3Config(vocab_size=vocab, hidden_size=64, intermediate_size=160,
+    # intermediate 256: a multiple of int4's 128-input groups (down_proj's input dim)
+    return Qwen3Config(vocab_size=vocab, hidden_size=64, intermediate_size=256,
                        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                        head_dim=16, tie_word_embeddings=tied, max_position_embeddings=8192)
 
@@ -142,3 +143,43 @@ def test_rtx3090_profile_sets_budget_and_code_path():
     assert pflash_config(c).attention_impl == "reference"
     with pytest.raises(ValueError, match="device_profile"):
         composed("device_profile=rtx4090")
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
+def test_plan_counts_quantized_weights_and_cache(fmt):
+    from pflash_jax.memory import _bytes_of
+    from pflash_jax.models.quant import quantize_params
+
+    d, t = _cfg(layers=2), _cfg(layers=3, tied=False)
+    tp = quantize_params(init_params(t, jax.random.key(0), jnp.bfloat16), fmt)
+    dp = init_params(d, jax.random.key(1), jnp.float32)
+    pc = preset("pflash", attention_impl="reference", block_size=64)
+    kv = "fp8" if fmt == "fp8" else "int8"
+    plan = plan_run(d, jnp.float32, t, jnp.bfloat16, 600, pc, max_new_tokens=3, kv_cache=kv,
+                    drafter_params=dp, target_params=tp)
+    # int4 values are packed two per byte on the device: count what is allocated
+    per_leaf = {jnp.dtype(a.dtype).name: a for a in jax.tree.leaves(tp)}
+    assert plan.stages["full_prefill"].weights == _bytes_of(tp) < weights_bytes(t, jnp.bfloat16)
+    assert fmt != "int4" or "int4" in per_leaf
+    ids = jnp.zeros((1, bucket(600)), jnp.int32)
+    pos = jnp.arange(bucket(600), dtype=jnp.int32)[None]
+    _, cache = prefill_at(tp, t, ids, pos, jnp.int32(600), attn="reference",
+                          cache_len=bucket(600) + 2, kv_cache=kv)
+    assert plan.stages["full_prefill"].kv_cache == _nbytes(cache) == kv_cache_bytes(
+        t, bucket(600) + 2, jnp.bfloat16, kv)
+
+
+def test_quantized_run_end_to_end(tmp_path):
+    """pflash-run with an int8 target and an int8 KV cache: both paths run, metrics say so."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PFLASH_CACHE": str(tmp_path / "cache")}
+    p = subprocess.run([sys.executable, "-m", "pflash_jax.run", "task.seq_len=1024",
+                        "max_new_tokens=3", "target.quantize=int8", "target.kv_cache=int8",
+                        f"metrics_dir={tmp_path}/m"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert (m["models"]["target"]["quantize"], m["models"]["target"]["kv_cache"]) == ("int8",
+                                                                                     "int8")
+    case = m["cases"][0]
+    assert len(case["pflash_tokens"]) >= 1 and len(case["full_tokens"]) >= 1
+    assert case["speedup"] > 0

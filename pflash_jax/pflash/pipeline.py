@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pflash_jax.models import qwen3
-from pflash_jax.models.qwen3 import KVCache, embed, final_logits
+from pflash_jax.models.qwen3 import embed, final_logits
 from pflash_jax.pflash.config import PFlashConfig
 from pflash_jax.pflash.drafter import DrafterPass, drafter_pass
 from pflash_jax.pflash.spans import kept_positions, select_spans, span_scores, target_positions
@@ -111,18 +111,20 @@ def check_inputs(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int
 
 
 # ---------------------------------------------------------------- target
-@partial(jax.jit, static_argnames=("cfg", "attn", "chunk", "cache_len"))
-def prefill_at(params, cfg, ids, positions, length, *, attn, chunk=None, cache_len=None):
+@partial(jax.jit, static_argnames=("cfg", "attn", "chunk", "cache_len", "kv_cache"))
+def prefill_at(params, cfg, ids, positions, length, *, attn, chunk=None, cache_len=None,
+               kv_cache="bf16"):
     """Prefill padded ids [1, Tb] at positions; logits of row length-1 and a cache filled to
-    `length` (padding rows sit after every real row, so causality keeps them out)."""
+    `length` (padding rows sit after every real row, so causality keeps them out), stored as
+    `kv_cache` says (bf16 | int8 | fp8)."""
     x, cache = qwen3.run_layers(params, cfg, embed(params, ids), positions, attn, chunk=chunk,
-                                cache_len=cache_len)
+                                cache_len=cache_len, kv_cache=kv_cache)
     last = jax.lax.dynamic_index_in_dim(x, length - 1, axis=1, keepdims=False)
-    return final_logits(params, cfg, last), KVCache(cache.k, cache.v, length.astype(jnp.int32))
+    return final_logits(params, cfg, last), cache._replace(length=length.astype(jnp.int32))
 
 
 def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, attn=None,
-                        eos_id=None):
+                        eos_id=None, kv_cache="bf16"):
     """Shared tail of both paths: prefill (timed), first token (timed), decode (timed)."""
     n = ids.shape[0]
     nb = bucket(n)
@@ -135,7 +137,7 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
     t0 = time.perf_counter()
     lg, cache = prefill_at(target.params, cfg, jnp.asarray(ids_p)[None], jnp.asarray(pos_p)[None],
                            jnp.int32(n), attn=attn or "auto", chunk=chunk,
-                           cache_len=nb + max(max_new_tokens - 1, 0))
+                           cache_len=nb + max(max_new_tokens - 1, 0), kv_cache=kv_cache)
     jax.block_until_ready(lg)
     t1 = time.perf_counter()
     tok = int(np.argmax(np.asarray(lg[0])))
@@ -155,9 +157,11 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
 
 
 def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = None,
-                 attn: str | None = None, eos_id: int | None = None) -> FullResult:
+                 attn: str | None = None, eos_id: int | None = None,
+                 kv_cache: str = "bf16") -> FullResult:
     """The baseline: prefill of all S tokens (dense attention "auto": Mosaic on Hopper, cuDNN on
-    other GPUs), then greedy decode (stopping after eos_id when given)."""
+    other GPUs), then greedy decode (stopping after eos_id when given); the KV cache is stored
+    as `kv_cache` says for decode."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
             or max_new_tokens < 1:
         raise ValueError(f"full_prefill: max_new_tokens must be an int >= 1, got "
@@ -166,7 +170,7 @@ def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = No
     ids = qwen3.check_ids(ids, target.config.vocab_size, "full_prefill: ids")
     timings: dict = {}
     tokens = _prefill_and_decode(target, ids, np.arange(ids.shape[0], dtype=np.int32),
-                                 max_new_tokens, chunk, timings, attn, eos_id)
+                                 max_new_tokens, chunk, timings, attn, eos_id, kv_cache)
     timings["ttft"] = timings["target_prefill"] + timings["first_token"]
     return FullResult(tokens, timings)
 
@@ -174,8 +178,8 @@ def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = No
 # ---------------------------------------------------------------- the pipeline
 def prefill_selected(target, ids, dp: DrafterPass, cfg: PFlashConfig, *,
                      max_new_tokens: int = 1, chunk: int | None = None,
-                     target_attn: str | None = None,
-                     eos_id: int | None = None) -> PFlashResult:
+                     target_attn: str | None = None, eos_id: int | None = None,
+                     kv_cache: str = "bf16") -> PFlashResult:
     """The rest of PFlash given a drafter pass: span scores, selection under cfg.selection,
     target prefill of the kept tokens, greedy decode. Timings count the drafter pass too."""
     ids = np.asarray(ids, np.int32)
@@ -189,18 +193,18 @@ def prefill_selected(target, ids, dp: DrafterPass, cfg: PFlashConfig, *,
     timings.update(scoring=dp.timings["importance"] + t2 - t1, selection=t3 - t2)
     positions = target_positions(kept, cfg.selection.positions)
     tokens = _prefill_and_decode(target, ids[kept], positions, max_new_tokens, chunk, timings,
-                                 target_attn, eos_id)
+                                 target_attn, eos_id, kv_cache)
     timings["ttft"] = sum(timings[s] for s in STAGES)
     return PFlashResult(kept, tokens, timings, dp.importance, dp.block_density)
 
 
 def speculative_prefill(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int = 1,
                         chunk: int | None = None, target_attn: str | None = None,
-                        eos_id: int | None = None) -> PFlashResult:
+                        eos_id: int | None = None, kv_cache: str = "bf16") -> PFlashResult:
     """Run PFlash on one prompt (1-D ids): `drafter_pass` then `prefill_selected`. See the
     module docstring for stages and choices. Greedy decoding stops after eos_id when given
     (tokens then ends with it)."""
     ids = check_inputs(drafter, target, ids, cfg, max_new_tokens=max_new_tokens, chunk=chunk)
     dp = drafter_pass(drafter, ids, cfg, chunk=chunk)
     return prefill_selected(target, ids, dp, cfg, max_new_tokens=max_new_tokens, chunk=chunk,
-                            target_attn=target_attn, eos_id=eos_id)
+                            target_attn=target_attn, eos_id=eos_id, kv_cache=kv_cache)
