@@ -6,8 +6,8 @@ selection time, Triton sparse forward time, cuDNN dense causal time, effective T
 blocks, and speedups over cuDNN with and without selection. Optionally first sweeps kernel tiles
 and measures GQA list sharing. Writes metrics.json and table.md into `out_dir`.
 
-FLOP convention (same as DEVICE.md's cuDNN numbers): a full block costs 4 b^2 H per head (QK^T
-and PV), a diagonal block half of that, so density 1.0 has exactly the dense causal FLOPs and
+FLOP convention (the cuDNN baselines' in docs/LOG.md): a full block costs 4 b^2 H per head
+(QK^T and PV), a diagonal block half of that, so density 1.0 has exactly the dense causal FLOPs and
 "fraction of cuDNN" = t_cudnn / t_sparse at density 1.0.
 """
 

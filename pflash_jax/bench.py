@@ -1,6 +1,6 @@
 """The one timing helper, plus the provenance every metrics.json carries.
 
-Rules (DEVICE.md "Measuring"): compile outside the timed region, block until ready, report the
+Rules (docs/design.md section 7): compile outside the timed region, block until ready, report the
 median of several repeats, never time on zeros, and time the baseline in the same process.
 """
 

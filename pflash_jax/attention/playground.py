@@ -14,7 +14,8 @@ Design choices:
 - The cases cover the shapes kernels get wrong: the causal diagonal alone, every block kept
   (= dense attention), random sparse rows, GQA, S not a multiple of the block, batch > 1, the
   FlashPrefill selection itself, and bf16.
-- Tolerances in one table keyed by dtype (STYLE.md), compared in float32 on the real rows.
+- Tolerances in one table keyed by dtype (tests/tolerances.py), compared in float32 on the real
+  rows.
 """
 
 from __future__ import annotations
