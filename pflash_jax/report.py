@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pflash_jax.roofline import project
+
 ROWS = "rows.jsonl"
 # per case: the job's full-prefill baseline (once per job) and what each cell adds
 BASELINE_KEYS = ("task", "S", "full_acc", "full_answer", "expected")
@@ -229,8 +231,10 @@ def speed_table(rows: list[dict]) -> str:
     head = ("| device | drafter -> target | dtype | attention: drafter / full + target | S | "
             "keep | span | alpha / density | blocks kept | full TTFT (s) | PFlash TTFT (s) | "
             "drafter | scoring | selection | "
-            "target prefill | first token | speedup | compile full / PFlash (s) | peak GiB |\n"
-            "|" + " --- |" * 19 + "\n")
+            "target prefill | first token | speedup | "
+            "RTX 3090 TTFT, projected: PFlash / full (s) | compile full / PFlash (s) | "
+            "peak GiB |\n"
+            "|" + " --- |" * 20 + "\n")
     body = ""
     for r in rows:
         sel = (f"density {r['density_cfg']}" if r["density_cfg"] is not None
@@ -244,13 +248,28 @@ def speed_table(rows: list[dict]) -> str:
                  f"{_fmt(r.get('pflash_selection_s'), '.2g')} | "
                  f"{_fmt(r.get('pflash_target_prefill_s'), '.4g')} | "
                  f"{_fmt(r.get('pflash_first_token_s'), '.2g')} | **{r['speedup']:.2f}x** | "
+                 f"{_projected(r)} | "
                  f"{_fmt(r.get('full_compile_s'), '.3g')} / "
                  f"{_fmt(r.get('pflash_compile_s'), '.3g')} | "
                  f"{_fmt(r['peak_memory_gib'], '.3g')} |\n")
+    body += ("\nRTX 3090 TTFT is a roofline projection, not a measurement: each measured stage "
+             "time scaled by the ratio of the two cards' roofline times for that stage "
+             "(pflash_jax/roofline.py, docs/design.md section 8); * marks a path whose weights "
+             "and KV cache alone exceed the 3090's 24 GiB; - where a model, card or dtype is not "
+             "modelled.\n")
     if any(r["random_init"] for r in rows):
         body += ("\nRandom-init weights attend diffusely, so their drafter block density is fixed "
                  "(not alpha-selected) and these rows measure speed only, not quality.\n")
     return head + body
+
+
+def _projected(r: dict) -> str:
+    """The RTX 3090 projection of a speed row, kept apart from every measured column."""
+    p = project(r)
+    if p is None:
+        return "-"
+    return " / ".join(f"{p[f'{k}_ttft_s']:.3g}" + ("" if p[f"{k}_fits"] else "*")
+                      for k in ("pflash", "full"))
 
 
 def quality_table(rows: list[dict]) -> str:
