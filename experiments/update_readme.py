@@ -31,7 +31,7 @@ from pflash_jax.report import ROWS, load_rows, read_compact, write_report  # noq
 # at a new sweep's compact folder (report.py OUTPUTS --out results/NAME --compact).
 QUALITY = "quality_tiny_h200"
 # folders under results/ whose tables.md and plots are regenerated from their rows.jsonl
-REPORTS = ["speedup", "speedup_h200_triton", QUALITY]
+REPORTS = ["speedup", "speedup_h200_triton", "speedup_h200_check", QUALITY]
 SPAN, KEEP = 32, 0.05  # the speed rows' setting, at which the quality headline is read
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"

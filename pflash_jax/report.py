@@ -91,6 +91,10 @@ def flat_row(m: dict, source: str) -> dict:
         "drafter": m["models"]["drafter"]["name"], "target": m["models"]["target"]["name"],
         "target_weights": m["models"]["target"].get("weights"),  # None: not recorded
         "dtype": m["models"]["target"]["dtype"], "S": s["S"], "n_cases": s["n_cases"],
+        # weight quantization and KV-cache format per model (absent before they existed)
+        "drafter_quantize": m["models"]["drafter"].get("quantize"),
+        "target_quantize": m["models"]["target"].get("quantize"),
+        "target_kv_cache": m["models"]["target"].get("kv_cache", "bf16"),
         "task": cases[0].get("task", m["run_config"]["task"]["name"]) if cases else None,
         "preset": pc["preset"], "keep_ratio": pc["keep_ratio"], "span_size": pc["span_size"],
         # forced spans counted inside the budget or on top (metrics from before the option: on
