@@ -12,10 +12,12 @@ Forced-span semantics, forced_spans="inside" (a keep ratio means the share of sp
 - the forced spans count inside the budget; the rest of it goes to the best-scoring other
   spans, so exactly min(budget, n_spans) spans are kept (fewer only when head and tail
   overlap on a prompt shorter than both).
-- when the forced spans alone exceed the budget they shrink in proportion, the tail rounded
-  up (the question sits at the end): head' + tail' = budget, tail' = ceil(budget * tail /
-  (head + tail)) capped at tail. At 4K tokens, span 32, keep 0.05 the budget is 6 spans: 2
-  head + 4 tail instead of 8 + 24 (which alone are 25% of the prompt).
+- when the forced spans alone exceed the budget they shrink in proportion to half of it, the
+  tail rounded up (the question sits at the end): with cap = floor(budget / 2),
+  tail' = min(tail, ceil(cap * tail / (head + tail))), head' = cap - tail'; the other half
+  goes by score. At 4K tokens, span 32, keep 0.05 the budget is 6 spans: 3 tail + 3 scored
+  instead of 8 + 24 forced (which alone are 25% of the prompt). Giving the whole budget to
+  the forced spans there left no room for the evidence (the default 4K demo lost its needle).
 Forced-span semantics, "on_top" (how PFlash adds them to its top-k set; the rule of every
 result recorded before this option existed):
 - the budget ranks *all* spans, forced ones included; the forced spans are then added on top,
@@ -99,9 +101,10 @@ def select_spans(scores, cfg: SelectionConfig) -> np.ndarray:
         head = np.arange(min(n_head, n))
         tail = np.arange(max(0, n - n_tail), n)
         return np.union1d(np.union1d(order[:k], head), tail).astype(np.int32)
-    if n_head + n_tail > k:  # shrink in proportion; the tail (the question) rounds up
-        n_tail = min(n_tail, math.ceil(k * n_tail / (n_head + n_tail)))
-        n_head = k - n_tail
+    cap = k // 2  # forced spans take at most half a budget they would overflow: the rest is
+    if n_head + n_tail > k:  # scored (all-forced at 4K, keep 0.05 missed the needle)
+        n_tail = min(n_tail, math.ceil(cap * n_tail / (n_head + n_tail)))
+        n_head = min(n_head, cap - n_tail)
     forced = np.union1d(np.arange(min(n_head, n)), np.arange(max(0, n - n_tail), n))
     rest = order[~np.isin(order, forced)][: max(k - forced.size, 0)]
     return np.union1d(forced, rest).astype(np.int32)

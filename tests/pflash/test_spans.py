@@ -47,9 +47,10 @@ def reference_kept(imp, cfg: SelectionConfig):
     if cfg.forced_spans == "on_top":
         spans = set(ranked[:budget])
     else:
-        if head + tail > budget:
-            tail = min(tail, -(-budget * tail // (head + tail)))  # ceil, integers only
-            head = budget - tail
+        if head + tail > budget:  # forced spans shrink to half the budget
+            cap = budget // 2
+            tail = min(tail, -(-cap * tail // (head + tail)))  # ceil, integers only
+            head = min(head, cap - tail)
         spans = set()
     spans |= set(range(min(head, n)))
     spans |= set(range(max(0, n - tail), n))
@@ -125,9 +126,11 @@ def test_forced_spans_count_inside_the_budget_by_default():
     assert cfg.forced_spans == "inside"
     scores = np.full(400, 0.1)
     scores[[100, 200]] = 1.0
-    # 400 spans -> budget 20 < 32 forced: tail ceil(20 * 24 / 32) = 15, head 5, no scored span
+    # 400 spans -> budget 20 < 32 forced: half of it forced (tail ceil(10 * 24 / 32) = 8,
+    # head 2), the other half by score (100, 200, then the lowest-index ties)
     kept = select_spans(scores, cfg).tolist()
-    assert kept == list(range(5)) + list(range(385, 400))
+    assert len(kept) == 20 and kept[:2] == [0, 1] and kept[-8:] == list(range(392, 400))
+    assert {100, 200} <= set(kept)
     # 4000 spans -> budget 200: 8 + 24 forced + the 168 best others (100 and 200 among them)
     big = np.random.default_rng(0).random(4000) * 0.5
     big[[1000, 2000]] = 1.0
