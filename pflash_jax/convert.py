@@ -432,6 +432,12 @@ one per checkpoint content and dtype. --list-cache shows them with their sizes; 
 deletes them. Set PFLASH_DEBUG=1 for full tracebacks."""
 
 
+def debug_requested() -> bool:
+    """PFLASH_DEBUG set to anything but "" or "0": user errors show their traceback (the one
+    rule of pflash-convert and pflash-run)."""
+    return os.environ.get("PFLASH_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="pflash-convert", description=__doc__.splitlines()[0],
                                  epilog=EPILOG,
@@ -473,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         print("pflash-convert: terminated; nothing was written", file=sys.stderr)
         return 128 + signal.SIGTERM
     except (ProblemsError, ValueError, OSError) as e:  # ValueError includes bad arguments
-        if os.environ.get("PFLASH_DEBUG") == "1":
+        if debug_requested():
             traceback.print_exc()
         print(f"pflash-convert: error: {e}", file=sys.stderr)
         return 2

@@ -463,7 +463,6 @@ def _quiet_logs() -> None:
 
 
 def main() -> None:
-    import os
     import sys
 
     import hydra
@@ -472,7 +471,9 @@ def main() -> None:
     from pflash_jax import run_config
 
     run_config.register()
-    debug = os.environ.get("PFLASH_DEBUG", "") not in ("", "0")
+    from pflash_jax.convert import debug_requested
+
+    debug = debug_requested()
 
     @hydra.main(config_path=str(CONFIGS), config_name="config", version_base=None)
     def _main(d) -> None:

@@ -162,11 +162,17 @@ def resolve_attn(attn: str | AttnFn) -> AttnFn:
     return partial(dense_attention, impl=attn)
 
 
+def check_count(value, what: str, why: str = "") -> None:
+    """value must be an int >= 1 (a bool is refused: True is a typo, not 1); a ValueError
+    naming `what` otherwise. The one check behind chunk, max_new_tokens and n_new."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be an int >= 1{why}, got {value!r}")
+
+
 def check_chunk(chunk) -> None:
     """chunk: None (whole sequence) or a positive int of tokens."""
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)
-                              or chunk < 1):
-        raise ValueError(f"chunk must be None or an int >= 1 (tokens per chunk), got {chunk!r}")
+    if chunk is not None:
+        check_count(chunk, "chunk", " (tokens per chunk; None: no chunking)")
 
 
 def check_ids(ids, vocab_size: int, who: str = "ids") -> np.ndarray:
@@ -436,8 +442,7 @@ def greedy_generate(model, ids, n_new: int, positions=None, *,
 
     positions default to 0..T-1; decoding continues at positions[-1] + 1, + 2, ...
     """
-    if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
-        raise ValueError(f"greedy_generate: n_new must be an int >= 1, got {n_new!r}")
+    check_count(n_new, "greedy_generate: n_new")
     check_chunk(chunk)
     ids = jnp.asarray(check_ids(ids, model.config.vocab_size, "greedy_generate: ids"))
     squeeze = ids.ndim == 1

@@ -82,14 +82,13 @@ def check_inputs(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int
     S = ids.shape[0]
     if ids.ndim != 1:
         problems.append(f"ids must be a 1-D prompt, got shape {ids.shape}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
-            or max_new_tokens < 1:
-        problems.append(f"max_new_tokens must be an int >= 1 (the first token ends TTFT), "
-                        f"got {max_new_tokens!r}")
-    try:
-        qwen3.check_chunk(chunk)
-    except ValueError as e:
-        problems.append(str(e))
+    for check in (lambda: qwen3.check_count(max_new_tokens, "max_new_tokens",
+                                            " (the first token ends TTFT)"),
+                  lambda: qwen3.check_chunk(chunk)):
+        try:
+            check()
+        except ValueError as e:
+            problems.append(str(e))
     if drafter.config.vocab_size != target.config.vocab_size:
         problems.append(f"drafter and target vocabularies differ ({drafter.config.vocab_size} "
                         f"vs {target.config.vocab_size}): they must share one tokenizer")
@@ -162,10 +161,7 @@ def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = No
     """The baseline: prefill of all S tokens (dense attention "auto": Mosaic on Hopper, cuDNN on
     other GPUs), then greedy decode (stopping after eos_id when given); the KV cache is stored
     as `kv_cache` says for decode."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
-            or max_new_tokens < 1:
-        raise ValueError(f"full_prefill: max_new_tokens must be an int >= 1, got "
-                         f"{max_new_tokens!r}")
+    qwen3.check_count(max_new_tokens, "full_prefill: max_new_tokens")
     qwen3.check_chunk(chunk)
     ids = qwen3.check_ids(ids, target.config.vocab_size, "full_prefill: ids")
     timings: dict = {}
