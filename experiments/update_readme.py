@@ -165,7 +165,9 @@ def tiny_eval_section() -> str:
             else "full prefill")
     commits = ", ".join(sorted({m["provenance"]["commit"] for m in ms}))
     out = [f"\nTiny pair, {what} accuracy on {rows[0]['n_cases']} held-out cases per cell, "
-           f"drafter needle recall at keep {m['config']['keep_ratio']} in brackets "
+           f"drafter needle recall and the kept share of tokens at keep "
+           f"{m['config']['keep_ratio']} in brackets (forced spans on top of the budget, the "
+           f"rule when it ran) "
            f"({m['provenance']['device']}, commit {commits}; `results/tiny_eval`):", "",
            "| task | " + " | ".join(f"{s:,}" for s in lengths) + " |",
            "| --- |" + " --- |" * len(lengths)]
@@ -179,7 +181,8 @@ def tiny_eval_section() -> str:
             acc = f"{r['full_acc']:.2f}"
             if r.get("pflash_acc") is not None:
                 acc += f" / {r['pflash_acc']:.2f}"
-            cells.append(f"{acc} ({r['recall']:.2f})")
+            kept = f", {100 * r['kept_frac']:.0f}%" if r.get("kept_frac") is not None else ""
+            cells.append(f"{acc} ({r['recall']:.2f}{kept})")
         out.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
