@@ -19,13 +19,16 @@ Design choices:
   kept tokens, padded to their shape bucket, cache sized for decoding) and "full_prefill" (the
   target over all S). Paths: "pflash" needs max(drafter + resident target weights,
   target_prefill + resident drafter weights): both models stay loaded for the whole job, so
-  each stage also pays for the other model's weights. "full" needs full_prefill alone.
+  each stage also pays for the other model's weights. "full" needs full_prefill + resident
+  drafter weights (the run job holds the drafter while it times the baseline).
 - The kept-token count is not known before the drafter runs: the plan uses its upper bound
   under the selection rule (inside the budget: budget spans; on top: budget + forced spans;
   plus the last token), so a path planned to fit does fit.
 - Not modelled: allocator fragmentation and the runtime's own reserve (cuBLAS/cuDNN
   workspaces outside XLA's buffers); on the GPU the plan is compared with the measured peak
-  (`peak_memory_bytes`) in metrics.json.
+  (`peak_memory_bytes`) in metrics.json: the run job runs PFlash before full prefill and
+  records the process's peak after each (`peak_after_pflash_bytes`, `peak_after_full_bytes`),
+  which `report.py` sets beside the planned needs.
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ def _abstract(tree):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
-def _bytes_of(tree) -> int:
+def tree_bytes(tree) -> int:
     """Device bytes of a tree of arrays / ShapeDtypeStructs; int4 packs two values a byte."""
     total = 0
     for a in jax.tree.leaves(tree):
@@ -173,7 +176,7 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
                else _abstract(drafter_params))
     tparams = (abstract_params(target_cfg, target_dtype) if target_params is None
                else _abstract(target_params))
-    dw, tw = _bytes_of(dparams), _bytes_of(tparams)
+    dw, tw = tree_bytes(dparams), tree_bytes(tparams)
     stages: dict[str, Stage] = {}
 
     # drafter: the fused tail scan, or look-ahead's prefill that keeps a cache
@@ -201,7 +204,7 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
 
     kept = kept_tokens_upper_bound(S, pcfg.selection)
     stages["target_prefill"] = target_stage(kept, resident=dw)
-    stages["full_prefill"] = target_stage(S, resident=0)
+    stages["full_prefill"] = target_stage(S, resident=dw)
     paths = {"pflash": Path(max(stages["drafter"].total, stages["target_prefill"].total),
                             ("drafter", "target_prefill")),
              "full": Path(stages["full_prefill"].total, ("full_prefill",))}

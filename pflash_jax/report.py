@@ -113,6 +113,7 @@ def flat_row(m: dict, source: str) -> dict:
         "random_init": bool(m["models"]["drafter"].get("random_init")
                             or m["models"]["target"].get("random_init")),
     }
+    row.update(memory_columns(m))
     if cases:
         for path in ("pflash", "full"):
             if path in cases[0]:
@@ -218,6 +219,75 @@ def write_compact(records: list[dict], path: Path) -> Path:
     # no spaces after separators: 7% smaller, and jq / pandas read it all the same
     path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
     return path
+
+
+def memory_columns(m: dict) -> dict:
+    """The memory plan of the job's prompt length against what the process measured: planned
+    needs per path, the budget, skip verdicts, and the peak after each path (the run job runs
+    PFlash first, then full prefill, so the peak after PFlash is PFlash's own)."""
+    cases, s = m["cases"], m["summary"]
+    plans = m.get("memory_plans") or {}
+    plan = plans.get(str(s["S"])) or m.get("memory_plan")
+    out = {"device_profile": m["run_config"].get("device_profile"),
+           "memory_budget_gb": m["run_config"].get("memory_budget_gb"),
+           "pflash_skipped": s.get("pflash_skipped"), "full_skipped": s.get("full_skipped")}
+    if plan:
+        gib = lambda b: None if b is None else b / 2**30  # noqa: E731
+        out["budget_gib"] = gib(plan.get("budget_bytes"))
+        for path in ("pflash", "full"):
+            out[f"plan_{path}_gib"] = gib(plan["paths"][path]["needs_bytes"])
+        last = cases[-1] if cases else {}
+        for path in ("pflash", "full"):
+            out[f"peak_after_{path}_gib"] = gib(last.get(f"peak_after_{path}_bytes"))
+    return out
+
+
+def memory_table(rows: list[dict]) -> str:
+    """Runs under a memory budget (a device profile or memory_budget_gb): each path's TTFT or
+    why it did not run, the planned bytes beside the measured peak, the 3090 projection."""
+    rows = [r for r in rows if r.get("budget_gib") is not None
+            and (r.get("device_profile") or r.get("memory_budget_gb") is not None
+                 or r.get("pflash_skipped") or r.get("full_skipped"))]
+    if not rows:
+        return ""
+    rows = sorted(rows, key=lambda r: (r["target"], str(r.get("target_quantize")), r["S"]))
+    head = ("| device | profile | budget GiB | drafter -> target | weights | KV cache | S | "
+            "PFlash TTFT (s) | full TTFT (s) | speedup | PFlash GiB: planned / measured | "
+            "full GiB: planned / measured | RTX 3090 TTFT, projected: PFlash / full (s) |\n"
+            "|" + " --- |" * 13 + "\n")
+    body = ""
+    for r in rows:
+        def ttft(path, r=r):
+            skipped = r.get(f"{path}_skipped")
+            return skipped if skipped else _fmt(r.get(f"{path}_ttft_s"), ".4g")
+
+        pf, fu = r.get("peak_after_pflash_gib"), r.get("peak_after_full_gib")
+        # the peak after full prefill is the process's: it is full prefill's own only when it
+        # rose above PFlash's
+        fu_own = fu if (fu is not None and pf is not None and fu > pf
+                        and not r.get("full_skipped")) else None
+        pf_own = None if r.get("pflash_skipped") else pf
+        speed = "-" if r.get("speedup") is None else f"**{r['speedup']:.2f}x**"
+        body += (f"| {r['device']} | {r.get('device_profile') or '-'} | "
+                 f"{_fmt(r['budget_gib'], '.1f')} | {r['drafter']} -> {r['target']} | "
+                 f"{r.get('target_quantize') or r['dtype']} | {r.get('target_kv_cache')} | "
+                 f"{r['S']} | {ttft('pflash')} | {ttft('full')} | {speed} | "
+                 f"{_plan_vs_peak(r.get('plan_pflash_gib'), pf_own)} | "
+                 f"{_plan_vs_peak(r.get('plan_full_gib'), fu_own)} | {_projected(r)} |\n")
+    body += ("\nPlanned: pflash_jax/memory.py's plan made before any compute (both models "
+             "resident); measured: the device's peak bytes in use after the path ran (PFlash "
+             "runs first; full prefill's own peak shows only where it rose above PFlash's), "
+             "with the plan's error relative to it. A path that does not fit is not run and "
+             "says so.\n")
+    return head + body
+
+
+def _plan_vs_peak(plan, peak) -> str:
+    if plan is None:
+        return "-"
+    if peak is None:
+        return f"{plan:.2f} / -"
+    return f"{plan:.2f} / {peak:.2f} ({100 * (plan - peak) / peak:+.0f}%)"
 
 
 def _fmt(v, spec=".3g"):
@@ -437,9 +507,11 @@ def write_report(srcs: list[str], out: Path, *, compact: bool = False) -> Path:
             f"{len(rows)} run cells. Device(s): {', '.join(devices)}; jax "
             f"{', '.join(sorted({r['jax'] for r in rows}))}; commit(s): {', '.join(commits)}. "
             f"Speedup = full-prefill TTFT / PFlash TTFT, both timed in the same process.\n")
-    st, qt = speed_table(rows), quality_table(rows)
+    st, qt, mt = speed_table(rows), quality_table(rows), memory_table(rows)
     if st:
         text += "\n## Speed\n\n" + st
+    if mt:
+        text += "\n## Memory: plan, measured peak, paths that do not fit\n\n" + mt
     if qt:
         text += "\n## Quality\n\n" + qt
     text += "".join(f"\n![{f}]({f})\n" for f in figs)

@@ -56,12 +56,12 @@ def load(spec: ModelSpec, role: str):
             raise ValueError(f"{role}.random_init needs {role}.preset (e.g. qwen3-0.6b)")
         cfg = with_yarn(model_preset(spec.preset), spec)
         seed = {"drafter": 1, "target": 2}[role]
-        params = init_params(cfg, jax.random.key(seed), dtype)
-        if spec.quantize:  # random weights are made on the device, then quantized per tensor
-            from pflash_jax.models.quant import quantize_params
+        if spec.quantize:  # made and quantized one layer at a time: never whole in bf16
+            from pflash_jax.models.quant import init_quantized_params
 
-            params = quantize_params(params, spec.quantize)
-        return Model(cfg, params)
+            return Model(cfg, init_quantized_params(cfg, jax.random.key(seed), spec.quantize,
+                                                    dtype))
+        return Model(cfg, init_params(cfg, jax.random.key(seed), dtype))
     path = checkpoint_dir(spec)
     if path is None:
         raise ValueError(f"{role}: set {role}.path (a checkpoint dir) or {role}.random_init")
@@ -201,20 +201,14 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     run (the drafter pass's time counted in each)."""
     from tqdm import tqdm
 
-    from pflash_jax.pflash.pipeline import (
-        check_inputs,
-        drafter_pass,
-        full_prefill,
-        prefill_selected,
-    )
-    from pflash_jax.pflash.spans import needle_recall
-    from pflash_jax.tasks import score
+    from pflash_jax.pflash.pipeline import check_inputs
 
     cells = grid_cells(c)
     cfgs = [pflash_config(cc) for _, cc in cells]
     pcfg = cfgs[0]
     # One drafter pass serves every cell: the cells may differ in span size and keep ratio only.
     assert all(dataclasses.replace(cfg, selection=pcfg.selection) == pcfg for cfg in cfgs)
+    check_kernels(c, pcfg)
     drafter, target = load(c.drafter, "drafter"), load(c.target, "target")
     models = {"drafter": describe(drafter, c.drafter), "target": describe(target, c.target)}
     if not c.quiet:
@@ -240,66 +234,30 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
         for cfg in cfgs:
             check_inputs(drafter, target, p.ids, cfg, max_new_tokens=c.max_new_tokens,
                          chunk=c.chunk)
-        full_row: dict = {}
         plan = plans[S]
         skip = {path: plan.paths[path].verdict(plan.budget) for path in ("pflash", "full")
                 if not plan.paths[path].fits(plan.budget)}
-        if c.compare_full and "full" in skip:
-            full_row["full_skipped"] = skip["full"]
-        elif c.compare_full:
-            t0 = time.perf_counter()
-            first = full_prefill(target, p.ids, attn=target_attn, **kw)
-            full_row["full_first_call_s"] = time.perf_counter() - t0
-            fulls = [full_prefill(target, p.ids, attn=target_attn, **kw)
-                     for _ in range(c.repeats)] or [first]
-            full_row.update(full=_median([x.timings for x in fulls]),
-                            full_tokens=fulls[-1].tokens.tolist())
-            full_row["full_compile_s"] = full_row["full_first_call_s"] - full_row["full"]["ttft"]
-            if tok is not None:  # a prompt file too: the answer PFlash's is compared with
-                full_row["full_answer"] = tok.decode(fulls[-1].tokens, skip_special_tokens=True)
-            if p.case is not None:
-                full_row["full_acc"] = score(p.case, fulls[-1].tokens, tok)
-        if "pflash" in skip:  # recorded, not run: a sweep on a small card completes
-            for i in range(len(cfgs)):
-                rows[i].append({"S": S, "pflash_skipped": skip["pflash"], **full_row})
-                bar.update()
-            if not c.quiet:
-                print(f"\nprompt {S} tokens: PFlash {skip['pflash']}")
-            continue
-        t0 = time.perf_counter()
-        dp_first = drafter_pass(drafter, p.ids, pcfg, chunk=c.chunk)  # compiles
-        dp_first_s = time.perf_counter() - t0
-        dps = [drafter_pass(drafter, p.ids, pcfg, chunk=c.chunk) for _ in range(c.repeats)]
-        for i, cfg in enumerate(cfgs):
-            row: dict = {"S": S}
-            t0 = time.perf_counter()
-            first = prefill_selected(target, p.ids, dp_first, cfg, target_attn=target_attn, **kw)
-            row["pflash_first_call_s"] = time.perf_counter() - t0 + dp_first_s
-            runs = [prefill_selected(target, p.ids, dp, cfg, target_attn=target_attn, **kw)
-                    for dp in dps] or [first]
-            r = runs[-1]
-            row.update(pflash=_median([x.timings for x in runs]), n_kept=r.n_kept,
-                       kept_frac=r.n_kept / S, block_density=r.block_density,
-                       pflash_tokens=r.tokens.tolist(), n_spans_kept=len(_spans(r.kept_positions)))
-            row["pflash_compile_s"] = row["pflash_first_call_s"] - row["pflash"]["ttft"]
+        # PFlash first, then the baseline: the process's peak after each is that path's
+        # measured peak (the larger full prefill would hide PFlash's), set beside the plan.
+        prow = pflash_rows(c, p, drafter, target, cfgs, skip, kw, target_attn, tok)
+        peak_pflash = peak_memory_bytes()
+        full_row = full_prefill_row(c, p, target, skip, kw, target_attn, tok)
+        full_row["peak_after_pflash_bytes"] = peak_pflash
+        full_row["peak_after_full_bytes"] = peak_memory_bytes()
+        for i, row in enumerate(prow):
+            kept = row.pop("_kept_positions", None)
             row.update(full_row)
-            if "full" in full_row:
+            if "full" in row and "pflash" in row:
                 row["speedup"] = row["full"]["ttft"] / row["pflash"]["ttft"]
-            if p.case is not None:
-                row["task"] = p.case.task
-                row["recall"] = needle_recall(r.kept_positions, p.case.needle_positions)
-                row["pflash_answer"] = tok.decode(r.tokens, skip_special_tokens=True)
-                row["pflash_acc"] = score(p.case, r.tokens, tok)
-                row["expected"] = list(p.case.answers)
-            elif tok is not None:
-                row["pflash_answer"] = tok.decode(r.tokens, skip_special_tokens=True)
             rows[i].append(row)
             bar.update()
-            if not c.quiet:
+            if not c.quiet and kept is not None:
                 done = sum(map(len, rows))
                 print(f"\n[{done}/{len(ps) * len(cells)}]"
                       + (f" {cells[i][0]}" if cells[i][0] else ""), end="")
-                print_case(row, r.kept_positions)
+                print_case(row, kept)
+        if not c.quiet and "pflash" in skip:
+            print(f"\nprompt {S} tokens: PFlash {skip['pflash']}")
     bar.close()
     from pflash_jax.attention.api import resolve_dense
     from pflash_jax.pflash.drafter import resolve_impl
@@ -320,12 +278,102 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     return out
 
 
+def check_kernels(c: RunConfig, pcfg) -> None:
+    """Explicit kernels that cannot run on this machine are a user error, named by option."""
+    from pflash_jax.attention.api import check_runs_here
+
+    how = " (device_profile=rtx3090 chose it)" if c.device_profile else ""
+    if pcfg.attention_impl != "dense":
+        try:
+            check_runs_here("sparse", pcfg.attention_impl, option="attention.impl")
+        except ValueError as e:
+            raise ValueError(f"{e}{how}") from None
+    try:
+        check_runs_here("dense", c.attention.target, option="attention.target")
+    except ValueError as e:
+        raise ValueError(f"{e}{how}") from None
+
+
+def full_prefill_row(c: RunConfig, p: Prompt, target, skip: dict, kw: dict, target_attn,
+                     tok) -> dict:
+    """The full-prefill baseline of one prompt (timed, graded), or why it was not run."""
+    from pflash_jax.pflash.pipeline import full_prefill
+    from pflash_jax.tasks import score
+
+    row: dict = {}
+    if not c.compare_full:
+        return row
+    if "full" in skip:
+        return {"full_skipped": skip["full"]}
+    t0 = time.perf_counter()
+    first = full_prefill(target, p.ids, attn=target_attn, **kw)
+    row["full_first_call_s"] = time.perf_counter() - t0
+    fulls = [full_prefill(target, p.ids, attn=target_attn, **kw)
+             for _ in range(c.repeats)] or [first]
+    row.update(full=_median([x.timings for x in fulls]), full_tokens=fulls[-1].tokens.tolist())
+    row["full_compile_s"] = row["full_first_call_s"] - row["full"]["ttft"]
+    if tok is not None:  # a prompt file too: the answer PFlash's is compared with
+        row["full_answer"] = tok.decode(fulls[-1].tokens, skip_special_tokens=True)
+    if p.case is not None:
+        row["full_acc"] = score(p.case, fulls[-1].tokens, tok)
+    return row
+
+
+def pflash_rows(c: RunConfig, p: Prompt, drafter, target, cfgs, skip: dict, kw: dict,
+                target_attn, tok) -> list[dict]:
+    """One row per grid cell for one prompt: one drafter pass shared by the cells, then each
+    cell's selection, target prefill and decode (timed, graded); or why it was not run. Each
+    row carries its kept positions as `_kept_positions` for printing (dropped before saving)."""
+    from pflash_jax.pflash.drafter import drafter_pass
+    from pflash_jax.pflash.pipeline import prefill_selected
+    from pflash_jax.pflash.spans import needle_recall
+    from pflash_jax.tasks import score
+
+    S = int(p.ids.shape[0])
+    if "pflash" in skip:  # recorded, not run: a sweep on a small card completes
+        return [{"S": S, "pflash_skipped": skip["pflash"]} for _ in cfgs]
+    pcfg = cfgs[0]
+    t0 = time.perf_counter()
+    dp_first = drafter_pass(drafter, p.ids, pcfg, chunk=c.chunk)  # compiles
+    dp_first_s = time.perf_counter() - t0
+    dps = [drafter_pass(drafter, p.ids, pcfg, chunk=c.chunk) for _ in range(c.repeats)]
+    rows = []
+    for cfg in cfgs:
+        row: dict = {"S": S}
+        t0 = time.perf_counter()
+        first = prefill_selected(target, p.ids, dp_first, cfg, target_attn=target_attn, **kw)
+        row["pflash_first_call_s"] = time.perf_counter() - t0 + dp_first_s
+        runs = [prefill_selected(target, p.ids, dp, cfg, target_attn=target_attn, **kw)
+                for dp in dps] or [first]
+        r = runs[-1]
+        row.update(pflash=_median([x.timings for x in runs]), n_kept=r.n_kept,
+                   kept_frac=r.n_kept / S, block_density=r.block_density,
+                   pflash_tokens=r.tokens.tolist(), n_spans_kept=len(_spans(r.kept_positions)))
+        row["pflash_compile_s"] = row["pflash_first_call_s"] - row["pflash"]["ttft"]
+        if p.case is not None:
+            row["task"] = p.case.task
+            row["recall"] = needle_recall(r.kept_positions, p.case.needle_positions)
+            row["pflash_answer"] = tok.decode(r.tokens, skip_special_tokens=True)
+            row["pflash_acc"] = score(p.case, r.tokens, tok)
+            row["expected"] = list(p.case.answers)
+        elif tok is not None:
+            row["pflash_answer"] = tok.decode(r.tokens, skip_special_tokens=True)
+        row["_kept_positions"] = r.kept_positions
+        rows.append(row)
+    return rows
+
+
 def memory_plans(c: RunConfig, drafter, target, ps: list[Prompt], cfgs) -> dict:
     """The memory plan (pflash_jax/memory.py) of every prompt length of the job, against
-    `memory_budget_gb` (default: what the device offers; none on CPU); printed unless quiet."""
+    `memory_budget_gb` (default: what the device offers; none on CPU), or what the device
+    offers where that is less (a 24 GiB profile on a card capped below 24 GiB: planning to the
+    profile's budget would let a path run into the cap); printed unless quiet."""
     from pflash_jax.memory import GIB, device_budget, plan_run
 
-    budget = device_budget() if c.memory_budget_gb is None else int(c.memory_budget_gb * GIB)
+    offered = device_budget()
+    budget = offered if c.memory_budget_gb is None else int(c.memory_budget_gb * GIB)
+    if offered is not None:
+        budget = min(budget, offered)
     # the cell that keeps the most tokens plans the target prefill (a grid shares one job)
     pcfg = max(cfgs, key=lambda cfg: (cfg.selection.keep_ratio, cfg.selection.span_size))
     plans = {}

@@ -15,6 +15,15 @@
 #   speedup   experiment=speedup (0.6B -> 8B and 14B, 16K-128K)          (~7 min)
 #   speedup14 the 14B target at 128K alone, sequence-chunked (chunk=16384): unchunked it does
 #             not fit 80 GB                                               (~2 min)
+#   qbench    quantized target prefill (int8 / int4 / fp8 vs bf16), Qwen3-8B, 8K tokens, one
+#             process (experiments/bench_quant.py)                          (~2 min)
+#   rtx:T:Q:KV:S1,S2  the RTX 3090 setting: device_profile=rtx3090 under a ~23.4 GiB cap
+#             (XLA_PYTHON_CLIENT_MEM_FRACTION=0.167), target preset file T (e.g. qwen3_8b),
+#             weights Q (int8|int4|fp8|none), KV cache KV, one process per length, chunk
+#             RTX_CHUNK (default 16384); a full prefill planned not to fit at that chunk is
+#             re-run at chunk 4096 (a 6th field `noretry`: not, e.g. where no chunk can fit
+#             it)                                                          (~1-2 min per S)
+#   speedup1  experiment=speedup, Qwen3-8B at 131072 only, no cap          (~1.5 min)
 #   quality   experiment=quality (tiny pair: 8 tasks x 3 S x 2 presets, span x keep grid)
 #   quality@S1,S2  the same for these lengths only (e.g. quality@4096,8192 then quality@16384
 #             separately: ~8-10 min each on an H100, first job compiling ~1.5-2.5 min);
@@ -73,6 +82,28 @@ for s in "$@"; do
         experiment=speedup model@target=qwen3_14b task.seq_len=131072 chunk=16384 \
         repeats="${SPEEDUP14_REPEATS:-3}" metrics_dir="$OUT/speedup14" \
         hydra.run.dir="$OUT/speedup14/hydra" ;;
+    qbench) stage qbench "${QBENCH_LIMIT:-200}" python3 experiments/bench_quant.py \
+        --model qwen3-8b --seq 8192 --out "$OUT/qbench" ;;
+    rtx:*)
+      IFS=: read -r _ tgt q kv lens retry <<< "$s"
+      chunks=("${RTX_CHUNK:-16384}")
+      [ "${retry:-}" = noretry ] || chunks+=(4096)
+      for S in ${lens//,/ }; do
+        for ch in "${chunks[@]}"; do
+          d="$OUT/rtx3090/${tgt}_${q}_kv${kv}_${S}_chunk$ch"
+          stage "rtx_${tgt}_${q}_${S}_$ch" "${RTX_LIMIT:-240}" \
+            env XLA_PYTHON_CLIENT_MEM_FRACTION=0.167 python3 experiments/run.py \
+            experiment=speedup device_profile=rtx3090 model@target="$tgt" \
+            target.quantize="$([ "$q" = none ] && echo null || echo "$q")" \
+            target.kv_cache="$kv" task.seq_len="$S" chunk="$ch" \
+            repeats="${RTX_REPEATS:-2}" metrics_dir="$d" hydra.run.dir="$d/hydra"
+          # planned not to fit at this chunk: once more with smaller chunks
+          grep -q '"full_skipped"' "$d/metrics.json" 2>/dev/null || break
+        done
+      done ;;
+    speedup1) stage speedup1 "${SPEEDUP1_LIMIT:-200}" python3 experiments/run.py \
+        experiment=speedup task.seq_len=131072 metrics_dir="$OUT/speedup1" \
+        hydra.run.dir="$OUT/speedup1/hydra" ;;
     quality) stage quality "${QUALITY_LIMIT:-400}" python3 experiments/run.py -m \
         experiment=quality hydra.sweep.dir="$OUT/quality" ;;
     quality@*)

@@ -147,7 +147,7 @@ def test_rtx3090_profile_sets_budget_and_code_path():
 
 @pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
 def test_plan_counts_quantized_weights_and_cache(fmt):
-    from pflash_jax.memory import _bytes_of
+    from pflash_jax.memory import tree_bytes
     from pflash_jax.models.quant import quantize_params
 
     d, t = _cfg(layers=2), _cfg(layers=3, tied=False)
@@ -159,7 +159,7 @@ def test_plan_counts_quantized_weights_and_cache(fmt):
                     drafter_params=dp, target_params=tp)
     # int4 values are packed two per byte on the device: count what is allocated
     per_leaf = {jnp.dtype(a.dtype).name: a for a in jax.tree.leaves(tp)}
-    assert plan.stages["full_prefill"].weights == _bytes_of(tp) < weights_bytes(t, jnp.bfloat16)
+    assert plan.stages["full_prefill"].weights == tree_bytes(tp) < weights_bytes(t, jnp.bfloat16)
     assert fmt != "int4" or "int4" in per_leaf
     ids = jnp.zeros((1, bucket(600)), jnp.int32)
     pos = jnp.arange(bucket(600), dtype=jnp.int32)[None]

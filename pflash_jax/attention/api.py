@@ -127,6 +127,20 @@ def resolve_sparse(impl: str = "auto", dtype=None) -> str:
     return impl if impl != "auto" else _first_supported(AUTO_SPARSE, _supports_sparse, dtype)
 
 
+def check_runs_here(kind: str, impl: str, dtype=None, option: str = "impl") -> None:
+    """ValueError naming `option` when an explicitly chosen kernel (kind "sparse" or "dense";
+    "auto" always resolves) cannot run on this machine, e.g. attention.impl=triton on a CPU:
+    said before any model is loaded instead of failing inside the kernel's lowering."""
+    if impl == "auto" or impl is None:
+        return
+    supports = {"sparse": _supports_sparse, "dense": _supports_dense}[kind]
+    try:
+        supports(impl, dtype)
+    except NotImplementedError as e:
+        raise ValueError(f"{option}={impl}: {e} (this machine's JAX backend: "
+                         f"{jax.default_backend()})") from None
+
+
 def dense_attention(q, k, v, *, impl: str = "reference", causal: bool = True):
     """Causal GQA attention. q [B,T,N,H], k/v [B,S,K,H] -> [B,T,N,H] in q's dtype.
 

@@ -92,20 +92,38 @@ def unflatten(flat: dict) -> Params:
                   norm=flat["norm"], lm_head=flat.get("lm_head"))
 
 
+def random_tensor(name: str, shape: tuple[int, ...], key: jax.Array, dtype, std: float = 0.02):
+    """One tensor of `init_params`: norm weights 1 + N(0, 0.1) (so they are not all-equal: a
+    bug that ignores a norm weight still shows), matrices N(0, std) like transformers'
+    initializer_range. A stacked layer tensor [L, ...] draws each layer from its own key
+    (split from `key`), so one layer can be generated alone (`layer_tensor`) and equal it."""
+    if name.split(".")[-1] in _NORMS:
+        return (1.0 + 0.1 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    if name.startswith("layers."):
+        return jax.vmap(lambda k: layer_tensor(k, shape[1:], dtype, std))(
+            jax.random.split(key, shape[0]))
+    return (std * jax.random.normal(key, shape, dtype)).astype(dtype)
+
+
+def layer_tensor(key: jax.Array, shape: tuple[int, ...], dtype, std: float = 0.02):
+    """One layer's matrix of a stacked tensor drawn by `random_tensor` (its per-layer key)."""
+    return (std * jax.random.normal(key, shape, dtype)).astype(dtype)
+
+
+def tensor_keys(cfg: Qwen3Config, key: jax.Array) -> dict[str, jax.Array]:
+    """The key of every flattened tensor name of `init_params` (quantized init uses the same)."""
+    shapes = param_shapes(cfg)
+    return dict(zip(shapes, jax.random.split(key, len(shapes)), strict=True))
+
+
 @partial(jax.jit, static_argnames=("cfg", "dtype", "std"))
 def init_params(cfg: Qwen3Config, key: jax.Array, dtype=jnp.bfloat16, std: float = 0.02) -> Params:
     """Random weights of the real shapes, made on the default device (timing, tests).
 
-    Matrices ~ N(0, std) like transformers' initializer_range; norm weights are 1 + small noise
-    so they are not all-equal (a bug that ignores a norm weight still shows). Generated directly
-    in `dtype` inside one jit: an 8B model is ~16 GB of bf16 and never visits the host.
+    Generated directly in `dtype` inside one jit: an 8B model is ~16 GB of bf16 and never
+    visits the host. Quantized random weights that never exist in bf16 on the device as a
+    whole: `quant.init_quantized_params` (the same values, quantized one layer at a time).
     """
-    shapes = param_shapes(cfg)
-    keys = jax.random.split(key, len(shapes))
-    flat = {}
-    for k, (name, shape) in zip(keys, shapes.items(), strict=True):
-        if name.split(".")[-1] in _NORMS:
-            flat[name] = (1.0 + 0.1 * jax.random.normal(k, shape, jnp.float32)).astype(dtype)
-        else:
-            flat[name] = (std * jax.random.normal(k, shape, dtype)).astype(dtype)
-    return unflatten(flat)
+    keys = tensor_keys(cfg, key)
+    return unflatten({name: random_tensor(name, shape, keys[name], dtype, std)
+                      for name, shape in param_shapes(cfg).items()})

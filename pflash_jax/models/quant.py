@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -56,7 +57,15 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from pflash_jax.models.params import PROJECTIONS, Params
+from pflash_jax.models.params import (
+    PROJECTIONS,
+    Params,
+    layer_tensor,
+    param_shapes,
+    random_tensor,
+    tensor_keys,
+    unflatten,
+)
 from pflash_jax.models.weights import DTYPES, Lazy
 
 FORMATS = ("int8", "int4", "fp8")
@@ -199,6 +208,49 @@ def quantize_params(params: Params, fmt: str, group: int = INT4_GROUP) -> Params
                              f"({w.format})")
         done[name] = to_device(quantize_array(np.asarray(w), fmt, group))
     return dataclasses.replace(params, layers=dataclasses.replace(params.layers, **done))
+
+
+def quantize_layer(w, fmt: str, group: int | None):
+    """One layer's weight [in, out] quantized on the device (jnp): the same arithmetic as the
+    host's `_quantize_2d`, so a weight quantized here equals one quantized while loading."""
+    n_in, n_out = w.shape
+    if fmt != "int4":
+        q, s = quantize_rows(jnp, w, fmt, axis=0)
+        return q, s[0]
+    q, s = quantize_rows(jnp, w.reshape(n_in // group, group, n_out), fmt, axis=1)
+    return q.reshape(n_in, n_out), s[:, 0]
+
+
+@partial(jax.jit, static_argnames=("shape", "fmt", "group", "dtype", "std"))
+def _random_quantized(key, shape, fmt, group, dtype, std):
+    """A stacked [L, in, out] random weight quantized layer by layer (lax.map): only one
+    layer's full-precision matrix is ever live on the device."""
+    def one(k):
+        return quantize_layer(layer_tensor(k, shape[1:], dtype, std), fmt, group)
+
+    values, scale = jax.lax.map(one, jax.random.split(key, shape[0]))
+    return QuantizedWeight(values, scale, fmt, group)
+
+
+_random_plain = jax.jit(random_tensor, static_argnames=("name", "shape", "dtype", "std"))
+
+
+def init_quantized_params(cfg, key: jax.Array, fmt: str, dtype=jnp.bfloat16, std: float = 0.02,
+                          group: int = INT4_GROUP) -> Params:
+    """`params.init_params(cfg, key, dtype, std)` with its projections quantized to `fmt`,
+    made on the default device one tensor (and one layer of a projection) at a time: a
+    Qwen3-32B in int4 needs ~20 GB, its bf16 init ~65 GB, which a 24 GiB card cannot hold.
+    Equal to `quantize_params(init_params(...), fmt)` (tests/models/test_quant.py)."""
+    check_format(fmt)
+    keys = tensor_keys(cfg, key)
+    flat = {}
+    for name, shape in param_shapes(cfg).items():
+        if name.split(".")[-1] in PROJECTIONS:
+            g = int4_group(shape[1], group) if fmt == "int4" else None
+            flat[name] = _random_quantized(keys[name], shape, fmt, g, dtype, std)
+        else:
+            flat[name] = _random_plain(name, shape, keys[name], dtype, std)
+    return unflatten(flat)
 
 
 def quantized_format(params: Params) -> str | None:

@@ -352,3 +352,33 @@ def test_cli_quantize_option(tmp_path, capsys):
         load_model(tmp_path, quantize="int2")
     with pytest.raises(ValueError, match="quantize must be one of"):
         convert(FIXTURES / CASE, tmp_path / "x", quantize="nf4")
+
+
+@pytest.mark.parametrize("fmt", quant.FORMATS)
+def test_random_quantized_init_equals_quantizing_the_random_model(fmt):
+    """init_quantized_params (one layer at a time on the device, for models that do not fit in
+    bf16) makes the same weights as quantizing init_params' model on the host: dequantized,
+    every element within one quantization step of the host's (device and numpy division may
+    round the last float32 bit differently, which can move a value across a rounding edge).
+    float32: in bf16, XLA's excess precision (bf16 elementwise math kept in float32 inside a
+    fusion) rounds `std * normal` differently in the two jits, one bf16 ulp on a few values."""
+    host = quant.quantize_params(init_params(CFG, jax.random.key(5), jnp.float32), fmt)
+    dev = quant.init_quantized_params(CFG, jax.random.key(5), fmt, jnp.float32)
+    for name in PROJECTIONS:
+        h, d = getattr(host.layers, name), getattr(dev.layers, name)
+        assert (d.format, d.group, d.shape) == (h.format, h.group, h.shape), name
+        np.testing.assert_allclose(np.asarray(d.scale), np.asarray(h.scale), rtol=1e-6)
+        step = np.asarray(h.scale)
+        step = np.repeat(step, h.group, axis=-2) if fmt == "int4" else step[..., None, :]
+        diff = np.abs(np.asarray(d.dequantize()) - np.asarray(h.dequantize()))
+        # fp8's step is relative (2^-3 of the value at e4m3's 3 mantissa bits), not scale
+        bound = (np.abs(np.asarray(h.dequantize())) * 2.0**-3 + 1e-12 if fmt == "fp8"
+                 else step * 1.0001)
+        assert (diff <= bound).all(), f"{name}: max excess {(diff - bound).max():.3g}"
+        moved = (np.asarray(d.values, np.float32) != np.asarray(h.values, np.float32)).mean()
+        assert moved < 1e-3, f"{name}: {moved:.4%} of the values differ"
+    for name in ("embed_tokens", "norm", "lm_head"):
+        a, b = getattr(host, name), getattr(dev, name)
+        if a is not None:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+    np.testing.assert_array_equal(np.asarray(host.layers.q_norm), np.asarray(dev.layers.q_norm))
