@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from pflash_jax import bench
 from pflash_jax.attention.api import resolve_dense
 from pflash_jax.memory import tree_bytes
-from pflash_jax.models import qwen3, quant
+from pflash_jax.models import quant, qwen3
 from pflash_jax.models.config import model_preset
 from pflash_jax.models.params import init_params
 
