@@ -11,6 +11,7 @@ placement here: callers (loader, benchmarks, a future sharded setup) decide wher
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
 
 import jax
@@ -92,17 +93,40 @@ def unflatten(flat: dict) -> Params:
                   norm=flat["norm"], lm_head=flat.get("lm_head"))
 
 
-def random_tensor(name: str, shape: tuple[int, ...], key: jax.Array, dtype, std: float = 0.02):
+def random_tensor(name: str, shape: tuple[int, ...], key: jax.Array, dtype, std: float = 0.02,
+                  sequential: bool = False):
     """One tensor of `init_params`: norm weights 1 + N(0, 0.1) (so they are not all-equal: a
     bug that ignores a norm weight still shows), matrices N(0, std) like transformers'
-    initializer_range. A stacked layer tensor [L, ...] draws each layer from its own key
-    (split from `key`), so one layer can be generated alone (`layer_tensor`) and equal it."""
+    initializer_range. A stacked layer tensor [L, ...] draws each layer from its own key, and
+    a large matrix (the embedding, the head) each block of rows from its own key (split from
+    `key`), so a tensor can be made piece by piece with the same values: sequential=True makes
+    them one after another (lax.map; peak memory one piece: what a 24 GiB card needs while
+    it loads), False all at once (vmap)."""
     if name.split(".")[-1] in _NORMS:
         return (1.0 + 0.1 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    def each(f):
+        return (lambda keys: jax.lax.map(f, keys)) if sequential else jax.vmap(f)
+
     if name.startswith("layers."):
-        return jax.vmap(lambda k: layer_tensor(k, shape[1:], dtype, std))(
+        return each(lambda k: layer_tensor(k, shape[1:], dtype, std))(
             jax.random.split(key, shape[0]))
-    return (std * jax.random.normal(key, shape, dtype)).astype(dtype)
+    n = row_blocks(shape)
+    blocks = each(lambda k: layer_tensor(k, (shape[0] // n, *shape[1:]), dtype, std))(
+        jax.random.split(key, n))
+    return blocks.reshape(shape)
+
+
+# A random matrix is drawn in blocks of rows of at most this many elements (see random_tensor).
+RANDOM_BLOCK = 2**25
+
+
+def row_blocks(shape: tuple[int, ...]) -> int:
+    """The fewest blocks of rows, dividing shape[0], each of at most RANDOM_BLOCK elements."""
+    per_row = math.prod(shape[1:])
+    n = -(-math.prod(shape) // RANDOM_BLOCK)
+    while shape[0] % n:
+        n += 1
+    return min(n, shape[0]) if per_row else 1
 
 
 def layer_tensor(key: jax.Array, shape: tuple[int, ...], dtype, std: float = 0.02):
