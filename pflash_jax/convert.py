@@ -91,7 +91,8 @@ from pflash_jax.models.weights import (
 OUT_DTYPES = {"bf16": "BF16", "f32": "F32", "f16": "F16"}  # CLI name -> safetensors code
 DTYPE_NAMES = {v: k for k, v in OUT_DTYPES.items()}
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-              "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+              "chat_template.jinja", "vocab.json", "merges.txt", "special_tokens_map.json",
+              "added_tokens.json")
 STALE_AFTER_S = 6 * 3600  # a live writer touches its file every few seconds
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 _WORK_DIR = re.compile(r"^\.(?P<out>.+)\.pflash-(?:tmp|old)\.(?P<host>[A-Za-z0-9-]+)"

@@ -96,6 +96,8 @@ def flat_row(m: dict, source: str) -> dict:
         "target_quantize": m["models"]["target"].get("quantize"),
         "target_kv_cache": m["models"]["target"].get("kv_cache", "bf16"),
         "task": cases[0].get("task", m["run_config"]["task"]["name"]) if cases else None,
+        # raw prompt or the target's chat template (metrics from before the option: raw)
+        "prompt_format": m["run_config"]["task"].get("prompt_format", "raw"),
         "preset": pc["preset"], "keep_ratio": pc["keep_ratio"], "span_size": pc["span_size"],
         # forced spans counted inside the budget or on top (metrics from before the option: on
         # top, the only rule then)
@@ -352,7 +354,9 @@ def quality_table(rows: list[dict]) -> str:
         return ""
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["task"], r["S"], r["preset"], r["keep_ratio"], r["span_size"])].append(r)
+        # a chat-format row is its own task: the same cases wrapped in the chat template
+        task = f"{r['task']} (chat)" if r.get("prompt_format", "raw") == "chat" else r["task"]
+        groups[(task, r["S"], r["preset"], r["keep_ratio"], r["span_size"])].append(r)
     head = ("| task | S | preset | keep | span | full acc | PFlash acc | drafter recall | "
             "kept frac | cases |\n|" + " --- |" * 10 + "\n")
     body = ""

@@ -8,6 +8,7 @@ the kept spans, the answers, the TTFT breakdown and the speedup, and writes metr
     pflash-run                                         # tiny pair, one niah_pflash case
     pflash-run task.seq_len=16384 selection.keep_ratio=0.1 selection.span_size=16
     pflash-run drafter.path=/ckpt/Qwen3-0.6B target.path=/ckpt/Qwen3-8B task.prompt_file=p.txt
+    pflash-run drafter.path=... target.path=... task.prompt_format=chat   # in the chat template
     python experiments/run.py -m experiment=smoke       # a sweep (Hydra multirun)
 
 Timing protocol: per case, one untimed call of each path compiles (its time is reported as
@@ -95,16 +96,22 @@ def with_yarn(cfg, spec: ModelSpec):
 class Prompt:
     ids: np.ndarray
     case: object | None = None  # a tasks.Case when generated
+    template_tokens: int = 0  # tokens the chat template added (prompt_format=chat)
 
 
 def prompts(c: RunConfig, target) -> list[Prompt]:
     t = c.task
     tok = target.tokenizer
+    template = chat_template(c.target) if t.prompt_format == "chat" else None
     if t.prompt_file:
         if tok is None:
             raise ValueError(f"task.prompt_file={t.prompt_file!r} needs a target with a "
                              f"tokenizer.json")
-        return [Prompt(tok.encode(read_prompt(Path(t.prompt_file))))]
+        text = read_prompt(Path(t.prompt_file))
+        if template is None:
+            return [Prompt(tok.encode(text))]
+        ids = tok.encode(template.render([{"role": "user", "content": text}]))
+        return [Prompt(ids, template_tokens=len(ids) - len(tok.encode(text)))]
     if t.name == "random":
         rng = np.random.default_rng(t.seed)
         V = target.config.vocab_size
@@ -114,8 +121,40 @@ def prompts(c: RunConfig, target) -> list[Prompt]:
     if tok is None:
         raise ValueError(f"task.name={t.name!r} needs a target with a tokenizer.json "
                          f"(or task.name=random for random-weight speed runs)")
-    return [Prompt(c_.ids, c_) for c_ in make_cases(t.name, t.n_cases, t.seq_len, tok.path,
-                                                    seed=t.seed)]
+    # chat: the case is sized with the template's tokens counted (tasks/chat.py)
+    frame = template.frame() if template is not None else None
+    return [Prompt(c_.ids, c_, c_.template_tokens)
+            for c_ in make_cases(t.name, t.n_cases, t.seq_len, tok.path, seed=t.seed,
+                                 chat=frame)]
+
+
+def chat_template(spec: ModelSpec):
+    """The target checkpoint's chat template (task.prompt_format=chat); a ValueError naming
+    its tokenizer_config.json when it has none."""
+    from pflash_jax.models.chat_template import ChatTemplateError, load_chat_template
+
+    folder = None if spec.random_init else checkpoint_dir(spec)
+    if folder is None:
+        raise ValueError("task.prompt_format=chat renders the target checkpoint's chat template; "
+                         "a random_init target has none (use task.prompt_format=raw)")
+    try:
+        return load_chat_template(folder)
+    except ChatTemplateError as e:
+        raise ValueError(f"task.prompt_format=chat: {e}; use task.prompt_format=raw for "
+                         f"this checkpoint") from None
+
+
+def prompt_record(p: Prompt, fmt: str) -> dict:
+    """What metrics record of a prompt's layout: its format, the chat template's tokens and, for
+    task cases, where the template's prefix ends and the needles' [start, end) runs (shifted by
+    that prefix), so recall can be checked against the ids."""
+    out: dict = {"prompt_format": fmt}
+    if fmt == "chat":
+        out["template_tokens"] = p.template_tokens
+    if p.case is not None:
+        out["template_prefix"] = p.case.template_prefix
+        out["needle_spans"] = [list(s) for s in _spans(np.asarray(p.case.needle_positions))]
+    return out
 
 
 def read_prompt(path: Path) -> str:
@@ -209,6 +248,8 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     # One drafter pass serves every cell: the cells may differ in span size and keep ratio only.
     assert all(dataclasses.replace(cfg, selection=pcfg.selection) == pcfg for cfg in cfgs)
     check_kernels(c, pcfg)
+    if c.task.prompt_format == "chat":
+        chat_template(c.target)  # a checkpoint without one fails before any model loads
     drafter, target = load(c.drafter, "drafter"), load(c.target, "target")
     models = {"drafter": describe(drafter, c.drafter), "target": describe(target, c.target)}
     if not c.quiet:
@@ -231,6 +272,7 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     bar = tqdm(total=len(ps) * len(cells), desc="cases x cells", disable=not c.quiet)
     for p in ps:
         S = int(p.ids.shape[0])
+        layout = prompt_record(p, c.task.prompt_format)
         for cfg in cfgs:
             check_inputs(drafter, target, p.ids, cfg, max_new_tokens=c.max_new_tokens,
                          chunk=c.chunk)
@@ -246,6 +288,7 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
         full_row["peak_after_full_bytes"] = peak_memory_bytes()
         for i, row in enumerate(prow):
             kept = row.pop("_kept_positions", None)
+            row = {"S": row["S"], **layout, **row}
             row.update(full_row)
             if "full" in row and "pflash" in row:
                 row["speedup"] = row["full"]["ttft"] / row["pflash"]["ttft"]
@@ -450,8 +493,10 @@ def summarize(cases: list[dict]) -> dict:
 def print_case(row: dict, kept: np.ndarray) -> None:
     spans = _spans(kept)
     shown = ", ".join(f"{a}-{b}" for a, b in spans[:8]) + (" ..." if len(spans) > 8 else "")
-    print(f" prompt {row['S']} tokens -> kept {row['n_kept']} ({100 * row['kept_frac']:.1f}%) "
-          f"in {len(spans)} runs: {shown}")
+    chat = (f" ({row['template_tokens']} of the chat template)"
+            if row.get("prompt_format") == "chat" else "")
+    print(f" prompt {row['S']} tokens{chat} -> kept {row['n_kept']} "
+          f"({100 * row['kept_frac']:.1f}%) in {len(spans)} runs: {shown}")
     if "expected" in row:
         print(f"expected {row['expected']}")
     if "full_skipped" in row:

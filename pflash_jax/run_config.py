@@ -61,6 +61,9 @@ class SelectionSpec:
     pool_width: int | None = None
 
 
+PROMPT_FORMATS = ("raw", "chat")
+
+
 @dataclass
 class TaskSpec:
     name: str = "niah_pflash"  # a pflash_jax.tasks task, or "random" (random ids: speed runs)
@@ -68,6 +71,9 @@ class TaskSpec:
     n_cases: int = 1
     seed: int = 0
     prompt_file: str | None = None  # a text file read as the prompt instead of a task case
+    # raw: the prompt as is (the tiny pair's format) | chat: one user message in the target
+    # checkpoint's own chat template, thinking off (docs/design.md section 5.1)
+    prompt_format: str = "raw"
 
 
 @dataclass
@@ -133,6 +139,13 @@ def validate(c: RunConfig) -> RunConfig:
     _int_at_least(problems, "task.seed", c.task.seed, 0)
     if c.task.name == "file" and not c.task.prompt_file:
         problems.append("task=file needs task.prompt_file=PATH (a UTF-8 text file)")
+    if c.task.prompt_format not in PROMPT_FORMATS:
+        problems.append(f"task.prompt_format must be one of {PROMPT_FORMATS}, got "
+                        f"{c.task.prompt_format!r}")
+    elif (c.task.prompt_format == "chat" and c.task.name == "random"
+          and not c.task.prompt_file):
+        problems.append("task.prompt_format=chat needs text to wrap: a task or "
+                        "task.prompt_file, not task=random (random ids)")
     for role in ("drafter", "target"):
         spec = getattr(c, role)
         f = spec.yarn_factor

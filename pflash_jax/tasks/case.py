@@ -25,7 +25,12 @@ from pflash_jax.tasks.task_tokenizer import Bank, TaskTokenizer
 
 
 class BudgetError(ValueError):
-    """n_tokens cannot hold the task's fixed pieces (needles + question)."""
+    """n_tokens cannot hold the task's fixed pieces (needles + question); `need` is the
+    smallest n_tokens that can (None where unknown)."""
+
+    def __init__(self, message: str, need: int | None = None):
+        super().__init__(message)
+        self.need = need
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -43,6 +48,10 @@ class Case:
     depth: float  # fraction of the haystack before the first evidence needle; nan if spread out
     question: str
     text: str | None = None  # decode(ids), when requested
+    prompt_format: str = "raw"  # "chat": wrapped in a chat template (chat.py)
+    template_prefix: int = 0  # chat template tokens before the user message (positions include
+    #                           them)
+    template_tokens: int = 0  # all tokens the chat template adds (before + after the message)
 
     @property
     def n_tokens(self) -> int:
@@ -82,7 +91,7 @@ class Ctx:
             raise BudgetError(
                 f"n_tokens={self.n_tokens} is too small for task {self.task!r} (seed "
                 f"{self.seed}): its fixed pieces (header, needles, question{extra}) need "
-                f"{need} tokens; minimum n_tokens is {need}"
+                f"{need} tokens; minimum n_tokens is {need}", need
             )
         return h
 

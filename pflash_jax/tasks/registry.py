@@ -14,6 +14,7 @@ import numpy as np
 
 from pflash_jax.tasks import aggregation, niah
 from pflash_jax.tasks.case import Case, Ctx
+from pflash_jax.tasks.chat import make_chat_case
 from pflash_jax.tasks.task_tokenizer import as_tokenizer
 
 TRAIN_SEED_LIMIT = 10**6
@@ -60,12 +61,21 @@ def _ctx(task, n_tokens, tokenizer, seed, *, answer_in_budget, with_text) -> Ctx
     )
 
 
-def make_case(task: str, n_tokens: int, tokenizer, seed: int, *, with_text=True, **opts) -> Case:
+def make_case(task: str, n_tokens: int, tokenizer, seed: int, *, with_text=True,
+              chat: tuple[str, str] | None = None, **opts) -> Case:
     """A case of exactly n_tokens prompt tokens ending in the question + answer prefix.
 
+    chat: a chat template's (before, after) text around one user message; the case is then
+    wrapped in it, still n_tokens long, the answer prefix after the generation prompt (chat.py).
     opts go to the task function (e.g. depth=0.5, haystack="words", n_distractors=5)."""
-    ctx = _ctx(task, n_tokens, tokenizer, seed, answer_in_budget=False, with_text=with_text)
-    return TASKS[task].fn(ctx, **opts)
+    def make(n: int) -> Case:
+        ctx = _ctx(task, n, tokenizer, seed, answer_in_budget=False, with_text=with_text)
+        return TASKS[task].fn(ctx, **opts)
+
+    if chat is None:
+        return make(n_tokens)
+    _ctx(task, n_tokens, tokenizer, seed, answer_in_budget=False, with_text=False)  # arg checks
+    return make_chat_case(make, n_tokens, chat, as_tokenizer(tokenizer))
 
 
 def make_training_case(task: str, seq_len: int, tokenizer, seed: int, **opts) -> Case:
@@ -75,9 +85,10 @@ def make_training_case(task: str, seq_len: int, tokenizer, seed: int, **opts) ->
     return TASKS[task].fn(ctx, **opts)
 
 
-def make_cases(task: str, n: int, n_tokens: int, tokenizer, seed: int = 0, **opts) -> list[Case]:
+def make_cases(task: str, n: int, n_tokens: int, tokenizer, seed: int = 0, *,
+               chat: tuple[str, str] | None = None, **opts) -> list[Case]:
     """n held-out cases with seeds EVAL_SEED_BASE + seed * EVAL_SET_STRIDE + i (i < n)."""
     if not 0 < n <= EVAL_SET_STRIDE:
         raise ValueError(f"n must be in [1, {EVAL_SET_STRIDE}], got {n}")
     base = EVAL_SEED_BASE + seed * EVAL_SET_STRIDE
-    return [make_case(task, n_tokens, tokenizer, base + i, **opts) for i in range(n)]
+    return [make_case(task, n_tokens, tokenizer, base + i, chat=chat, **opts) for i in range(n)]

@@ -1,15 +1,10 @@
 """Tokenizers for the task tests: the committed tiny one always; the real Qwen3 one from
-../shared (next to the repo) when present, else its tests skip."""
-
-from pathlib import Path
+../shared (next to the repo, or $PFLASH_QWEN3_TOKENIZER) when present, else its tests skip."""
 
 import pytest
 
 from pflash_jax.tasks import as_tokenizer, tiny_tokenizer
-
-QWEN3_JSON = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "qwen3-tokenizer" / ("tokenizer.json")
-)
+from tests.qwen3_tokenizer import QWEN3_JSON
 
 
 @pytest.fixture(scope="session")
