@@ -95,6 +95,8 @@ def flat_row(m: dict, source: str) -> dict:
         "drafter_quantize": m["models"]["drafter"].get("quantize"),
         "target_quantize": m["models"]["target"].get("quantize"),
         "target_kv_cache": m["models"]["target"].get("kv_cache", "bf16"),
+        # devices the target was split over (target.tensor_parallel; absent before: 1)
+        "target_tensor_parallel": m["models"]["target"].get("tensor_parallel", 1),
         "task": cases[0].get("task", m["run_config"]["task"]["name"]) if cases else None,
         "preset": pc["preset"], "keep_ratio": pc["keep_ratio"], "span_size": pc["span_size"],
         # forced spans counted inside the budget or on top (metrics from before the option: on
@@ -243,7 +245,9 @@ def speed_table(rows: list[dict]) -> str:
     for r in rows:
         sel = (f"density {r['density_cfg']}" if r["density_cfg"] is not None
                else f"alpha {r['alpha']}")
-        body += (f"| {r['device']} | {r['drafter']} -> {r['target']} | {r['dtype']} | "
+        tp = r.get("target_tensor_parallel", 1)
+        device = r["device"] if tp == 1 else f"{tp}x {r['device']} (target split)"
+        body += (f"| {device} | {r['drafter']} -> {r['target']} | {r['dtype']} | "
                  f"{r['kernels']} | {r['S']} | "
                  f"{r['keep_ratio']} | {r['span_size']} | {sel} | {_fmt(r['block_density'])} | "
                  f"{r['full_ttft_s']:.4g} | {r['pflash_ttft_s']:.4g} | "

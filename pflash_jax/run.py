@@ -82,6 +82,27 @@ def cast_params(params, dtype):
                         params, is_leaf=lambda a: isinstance(a, QuantizedWeight))
 
 
+def shard_target(target, spec: ModelSpec, attn: str):
+    """`target.tensor_parallel` N > 1: the target's parameters split over N devices and its
+    dense attention (`attn`, an impl name) run on each device's heads (pflash_jax/sharding.py)
+    -> (target, attention for prefill_at, fuse_qkv). N = 1: (target, attn, True) unchanged.
+
+    The target is loaded on the first device, then split, so it must fit one device while
+    loading: a sharded loader is not written yet."""
+    n = spec.tensor_parallel
+    if n == 1:
+        return target, attn, True
+    from pflash_jax import sharding
+    from pflash_jax.models.loading import Model
+
+    sharding.check_tensor_parallel(n, target.config, target.params)
+    mesh = sharding.make_mesh(n)
+    params = sharding.shard_params(target.params, target.config, mesh)
+    # fuse_qkv off: concatenating head-sharded [Wq|Wk|Wv] makes XLA reshuffle them every layer
+    return (Model(target.config, params, target.tokenizer),
+            sharding.ShardedAttention(mesh, attn), False)
+
+
 def with_yarn(cfg, spec: ModelSpec):
     """`{role}.yarn=true`: Qwen3's long-context setting (YaRN, factor `yarn_factor` over the
     32K pretraining length), for presets and loaded checkpoints alike. A checkpoint whose
@@ -216,6 +237,8 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     # One drafter pass serves every cell: the cells may differ in span size and keep ratio only.
     assert all(dataclasses.replace(cfg, selection=pcfg.selection) == pcfg for cfg in cfgs)
     drafter, target = load(c.drafter, "drafter"), load(c.target, "target")
+    # the same dense attention for both paths (sharded per device's heads under tensor_parallel)
+    target, target_attn, fuse_qkv = shard_target(target, c.target, c.attention.target)
     models = {"drafter": describe(drafter, c.drafter), "target": describe(target, c.target)}
     if not c.quiet:
         for role, spec in (("drafter", c.drafter), ("target", c.target)):
@@ -223,15 +246,15 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
             src = ("random init" if spec.random_init else spec.path
                    or f"embedded tiny pair ({spec.embedded})")
             print(f"{role}: {d['name']} [{src}], {d['layers']} layers, hidden {d['hidden']}, "
-                  f"{d['heads']}/{d['kv_heads']} heads, {d['dtype']}, {jax.default_backend()}")
+                  f"{d['heads']}/{d['kv_heads']} heads, {d['dtype']}, {jax.default_backend()}"
+                  + (f" x {spec.tensor_parallel} devices" if spec.tensor_parallel > 1 else ""))
     tok = target.tokenizer
     eos = tok.eos_token_id if tok is not None else None
     kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk, eos_id=eos,
-              kv_cache=c.target.kv_cache)
-    target_attn = c.attention.target  # the same dense attention for both paths
+              kv_cache=c.target.kv_cache, fuse_qkv=fuse_qkv)
     rows: list[list[dict]] = [[] for _ in cells]
     ps = prompts(c, target)
-    plans = memory_plans(c, drafter, target, ps, cfgs)
+    plans = memory_plans(c, drafter, target, ps, cfgs, target_attn, fuse_qkv)
     # Progress: a bar for quiet sweeps; otherwise each case's summary, numbered, is the
     # progress (a bar between those summaries would be redrawn around every one of them).
     bar = tqdm(total=len(ps) * len(cells), desc="cases x cells", disable=not c.quiet)
@@ -320,9 +343,11 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     return out
 
 
-def memory_plans(c: RunConfig, drafter, target, ps: list[Prompt], cfgs) -> dict:
+def memory_plans(c: RunConfig, drafter, target, ps: list[Prompt], cfgs, target_attn,
+                 fuse_qkv: bool) -> dict:
     """The memory plan (pflash_jax/memory.py) of every prompt length of the job, against
-    `memory_budget_gb` (default: what the device offers; none on CPU); printed unless quiet."""
+    `memory_budget_gb` (default: what the device offers; none on CPU); printed unless quiet.
+    A sharded target (shard_target's target, attention and fuse_qkv) is planned per device."""
     from pflash_jax.memory import GIB, device_budget, plan_run
 
     budget = device_budget() if c.memory_budget_gb is None else int(c.memory_budget_gb * GIB)
@@ -332,9 +357,9 @@ def memory_plans(c: RunConfig, drafter, target, ps: list[Prompt], cfgs) -> dict:
     for S in sorted({int(p.ids.shape[0]) for p in ps}):
         plans[S] = plan_run(drafter.config, drafter.dtype, target.config, target.dtype, S,
                             pcfg, max_new_tokens=c.max_new_tokens, chunk=c.chunk,
-                            target_attn=c.attention.target, budget=budget,
+                            target_attn=target_attn, budget=budget,
                             kv_cache=c.target.kv_cache, drafter_params=drafter.params,
-                            target_params=target.params)
+                            target_params=target.params, fuse_qkv=fuse_qkv)
         if not c.quiet:
             print(f"prompt of {S} tokens: " + plans[S].summary())
     return plans
@@ -380,7 +405,8 @@ def describe(m, spec: ModelSpec) -> dict:
             "dtype": str(m.params.embed_tokens.dtype), "layers": cfg.num_hidden_layers,
             "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
             "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
-            "vocab": cfg.vocab_size, "quantize": spec.quantize, "kv_cache": spec.kv_cache}
+            "vocab": cfg.vocab_size, "quantize": spec.quantize, "kv_cache": spec.kv_cache,
+            "tensor_parallel": spec.tensor_parallel}
 
 
 def summarize(cases: list[dict]) -> dict:
