@@ -12,6 +12,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +93,16 @@ def peak_memory_bytes() -> int | None:
     """Peak device memory in use by this process (None where the backend does not report it)."""
     stats = jax.devices()[0].memory_stats() or {}
     return stats.get("peak_bytes_in_use")
+
+
+def host_peak_bytes() -> int | None:
+    """Peak resident host memory of this process so far (ru_maxrss; None where unavailable)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict) -> Path:

@@ -24,6 +24,13 @@ Design choices:
 - The kept-token count is not known before the drafter runs: the plan uses its upper bound
   under the selection rule (inside the budget: budget spans; on top: budget + forced spans;
   plus the last token), so a path planned to fit does fit.
+- Tensor parallelism (`target.tensor_parallel=N`, pflash_jax/sharding.py): every number is per
+  device. The target's weights count their own shard's shape (what the sharding puts on one
+  device: projections and, where N divides the vocab, embeddings / head split, norms whole),
+  its KV cache K / N kv heads, and the compiled analysis of a sharded stage is already one
+  device's program. The drafter and its resident weights sit on the first device, which the
+  pflash path therefore describes; the budget is per device (`device_profile=rtx3090` with N
+  devices: N cards of 24 GiB).
 - Not modelled: allocator fragmentation and the runtime's own reserve (cuBLAS/cuDNN
   workspaces outside XLA's buffers); on the GPU the plan is compared with the measured peak
   (`peak_memory_bytes`) in metrics.json: the run job runs PFlash before full prefill and
@@ -53,10 +60,13 @@ def weights_bytes(cfg: Qwen3Config, dtype) -> int:
     return sum(math.prod(s) for s in param_shapes(cfg).values()) * size
 
 
-def kv_cache_bytes(cfg: Qwen3Config, capacity: int, dtype, kv_cache: str = "bf16") -> int:
+def kv_cache_bytes(cfg: Qwen3Config, capacity: int, dtype, kv_cache: str = "bf16",
+                   tensor_parallel: int = 1) -> int:
     """Bytes of a KVCache of `capacity` slots: K and V for every layer, plus its int32 length.
-    kv_cache "int8" / "fp8": one byte per value plus a float32 scale per (token, kv head)."""
-    kv_heads = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * capacity
+    kv_cache "int8" / "fp8": one byte per value plus a float32 scale per (token, kv head).
+    tensor_parallel N: one device's share (the cache is split by kv heads, N divides them)."""
+    kv_heads = (2 * cfg.num_hidden_layers * (cfg.num_key_value_heads // tensor_parallel)
+                * capacity)
     if kv_cache == "bf16":  # the compute dtype, whatever it is
         return kv_heads * cfg.head_dim * jnp.dtype(dtype).itemsize + 4
     return kv_heads * (cfg.head_dim + 4) + 4
@@ -103,10 +113,11 @@ class Plan:
     budget: int | None
     kept_tokens_max: int
     plan_s: float
+    tensor_parallel: int = 1  # the target's devices; > 1: every number is per device
 
     def to_dict(self) -> dict:
         return {"budget_bytes": self.budget, "kept_tokens_max": self.kept_tokens_max,
-                "plan_s": self.plan_s,
+                "plan_s": self.plan_s, "tensor_parallel": self.tensor_parallel,
                 "stages": {k: v.to_dict() for k, v in self.stages.items()},
                 "paths": {k: {"needs_bytes": p.needs, "stages": list(p.stages),
                               "fits": p.fits(self.budget), "verdict": p.verdict(self.budget)}
@@ -116,7 +127,10 @@ class Plan:
         big = max(s.total for s in self.stages.values()) >= GIB
         unit, div = ("GiB", GIB) if big else ("MiB", 2**20)
         b = "none" if self.budget is None else f"{self.budget / GIB:.2f} GiB"
-        lines = [f"memory plan (budget {b}; {unit}: weights + KV cache + activations + other)"]
+        where = (f", per device: target on {self.tensor_parallel} devices"
+                 if self.tensor_parallel > 1 else "")
+        lines = [f"memory plan (budget {b}{where}; {unit}: weights + KV cache + activations + "
+                 f"other)"]
         for name, s in self.stages.items():
             lines.append(f"  {name:15s} {s.weights / div:8.2f} + {s.kv_cache / div:7.2f} + "
                          f"{s.activations / div:7.2f} + {s.other / div:7.2f} = "
@@ -135,14 +149,26 @@ def _analysed(jitted, *args, **kwargs):
 
 
 def _abstract(tree):
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+    """ShapeDtypeStructs of a tree's arrays, shardings kept (a sharded stage compiles sharded)."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                       sharding=getattr(a, "sharding", None)),
+                        tree)
+
+
+def _tensor_parallel(tree) -> int:
+    """How many devices the tree's arrays are spread over (1: one device, or no sharding)."""
+    return max((len(a.sharding.device_set) for a in jax.tree.leaves(tree)
+                if getattr(a, "sharding", None) is not None), default=1)
 
 
 def tree_bytes(tree) -> int:
-    """Device bytes of a tree of arrays / ShapeDtypeStructs; int4 packs two values a byte."""
+    """Bytes one device holds of a tree of arrays / ShapeDtypeStructs (a sharded leaf: its
+    shard's shape); int4 packs two values a byte."""
     total = 0
     for a in jax.tree.leaves(tree):
-        n = int(np.prod(a.shape))
+        sharding = getattr(a, "sharding", None)
+        shape = a.shape if sharding is None else sharding.shard_shape(a.shape)
+        n = int(np.prod(shape))
         dt = jnp.dtype(a.dtype)
         bits = 4 if dt.name in ("int4", "uint4") else 8 * dt.itemsize
         total += -(-n * bits // 8)
@@ -162,11 +188,13 @@ def kept_tokens_upper_bound(S: int, selection) -> int:
 
 def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, target_dtype,
              S: int, pcfg, *, max_new_tokens: int = 1, chunk: int | None = None,
-             target_attn: str = "auto", budget: int | None = None, kv_cache: str = "bf16",
-             drafter_params=None, target_params=None) -> Plan:
+             target_attn="auto", budget: int | None = None, kv_cache: str = "bf16",
+             drafter_params=None, target_params=None, fuse_qkv: bool = True) -> Plan:
     """The memory plan of one prompt of S tokens (module docstring). drafter_params /
     target_params: the models' parameter trees (arrays or ShapeDtypeStructs; quantized ones
-    too) when known, else the plain trees of the configs in the given dtypes."""
+    too) when known, else the plain trees of the configs in the given dtypes. A sharded
+    target_params (pflash_jax/sharding.py) makes a per-device plan; target_attn and fuse_qkv
+    are then the run's (`sharding.ShardedAttention`, False)."""
     from pflash_jax.pflash.drafter import drafter_scores, prefill_keep
     from pflash_jax.pflash.pipeline import bucket, prefill_at
 
@@ -177,6 +205,7 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
     tparams = (abstract_params(target_cfg, target_dtype) if target_params is None
                else _abstract(target_params))
     dw, tw = tree_bytes(dparams), tree_bytes(tparams)
+    tp = _tensor_parallel(tparams)
     stages: dict[str, Stage] = {}
 
     # drafter: the fused tail scan, or look-ahead's prefill that keeps a cache
@@ -198,8 +227,8 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
         spec = jax.ShapeDtypeStruct((1, nb), i32)
         cache_len = nb + max(max_new_tokens - 1, 0)
         m = _analysed(prefill_at, tparams, target_cfg, spec, spec, length, attn=target_attn,
-                      chunk=chunk, cache_len=cache_len, kv_cache=kv_cache)
-        kv = kv_cache_bytes(target_cfg, cache_len, target_dtype, kv_cache)
+                      chunk=chunk, cache_len=cache_len, kv_cache=kv_cache, fuse_qkv=fuse_qkv)
+        kv = kv_cache_bytes(target_cfg, cache_len, target_dtype, kv_cache, tp)
         return _stage(m, tw, kv, resident)
 
     kept = kept_tokens_upper_bound(S, pcfg.selection)
@@ -208,7 +237,7 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
     paths = {"pflash": Path(max(stages["drafter"].total, stages["target_prefill"].total),
                             ("drafter", "target_prefill")),
              "full": Path(stages["full_prefill"].total, ("full_prefill",))}
-    return Plan(stages, paths, budget, kept, time.perf_counter() - t0)
+    return Plan(stages, paths, budget, kept, time.perf_counter() - t0, tp)
 
 
 def _stage(m, weights: int, kv: int, resident: int) -> Stage:
@@ -225,6 +254,7 @@ def _stage(m, weights: int, kv: int, resident: int) -> Stage:
 
 
 def device_budget() -> int | None:
-    """What the default device lets this process allocate (None where unknown, e.g. CPU)."""
+    """What the default device lets this process allocate (None where unknown, e.g. CPU): the
+    first device's, taken as every device's budget when the target is split over several."""
     stats = jax.devices()[0].memory_stats() or {}
     return stats.get("bytes_limit")

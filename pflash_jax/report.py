@@ -95,6 +95,8 @@ def flat_row(m: dict, source: str) -> dict:
         "drafter_quantize": m["models"]["drafter"].get("quantize"),
         "target_quantize": m["models"]["target"].get("quantize"),
         "target_kv_cache": m["models"]["target"].get("kv_cache", "bf16"),
+        # devices the target was split over (target.tensor_parallel; absent before: 1)
+        "target_tensor_parallel": m["models"]["target"].get("tensor_parallel", 1),
         "task": cases[0].get("task", m["run_config"]["task"]["name"]) if cases else None,
         # raw prompt or the target's chat template (metrics from before the option: raw)
         "prompt_format": m["run_config"]["task"].get("prompt_format", "raw"),
@@ -238,6 +240,9 @@ def memory_columns(m: dict) -> dict:
         out["budget_gib"] = gib(plan.get("budget_bytes"))
         for path in ("pflash", "full"):
             out[f"plan_{path}_gib"] = gib(plan["paths"][path]["needs_bytes"])
+        load = m.get("loading") or {}
+        out["peak_after_load_gib"] = gib(load.get("device_peak_bytes"))
+        out["host_peak_load_gib"] = gib(load.get("host_peak_bytes"))
         last = cases[-1] if cases else {}
         for path in ("pflash", "full"):
             out[f"peak_after_{path}_gib"] = gib(last.get(f"peak_after_{path}_bytes"))
@@ -255,8 +260,9 @@ def memory_table(rows: list[dict]) -> str:
     rows = sorted(rows, key=lambda r: (r["target"], str(r.get("target_quantize")), r["S"]))
     head = ("| device | profile | budget GiB | drafter -> target | weights | KV cache | S | "
             "PFlash TTFT (s) | full TTFT (s) | speedup | PFlash GiB: planned / measured | "
-            "full GiB: planned / measured | RTX 3090 TTFT, projected: PFlash / full (s) |\n"
-            "|" + " --- |" * 13 + "\n")
+            "full GiB: planned / measured | loading GiB: device / host | "
+            "RTX 3090 TTFT, projected: PFlash / full (s) |\n"
+            "|" + " --- |" * 14 + "\n")
     body = ""
     for r in rows:
         def ttft(path, r=r):
@@ -268,17 +274,23 @@ def memory_table(rows: list[dict]) -> str:
         # rose above PFlash's
         fu_own = fu if (fu is not None and pf is not None and fu > pf
                         and not r.get("full_skipped")) else None
-        pf_own = None if r.get("pflash_skipped") else pf
+        # PFlash's own peak shows only where it rose above what loading the models reached
+        ld = r.get("peak_after_load_gib")
+        pf_own = None if r.get("pflash_skipped") or (ld is not None and pf is not None
+                                                     and pf <= ld) else pf
         speed = "-" if r.get("speedup") is None else f"**{r['speedup']:.2f}x**"
         body += (f"| {r['device']} | {r.get('device_profile') or '-'} | "
                  f"{_fmt(r['budget_gib'], '.1f')} | {r['drafter']} -> {r['target']} | "
                  f"{r.get('target_quantize') or r['dtype']} | {r.get('target_kv_cache')} | "
                  f"{r['S']} | {ttft('pflash')} | {ttft('full')} | {speed} | "
                  f"{_plan_vs_peak(r.get('plan_pflash_gib'), pf_own)} | "
-                 f"{_plan_vs_peak(r.get('plan_full_gib'), fu_own)} | {_projected(r)} |\n")
+                 f"{_plan_vs_peak(r.get('plan_full_gib'), fu_own)} | "
+                 f"{_fmt(ld, '.2f')} / {_fmt(r.get('host_peak_load_gib'), '.2f')} | "
+                 f"{_projected(r)} |\n")
     body += ("\nPlanned: pflash_jax/memory.py's plan made before any compute (both models "
              "resident); measured: the device's peak bytes in use after the path ran (PFlash "
-             "runs first; full prefill's own peak shows only where it rose above PFlash's), "
+             "runs first and shows only where its peak rose above loading's; full prefill's "
+             "own peak shows only where it rose above PFlash's), "
              "with the plan's error relative to it. A path that does not fit is not run and "
              "says so.\n")
     return head + body
@@ -315,7 +327,9 @@ def speed_table(rows: list[dict]) -> str:
     for r in rows:
         sel = (f"density {r['density_cfg']}" if r["density_cfg"] is not None
                else f"alpha {r['alpha']}")
-        body += (f"| {r['device']} | {r['drafter']} -> {r['target']} | {r['dtype']} | "
+        tp = r.get("target_tensor_parallel", 1)
+        device = r["device"] if tp == 1 else f"{tp}x {r['device']} (target split)"
+        body += (f"| {device} | {r['drafter']} -> {r['target']} | {r['dtype']} | "
                  f"{r['kernels']} | {r['S']} | "
                  f"{r['keep_ratio']} | {r['span_size']} | {sel} | {_fmt(r['block_density'])} | "
                  f"{r['full_ttft_s']:.4g} | {r['pflash_ttft_s']:.4g} | "

@@ -148,7 +148,11 @@ def forward_work(cfg: Qwen3Config, T: int, itemsize: int, *, density: float = 1.
 def _models(row: dict):
     """(drafter cfg, target cfg, itemsize, drafter quantize, target quantize), or None where the
     row cannot be modelled (unknown model name, dtype, or a format without a path here).
-    `*_quantize` are read when a row records them; older rows hold unquantized models."""
+    `*_quantize` are read when a row records them; older rows hold unquantized models. A row
+    whose target was split over several cards (target_tensor_parallel > 1) is not modelled: one
+    card's roofline says nothing about N cards and their all-reduces."""
+    if row.get("target_tensor_parallel", 1) != 1:
+        return None
     d, t = preset_of(row.get("drafter")), preset_of(row.get("target"))
     itemsize = _ITEMSIZE.get(row.get("dtype"))
     dq, tq = row.get("drafter_quantize"), row.get("target_quantize")

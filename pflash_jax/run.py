@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pflash_jax.bench import peak_memory_bytes, provenance, write_metrics
+from pflash_jax.bench import host_peak_bytes, peak_memory_bytes, provenance, write_metrics
 from pflash_jax.run_config import ModelSpec, RunConfig
 
 CONFIGS = Path(__file__).resolve().parent / "configs"  # package data: works installed too
@@ -81,6 +81,27 @@ def cast_params(params, dtype):
 
     return jax.tree.map(lambda a: a if isinstance(a, QuantizedWeight) else a.astype(dtype),
                         params, is_leaf=lambda a: isinstance(a, QuantizedWeight))
+
+
+def shard_target(target, spec: ModelSpec, attn: str):
+    """`target.tensor_parallel` N > 1: the target's parameters split over N devices and its
+    dense attention (`attn`, an impl name) run on each device's heads (pflash_jax/sharding.py)
+    -> (target, attention for prefill_at, fuse_qkv). N = 1: (target, attn, True) unchanged.
+
+    The target is loaded on the first device, then split, so it must fit one device while
+    loading: a sharded loader is not written yet."""
+    n = spec.tensor_parallel
+    if n == 1:
+        return target, attn, True
+    from pflash_jax import sharding
+    from pflash_jax.models.loading import Model
+
+    sharding.check_tensor_parallel(n, target.config, target.params)
+    mesh = sharding.make_mesh(n)
+    params = sharding.shard_params(target.params, target.config, mesh)
+    # fuse_qkv off: concatenating head-sharded [Wq|Wk|Wv] makes XLA reshuffle them every layer
+    return (Model(target.config, params, target.tokenizer),
+            sharding.ShardedAttention(mesh, attn), False)
 
 
 def with_yarn(cfg, spec: ModelSpec):
@@ -250,7 +271,12 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     check_kernels(c, pcfg)
     if c.task.prompt_format == "chat":
         chat_template(c.target)  # a checkpoint without one fails before any model loads
+    t0 = time.perf_counter()
     drafter, target = load(c.drafter, "drafter"), load(c.target, "target")
+    loading = {"load_s": time.perf_counter() - t0, "device_peak_bytes": peak_memory_bytes(),
+               "host_peak_bytes": host_peak_bytes()}
+    # the same dense attention for both paths (sharded per device's heads under tensor_parallel)
+    target, target_attn, fuse_qkv = shard_target(target, c.target, c.attention.target)
     models = {"drafter": describe(drafter, c.drafter), "target": describe(target, c.target)}
     if not c.quiet:
         for role, spec in (("drafter", c.drafter), ("target", c.target)):
@@ -258,15 +284,15 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
             src = ("random init" if spec.random_init else spec.path
                    or f"embedded tiny pair ({spec.embedded})")
             print(f"{role}: {d['name']} [{src}], {d['layers']} layers, hidden {d['hidden']}, "
-                  f"{d['heads']}/{d['kv_heads']} heads, {d['dtype']}, {jax.default_backend()}")
+                  f"{d['heads']}/{d['kv_heads']} heads, {d['dtype']}, {jax.default_backend()}"
+                  + (f" x {spec.tensor_parallel} devices" if spec.tensor_parallel > 1 else ""))
     tok = target.tokenizer
     eos = tok.eos_token_id if tok is not None else None
     kw = dict(max_new_tokens=c.max_new_tokens, chunk=c.chunk, eos_id=eos,
-              kv_cache=c.target.kv_cache)
-    target_attn = c.attention.target  # the same dense attention for both paths
+              kv_cache=c.target.kv_cache, fuse_qkv=fuse_qkv)
     rows: list[list[dict]] = [[] for _ in cells]
     ps = prompts(c, target)
-    plans = memory_plans(c, drafter, target, ps, cfgs)
+    plans = memory_plans(c, drafter, target, ps, cfgs, target_attn, fuse_qkv)
     # Progress: a bar for quiet sweeps; otherwise each case's summary, numbered, is the
     # progress (a bar between those summaries would be redrawn around every one of them).
     bar = tqdm(total=len(ps) * len(cells), desc="cases x cells", disable=not c.quiet)
@@ -314,7 +340,8 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
         out.append((name, {
             "experiment": c.experiment, "run_config": dataclasses.asdict(cc),
             "pflash_config": cfg.to_dict(), "kernels": kernels, "models": models,
-            "peak_memory_bytes": peak_memory_bytes(), "summary": summarize(cases),
+            "peak_memory_bytes": peak_memory_bytes(), "loading": loading,
+            "summary": summarize(cases),
             "memory_plan": plans[max(plans)].to_dict(),
             "memory_plans": {str(k): v.to_dict() for k, v in plans.items()},
             "cases": cases}))
@@ -406,11 +433,11 @@ def pflash_rows(c: RunConfig, p: Prompt, drafter, target, cfgs, skip: dict, kw: 
     return rows
 
 
-def memory_plans(c: RunConfig, drafter, target, ps: list[Prompt], cfgs) -> dict:
+def memory_plans(c: RunConfig, drafter, target, ps: list[Prompt], cfgs, target_attn,
+                 fuse_qkv: bool) -> dict:
     """The memory plan (pflash_jax/memory.py) of every prompt length of the job, against
-    `memory_budget_gb` (default: what the device offers; none on CPU), or what the device
-    offers where that is less (a 24 GiB profile on a card capped below 24 GiB: planning to the
-    profile's budget would let a path run into the cap); printed unless quiet."""
+    `memory_budget_gb` (default: what the device offers; none on CPU); printed unless quiet.
+    A sharded target (shard_target's target, attention and fuse_qkv) is planned per device."""
     from pflash_jax.memory import GIB, device_budget, plan_run
 
     offered = device_budget()
@@ -423,9 +450,9 @@ def memory_plans(c: RunConfig, drafter, target, ps: list[Prompt], cfgs) -> dict:
     for S in sorted({int(p.ids.shape[0]) for p in ps}):
         plans[S] = plan_run(drafter.config, drafter.dtype, target.config, target.dtype, S,
                             pcfg, max_new_tokens=c.max_new_tokens, chunk=c.chunk,
-                            target_attn=c.attention.target, budget=budget,
+                            target_attn=target_attn, budget=budget,
                             kv_cache=c.target.kv_cache, drafter_params=drafter.params,
-                            target_params=target.params)
+                            target_params=target.params, fuse_qkv=fuse_qkv)
         if not c.quiet:
             print(f"prompt of {S} tokens: " + plans[S].summary())
     return plans
@@ -471,7 +498,8 @@ def describe(m, spec: ModelSpec) -> dict:
             "dtype": str(m.params.embed_tokens.dtype), "layers": cfg.num_hidden_layers,
             "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
             "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
-            "vocab": cfg.vocab_size, "quantize": spec.quantize, "kv_cache": spec.kv_cache}
+            "vocab": cfg.vocab_size, "quantize": spec.quantize, "kv_cache": spec.kv_cache,
+            "tensor_parallel": spec.tensor_parallel}
 
 
 def summarize(cases: list[dict]) -> dict:

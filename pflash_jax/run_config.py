@@ -25,6 +25,9 @@ class ModelSpec:
     embedded: str | None = None  # "drafter" | "target": which model of the tiny pair
     quantize: str | None = None  # weight-only int8 | int4 (group 128) | fp8 (W8A8 e4m3)
     kv_cache: str = "bf16"  # the target's KV cache as stored for decode: bf16 | int8 | fp8
+    # The target's weights and KV cache split over this many devices (heads, kv heads, MLP,
+    # vocab; pflash_jax/sharding.py). Must divide num_key_value_heads; the drafter keeps 1.
+    tensor_parallel: int = 1
 
 
 @dataclass
@@ -103,10 +106,11 @@ class RunConfig:
     grid: GridSpec = field(default_factory=GridSpec)  # cells/<span>_<keep>/metrics.json each
     # Memory: a path (PFlash, full prefill) whose planned peak exceeds this many GiB is recorded
     # as "does not fit: needs X GiB of Y" and not run. None: what the device offers (no limit
-    # on CPU). See pflash_jax/memory.py.
+    # on CPU). Per device (target.tensor_parallel > 1: each of the N). See pflash_jax/memory.py.
     memory_budget_gb: float | None = None
     # A card to reproduce: "rtx3090" = a 24 GiB budget and the sm_80 code path (the Triton
-    # drafter kernel, cuDNN dense attention) on any GPU; explicit options still win.
+    # drafter kernel, cuDNN dense attention) on any GPU; explicit options still win. With
+    # target.tensor_parallel=N: a rig of N such cards (the budget is per device).
     device_profile: str | None = None
 
 
@@ -161,6 +165,18 @@ def validate(c: RunConfig) -> RunConfig:
         if spec.kv_cache not in KV_CACHE_FORMATS:
             problems.append(f"{role}.kv_cache must be one of {KV_CACHE_FORMATS}, got "
                             f"{spec.kv_cache!r}")
+    n = c.target.tensor_parallel
+    _int_at_least(problems, "target.tensor_parallel", n, 1, " (devices)")
+    if c.drafter.tensor_parallel != 1:
+        problems.append(f"drafter.tensor_parallel must be 1: the drafter runs on one device "
+                        f"(only the target is sharded), got {c.drafter.tensor_parallel!r}")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+        import jax
+
+        if jax.device_count() < n:  # the kv-head check needs the model: run.shard_target
+            problems.append(f"target.tensor_parallel={n} needs {n} devices, jax sees "
+                            f"{jax.device_count()} (on the CPU: "
+                            f"XLA_FLAGS=--xla_force_host_platform_device_count={n})")
     from pflash_jax.attention.api import DENSE_IMPLS
 
     if c.attention.target not in DENSE_IMPLS:

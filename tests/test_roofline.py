@@ -92,6 +92,7 @@ def test_unmodelled_rows_project_to_none():
     assert R.project(_row(dtype="float32")) is None
     assert R.project(_row(target_quantize="fp8")) is None
     assert R.project(_row(target_quantize="int8")) is not None
+    assert R.project(_row(target_tensor_parallel=2)) is None  # N cards: not one card's roofline
     assert _projected(_row(target="tiny_target")) == "-"
     # 8B bf16: 16.4 GB of weights + 4.8 GB of KV cache at 32K fit; + 19.3 GB at 128K do not
     assert not _projected(_row()).endswith("*") and _projected(_row(S=131072)).endswith("*")

@@ -382,13 +382,14 @@ def cached_attention(q, k_cache, v_cache, k_new, v_new, length, *, k_scale=None,
 
 
 def decode(params: Params, cfg: Qwen3Config, token, position, cache: KVCache, *,
-           kv_cache: str | None = None):
+           kv_cache: str | None = None, fuse_qkv: bool = True):
     """One token per batch row: token [B], position [B] -> (logits float32 [B,V], cache).
 
     The cache must have a free slot (length < capacity): under jit an overflow cannot raise, and
     dynamic_update_slice would clamp and overwrite the last slot. kv_cache: the cache's format
     (None: read from the cache, which knows it; a value that disagrees is an error). The new
     token attends to its own K/V in full precision and is stored quantized like the rest.
+    fuse_qkv: as in layer_qkv (off for a tensor-parallel target, pflash_jax/sharding.py).
     """
     fmt = cache.format
     if kv_cache is not None and kv_cache != fmt:
@@ -404,7 +405,8 @@ def decode(params: Params, cfg: Qwen3Config, token, position, cache: KVCache, *,
                                 v_scale=vs), None
 
     out = scan_layers(params, cfg, embed(params, token[:, None]), positions, attend,
-                      hook=new_kv, per_layer=(cache.k, cache.v, cache.k_scale, cache.v_scale))
+                      hook=new_kv, per_layer=(cache.k, cache.v, cache.k_scale, cache.v_scale),
+                      fuse_qkv=fuse_qkv)
     x, (k_new, v_new) = out.x, out.hook_out
     k_new, v_new, ks_new, vs_new = store_kv(k_new, v_new, fmt)  # [L,B,1,K,H], scales [L,B,1,K]
 
@@ -422,7 +424,8 @@ def decode(params: Params, cfg: Qwen3Config, token, position, cache: KVCache, *,
 forward_jit = jax.jit(forward, static_argnames=("cfg", "attn", "chunk", "fuse_qkv"))
 prefill_jit = jax.jit(prefill, static_argnames=("cfg", "attn", "chunk", "cache_len", "fuse_qkv",
                                                 "kv_cache"))
-decode_jit = jax.jit(decode, static_argnames=("cfg", "kv_cache"), donate_argnames=("cache",))
+decode_jit = jax.jit(decode, static_argnames=("cfg", "kv_cache", "fuse_qkv"),
+                     donate_argnames=("cache",))
 
 
 def logits(model, ids, *, attn: str | AttnFn = "reference") -> jax.Array:

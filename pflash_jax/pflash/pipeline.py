@@ -110,20 +110,21 @@ def check_inputs(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int
 
 
 # ---------------------------------------------------------------- target
-@partial(jax.jit, static_argnames=("cfg", "attn", "chunk", "cache_len", "kv_cache"))
+@partial(jax.jit, static_argnames=("cfg", "attn", "chunk", "cache_len", "kv_cache", "fuse_qkv"))
 def prefill_at(params, cfg, ids, positions, length, *, attn, chunk=None, cache_len=None,
-               kv_cache="bf16"):
+               kv_cache="bf16", fuse_qkv=True):
     """Prefill padded ids [1, Tb] at positions; logits of row length-1 and a cache filled to
     `length` (padding rows sit after every real row, so causality keeps them out), stored as
-    `kv_cache` says (bf16 | int8 | fp8)."""
+    `kv_cache` says (bf16 | int8 | fp8). A tensor-parallel target passes a
+    `sharding.ShardedAttention` as attn and fuse_qkv=False (pflash_jax/sharding.py)."""
     x, cache = qwen3.run_layers(params, cfg, embed(params, ids), positions, attn, chunk=chunk,
-                                cache_len=cache_len, kv_cache=kv_cache)
+                                cache_len=cache_len, kv_cache=kv_cache, fuse_qkv=fuse_qkv)
     last = jax.lax.dynamic_index_in_dim(x, length - 1, axis=1, keepdims=False)
     return final_logits(params, cfg, last), cache._replace(length=length.astype(jnp.int32))
 
 
 def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, attn=None,
-                        eos_id=None, kv_cache="bf16"):
+                        eos_id=None, kv_cache="bf16", fuse_qkv=True):
     """Shared tail of both paths: prefill (timed), first token (timed), decode (timed)."""
     n = ids.shape[0]
     nb = bucket(n)
@@ -136,7 +137,8 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
     t0 = time.perf_counter()
     lg, cache = prefill_at(target.params, cfg, jnp.asarray(ids_p)[None], jnp.asarray(pos_p)[None],
                            jnp.int32(n), attn=attn or "auto", chunk=chunk,
-                           cache_len=nb + max(max_new_tokens - 1, 0), kv_cache=kv_cache)
+                           cache_len=nb + max(max_new_tokens - 1, 0), kv_cache=kv_cache,
+                           fuse_qkv=fuse_qkv)
     jax.block_until_ready(lg)
     t1 = time.perf_counter()
     tok = int(np.argmax(np.asarray(lg[0])))
@@ -148,7 +150,7 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
             break
         pos += 1
         lg, cache = qwen3.decode_jit(target.params, cfg, jnp.asarray([tok], jnp.int32),
-                                     jnp.asarray([pos], jnp.int32), cache)
+                                     jnp.asarray([pos], jnp.int32), cache, fuse_qkv=fuse_qkv)
         tok = int(np.argmax(np.asarray(lg[0])))
         out.append(tok)
     timings["decode"] = time.perf_counter() - t2
@@ -156,17 +158,18 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
 
 
 def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = None,
-                 attn: str | None = None, eos_id: int | None = None,
-                 kv_cache: str = "bf16") -> FullResult:
+                 attn=None, eos_id: int | None = None, kv_cache: str = "bf16",
+                 fuse_qkv: bool = True) -> FullResult:
     """The baseline: prefill of all S tokens (dense attention "auto": Mosaic on Hopper, cuDNN on
-    other GPUs), then greedy decode (stopping after eos_id when given); the KV cache is stored
-    as `kv_cache` says for decode."""
+    other GPUs, or an attention callable), then greedy decode (stopping after eos_id when
+    given); the KV cache is stored as `kv_cache` says for decode. fuse_qkv: prefill_at's."""
     qwen3.check_count(max_new_tokens, "full_prefill: max_new_tokens")
     qwen3.check_chunk(chunk)
     ids = qwen3.check_ids(ids, target.config.vocab_size, "full_prefill: ids")
     timings: dict = {}
     tokens = _prefill_and_decode(target, ids, np.arange(ids.shape[0], dtype=np.int32),
-                                 max_new_tokens, chunk, timings, attn, eos_id, kv_cache)
+                                 max_new_tokens, chunk, timings, attn, eos_id, kv_cache,
+                                 fuse_qkv)
     timings["ttft"] = timings["target_prefill"] + timings["first_token"]
     return FullResult(tokens, timings)
 
@@ -174,10 +177,11 @@ def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = No
 # ---------------------------------------------------------------- the pipeline
 def prefill_selected(target, ids, dp: DrafterPass, cfg: PFlashConfig, *,
                      max_new_tokens: int = 1, chunk: int | None = None,
-                     target_attn: str | None = None, eos_id: int | None = None,
-                     kv_cache: str = "bf16") -> PFlashResult:
+                     target_attn=None, eos_id: int | None = None, kv_cache: str = "bf16",
+                     fuse_qkv: bool = True) -> PFlashResult:
     """The rest of PFlash given a drafter pass: span scores, selection under cfg.selection,
-    target prefill of the kept tokens, greedy decode. Timings count the drafter pass too."""
+    target prefill of the kept tokens, greedy decode. Timings count the drafter pass too.
+    target_attn and fuse_qkv: as full_prefill's attn and fuse_qkv."""
     ids = np.asarray(ids, np.int32)
     S = ids.shape[0]
     timings = {"drafter_forward": dp.timings["drafter_forward"]}
@@ -189,18 +193,20 @@ def prefill_selected(target, ids, dp: DrafterPass, cfg: PFlashConfig, *,
     timings.update(scoring=dp.timings["importance"] + t2 - t1, selection=t3 - t2)
     positions = target_positions(kept, cfg.selection.positions)
     tokens = _prefill_and_decode(target, ids[kept], positions, max_new_tokens, chunk, timings,
-                                 target_attn, eos_id, kv_cache)
+                                 target_attn, eos_id, kv_cache, fuse_qkv)
     timings["ttft"] = sum(timings[s] for s in STAGES)
     return PFlashResult(kept, tokens, timings, dp.importance, dp.block_density)
 
 
 def speculative_prefill(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int = 1,
-                        chunk: int | None = None, target_attn: str | None = None,
-                        eos_id: int | None = None, kv_cache: str = "bf16") -> PFlashResult:
+                        chunk: int | None = None, target_attn=None,
+                        eos_id: int | None = None, kv_cache: str = "bf16",
+                        fuse_qkv: bool = True) -> PFlashResult:
     """Run PFlash on one prompt (1-D ids): `drafter_pass` then `prefill_selected`. See the
     module docstring for stages and choices. Greedy decoding stops after eos_id when given
     (tokens then ends with it)."""
     ids = check_inputs(drafter, target, ids, cfg, max_new_tokens=max_new_tokens, chunk=chunk)
     dp = drafter_pass(drafter, ids, cfg, chunk=chunk)
     return prefill_selected(target, ids, dp, cfg, max_new_tokens=max_new_tokens, chunk=chunk,
-                            target_attn=target_attn, eos_id=eos_id, kv_cache=kv_cache)
+                            target_attn=target_attn, eos_id=eos_id, kv_cache=kv_cache,
+                            fuse_qkv=fuse_qkv)
