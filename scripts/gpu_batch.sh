@@ -110,8 +110,10 @@ for s in "$@"; do
       lens=${s#quality@}
       tasks=()
       [ -n "${QUALITY_TASKS:-}" ] && tasks=("task=$QUALITY_TASKS")
+      # QUALITY_EXTRA: more overrides, space-separated (e.g. a target.quantize sweep)
+      # shellcheck disable=SC2086
       stage "quality_${lens//,/_}" "${QUALITY_LIMIT:-400}" python3 experiments/run.py -m \
-        experiment=quality task.seq_len="$lens" "${tasks[@]}" \
+        experiment=quality task.seq_len="$lens" "${tasks[@]}" ${QUALITY_EXTRA:-} \
         hydra.sweep.dir="$OUT/quality_${lens//,/_}" ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
