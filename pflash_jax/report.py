@@ -242,6 +242,7 @@ def memory_columns(m: dict) -> dict:
             out[f"plan_{path}_gib"] = gib(plan["paths"][path]["needs_bytes"])
         load = m.get("loading") or {}
         out["peak_after_load_gib"] = gib(load.get("device_peak_bytes"))
+        out["peak_after_plan_gib"] = gib(load.get("device_peak_after_plan_bytes"))
         out["host_peak_load_gib"] = gib(load.get("host_peak_bytes"))
         last = cases[-1] if cases else {}
         for path in ("pflash", "full"):
@@ -274,10 +275,13 @@ def memory_table(rows: list[dict]) -> str:
         # rose above PFlash's
         fu_own = fu if (fu is not None and pf is not None and fu > pf
                         and not r.get("full_skipped")) else None
-        # PFlash's own peak shows only where it rose above what loading the models reached
+        # PFlash's own peak shows only where it rose above what loading the models (and
+        # compiling the plan) reached before it
         ld = r.get("peak_after_load_gib")
-        pf_own = None if r.get("pflash_skipped") or (ld is not None and pf is not None
-                                                     and pf <= ld) else pf
+        before = max((v for v in (ld, r.get("peak_after_plan_gib")) if v is not None),
+                     default=None)
+        pf_own = None if r.get("pflash_skipped") or (before is not None and pf is not None
+                                                     and pf <= before) else pf
         speed = "-" if r.get("speedup") is None else f"**{r['speedup']:.2f}x**"
         body += (f"| {r['device']} | {r.get('device_profile') or '-'} | "
                  f"{_fmt(r['budget_gib'], '.1f')} | {r['drafter']} -> {r['target']} | "
@@ -289,7 +293,8 @@ def memory_table(rows: list[dict]) -> str:
                  f"{_projected(r)} |\n")
     body += ("\nPlanned: pflash_jax/memory.py's plan made before any compute (both models "
              "resident); measured: the device's peak bytes in use after the path ran (PFlash "
-             "runs first and shows only where its peak rose above loading's; full prefill's "
+             "runs first and shows only where its peak rose above loading's and planning's; full "
+             "prefill's "
              "own peak shows only where it rose above PFlash's), "
              "with the plan's error relative to it. A path that does not fit is not run and "
              "says so.\n")

@@ -293,6 +293,8 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     rows: list[list[dict]] = [[] for _ in cells]
     ps = prompts(c, target)
     plans = memory_plans(c, drafter, target, ps, cfgs, target_attn, fuse_qkv)
+    # planning compiles each stage; on the GPU compiling (GEMM autotuning) allocates too
+    loading["device_peak_after_plan_bytes"] = peak_memory_bytes()
     # Progress: a bar for quiet sweeps; otherwise each case's summary, numbered, is the
     # progress (a bar between those summaries would be redrawn around every one of them).
     bar = tqdm(total=len(ps) * len(cells), desc="cases x cells", disable=not c.quiet)

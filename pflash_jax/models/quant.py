@@ -3,10 +3,13 @@
 Formats (all symmetric, scales float32; `w ~= values * scale`):
 - "int8": weight-only, per output channel: values int8 [in, out] in [-127, 127], scale [out].
 - "int4": weight-only, group-wise along the input dim (`INT4_GROUP` = 128, or `in` when
-  smaller): values `jnp.int4` [in, out] in [-7, 7] (-8 is never produced: symmetric), scale
-  [in / group, out]. jax 0.11.2 has int4 arrays and packs them two per byte on the device
-  (checked on CPU: a [1024, 1024] int4 array holds 512 KiB); numpy (ml_dtypes.int4) keeps one
-  per byte, so on disk they are packed by hand (`pack_int4`).
+  smaller): values in [-7, 7] (-8 is never produced: symmetric) packed two per byte along the
+  output dim, uint8 [in, out / 2] (`pack_int4`: column 2j in the low nibble), on the device as
+  on disk; scale [in / group, out]. Why not `jnp.int4` arrays: XLA packs them on the CPU but
+  holds one byte per value on the GPU (jax 0.11.2, H200: a Qwen3-32B "int4" target planned
+  34.8 GiB of arguments, as much as int8; LOG session 5), so int4 would save no memory on the
+  card it is for. The unpacking (two shifts and a sign extension per byte) is elementwise and
+  fuses into the dequantize that feeds the GEMM.
 - "fp8": W8A8 e4m3 (`float8_e4m3fn`, max 448): weights per output channel as above; the
   activations are quantized per token at the matmul, and the product is one
   `lax.dot_general(fp8, fp8, preferred_element_type=float32)` scaled on its output (XLA's fp8
@@ -72,7 +75,7 @@ FORMATS = ("int8", "int4", "fp8")
 KV_CACHE_FORMATS = ("bf16", "int8", "fp8")
 INT4_GROUP = 128
 QMAX = {"int8": 127, "int4": 7, "fp8": 448.0}  # 448: float8_e4m3fn's largest finite value
-STORAGE = {"int8": np.dtype(np.int8), "int4": np.dtype(ml_dtypes.int4),
+STORAGE = {"int8": np.dtype(np.int8), "int4": np.dtype(np.uint8),  # int4: packed pairs
            "fp8": np.dtype(ml_dtypes.float8_e4m3fn)}
 DISK_CODES = {"int8": "I8", "int4": "U8", "fp8": "F8_E4M3"}  # safetensors dtype of .qvalues
 SIDE_FILE = "quantization.json"
@@ -86,20 +89,22 @@ class QuantizedWeight:
     A pytree whose children are values and scale (so lax.scan slices the layer axis and jit
     moves them) and whose format and group are static (part of the jit cache key)."""
 
-    values: jax.Array  # [..., in, out] int8 | int4 | float8_e4m3fn
+    values: jax.Array  # [..., in, out] int8 | float8_e4m3fn; int4: uint8 [..., in, out / 2]
     scale: jax.Array  # float32 [..., out]; int4: [..., in / group, out]
     format: str
     group: int | None = None  # int4 only: inputs per scale
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.values.shape)
+        """The weight's [..., in, out] (int4: twice the packed values' last dim)."""
+        *lead, last = self.values.shape
+        return (*lead, 2 * last if self.format == "int4" else last)
 
     def dequantize(self, dtype=jnp.float32):
         """The weight [..., in, out] in dtype (values * scale in float32, then one cast)."""
-        v = self.values.astype(jnp.float32)
         if self.format != "int4":
-            return (v * self.scale[..., None, :]).astype(dtype)
+            return (self.values.astype(jnp.float32) * self.scale[..., None, :]).astype(dtype)
+        v = unpack_int4(jnp, self.values).astype(jnp.float32)
         *lead, n_in, n_out = v.shape
         g = v.reshape(*lead, n_in // self.group, self.group, n_out) * self.scale[..., None, :]
         return g.reshape(*lead, n_in, n_out).astype(dtype)
@@ -137,8 +142,7 @@ def quantize_rows(xp, x, fmt: str, axis: int = -1):
     y = xp.clip(xf / scale, -qmax, qmax)
     if fmt == "fp8":
         return y.astype(STORAGE[fmt]), scale
-    # numpy's float -> int4 cast is not defined: round, go through int8 (exact).
-    return xp.round(y).astype(xp.int8).astype(STORAGE[fmt]), scale
+    return xp.round(y).astype(xp.int8), scale  # int4: int8 in [-7, 7], packed by the caller
 
 
 def _quantize_2d(w: np.ndarray, fmt: str, group: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +151,7 @@ def _quantize_2d(w: np.ndarray, fmt: str, group: int) -> tuple[np.ndarray, np.nd
         q, s = quantize_rows(np, np.asarray(w), fmt, axis=0)
         return q, s[0]
     q, s = quantize_rows(np, np.asarray(w).reshape(n_in // group, group, n_out), fmt, axis=1)
-    return q.reshape(n_in, n_out), s[:, 0]
+    return pack_int4(np, q.reshape(n_in, n_out)), s[:, 0]
 
 
 def quantize_array(w, fmt: str, group: int = INT4_GROUP) -> QuantizedWeight:
@@ -158,7 +162,9 @@ def quantize_array(w, fmt: str, group: int = INT4_GROUP) -> QuantizedWeight:
     *lead, n_in, n_out = w.shape
     g = int4_group(n_in, group) if fmt == "int4" else None
     scale_shape = (*lead, n_in // g, n_out) if fmt == "int4" else (*lead, n_out)
-    values = np.empty(w.shape, STORAGE[fmt])
+    if fmt == "int4" and n_out % 2:
+        raise ValueError(f"int4: output dim {n_out} is odd (values are packed in pairs)")
+    values = np.empty((*lead, n_in, n_out // 2 if fmt == "int4" else n_out), STORAGE[fmt])
     scale = np.empty(scale_shape, np.float32)
     for idx in np.ndindex(*lead):
         values[idx], scale[idx] = _quantize_2d(w[idx], fmt, g)
@@ -225,7 +231,7 @@ def quantize_layer(w, fmt: str, group: int | None):
         q, s = quantize_rows(jnp, w, fmt, axis=0)
         return q, s[0]
     q, s = quantize_rows(jnp, w.reshape(n_in // group, group, n_out), fmt, axis=1)
-    return q.reshape(n_in, n_out), s[:, 0]
+    return pack_int4(jnp, q.reshape(n_in, n_out)), s[:, 0]
 
 
 @partial(jax.jit, static_argnames=("shape", "fmt", "group", "dtype", "std"))
@@ -282,18 +288,18 @@ def dequantize_kv(values, scale, dtype=jnp.float32):
 # A quantized checkpoint stores each projection `layers.NAME` as `layers.NAME.qvalues` and
 # `layers.NAME.scale` and says so in quantization.json beside config.json (config.json stays
 # the source's: its parser refuses keys it does not know).
-def pack_int4(values: np.ndarray) -> np.ndarray:
-    """int4 [..., out] -> uint8 [..., out / 2]: output column 2j in the low nibble, 2j+1 in
-    the high one (two's complement nibbles)."""
-    v = np.asarray(values).astype(np.int8).view(np.uint8) & 0xF
-    return (v[..., 0::2] | (v[..., 1::2] << 4)).astype(np.uint8)
+def pack_int4(xp, values):
+    """Integers in [-8, 7] [..., out] -> uint8 [..., out / 2]: output column 2j in the low
+    nibble, 2j+1 in the high one (two's complement nibbles). xp: numpy or jax.numpy."""
+    v = xp.asarray(values).astype(xp.int32) & 0xF
+    return (v[..., 0::2] | (v[..., 1::2] << 4)).astype(xp.uint8)
 
 
-def unpack_int4(packed: np.ndarray) -> np.ndarray:
-    p = np.asarray(packed, np.uint8)
-    lo, hi = (p & 0xF).astype(np.int8), (p >> 4).astype(np.int8)
-    v = np.stack([lo, hi], axis=-1).reshape(*p.shape[:-1], 2 * p.shape[-1])
-    return ((v ^ 8) - 8).astype(STORAGE["int4"])  # sign-extend the nibble
+def unpack_int4(xp, packed):
+    """uint8 [..., out / 2] -> int8 [..., out], the inverse of pack_int4."""
+    p = xp.asarray(packed).astype(xp.int32)
+    lo, hi = ((p & 0xF) ^ 8) - 8, ((p >> 4) ^ 8) - 8  # sign-extend each nibble
+    return xp.stack([lo, hi], axis=-1).reshape(*p.shape[:-1], 2 * p.shape[-1]).astype(xp.int8)
 
 
 def stored_layout(shapes: dict[str, tuple[int, ...]], fmt: str,
@@ -318,14 +324,13 @@ def stored_layout(shapes: dict[str, tuple[int, ...]], fmt: str,
 
 
 def to_disk(w: QuantizedWeight) -> dict[str, np.ndarray]:
-    values = pack_int4(w.values) if w.format == "int4" else np.asarray(w.values)
-    return {"qvalues": values, "scale": np.asarray(w.scale)}
+    return {"qvalues": np.asarray(w.values), "scale": np.asarray(w.scale)}  # int4: packed
 
 
 def from_disk(values: np.ndarray, scale: np.ndarray, fmt: str, group: int) -> QuantizedWeight:
     """Host arrays read from a checkpoint -> QuantizedWeight of numpy arrays."""
     if fmt == "int4":
-        return QuantizedWeight(unpack_int4(values), np.asarray(scale), fmt,
+        return QuantizedWeight(np.asarray(values, np.uint8), np.asarray(scale), fmt,
                                int4_group(values.shape[-2], group))
     return QuantizedWeight(np.asarray(values), np.asarray(scale), fmt, None)
 

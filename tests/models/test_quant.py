@@ -12,7 +12,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -85,36 +84,47 @@ def test_quantize_dequantize_error(fmt):
     else:
         # Round to nearest: |w - q s| <= s / 2, plus float32 rounding of w / s and of q s
         # (each at most qmax s 2^-24).
-        assert np.abs(np.asarray(q.values, np.int8)).max() <= quant.QMAX[fmt]
+        assert np.abs(_ints(q)).max() <= quant.QMAX[fmt]
         limit = s * (0.5 + 2 * quant.QMAX[fmt] * F32_ROUND)
     bad = err > limit
     assert not bad.any(), (f"{fmt}: {bad.sum()} elements over the bound; max err "
                            f"{err.max():.3e}, max err / bound {(err / limit).max():.4f}")
     assert np.array_equal(deq[:, 3], np.zeros(w.shape[0]))  # the zero column stays zero
     # Each scale is its channel's (group's) max over qmax: the max maps to +-qmax exactly.
-    assert np.abs(np.asarray(q.values, np.float32)).max() == quant.QMAX[fmt]
+    top = np.abs(_ints(q) if fmt != "fp8" else np.asarray(q.values, np.float32)).max()
+    assert top == quant.QMAX[fmt]
+
+
+def _ints(q: quant.QuantizedWeight) -> np.ndarray:
+    """The integer values of an int8 / int4 weight (int4 unpacked)."""
+    v = np.asarray(q.values)
+    return quant.unpack_int4(np, v) if q.format == "int4" else v.astype(np.int8)
 
 
 def test_int4_layout():
     w = _weights(np.random.default_rng(1), n_in=384, n_out=64)
     q = quant.quantize_array(w[None], "int4")  # stacked [L=1, in, out]
-    assert q.values.dtype == ml_dtypes.int4 and q.group == 128
+    assert q.values.dtype == np.uint8 and q.values.shape == (1, 384, 32) and q.group == 128
+    assert q.shape == (1, 384, 64)
     assert q.scale.shape == (1, 3, 64) and q.scale.dtype == np.float32
     assert quant.quantize_array(w[:64], "int4").group == 64  # fewer inputs than a group
     with pytest.raises(ValueError, match="not a multiple of the group size 128"):
         quant.quantize_array(w[:200], "int4")
-    every = np.arange(-8, 8).astype(ml_dtypes.int4).reshape(2, 8)
-    packed = quant.pack_int4(every)
-    assert packed.dtype == np.uint8 and packed.shape == (2, 4)
-    assert packed[0, 0] == 0x9 << 4 | 0x8  # -8 low nibble, -7 high nibble
-    np.testing.assert_array_equal(quant.unpack_int4(packed).astype(np.int8),
-                                  every.astype(np.int8))
+    with pytest.raises(ValueError, match="odd"):
+        quant.quantize_array(w[:, :63], "int4")
+    every = np.arange(-8, 8, dtype=np.int8).reshape(2, 8)
+    for xp in (np, jnp):  # host (loading) and device (random init) pack alike
+        packed = np.asarray(quant.pack_int4(xp, every))
+        assert packed.dtype == np.uint8 and packed.shape == (2, 4)
+        assert packed[0, 0] == 0x9 << 4 | 0x8  # -8 low nibble, -7 high nibble
+        np.testing.assert_array_equal(np.asarray(quant.unpack_int4(xp, packed)), every)
 
 
 def test_int4_device_storage_is_packed():
-    """jnp.int4 keeps two values per byte on the device (why int4 is stored as jnp.int4)."""
-    a = jnp.zeros((256, 256), jnp.int4)
-    assert a.addressable_shards[0].data.on_device_size_in_bytes() == 256 * 256 // 2
+    """An int4 weight takes half a byte per value on the device: the packed uint8 values."""
+    q = quant.to_device(quant.quantize_array(_weights(np.random.default_rng(4)), "int4"))
+    n_in, n_out = q.shape
+    assert q.values.addressable_shards[0].data.on_device_size_in_bytes() == n_in * n_out // 2
 
 
 # ---------------------------------------------------------------- matmul
@@ -375,7 +385,9 @@ def test_random_quantized_init_equals_quantizing_the_random_model(fmt):
         bound = (np.abs(np.asarray(h.dequantize())) * 2.0**-3 + 1e-12 if fmt == "fp8"
                  else step * 1.0001)
         assert (diff <= bound).all(), f"{name}: max excess {(diff - bound).max():.3g}"
-        moved = (np.asarray(d.values, np.float32) != np.asarray(h.values, np.float32)).mean()
+        dv, hv = ((_ints(d), _ints(h)) if fmt != "fp8" else
+                  (np.asarray(d.values, np.float32), np.asarray(h.values, np.float32)))
+        moved = (dv != hv).mean()
         assert moved < 1e-3, f"{name}: {moved:.4%} of the values differ"
     for name in ("embed_tokens", "norm", "lm_head"):
         a, b = getattr(host, name), getattr(dev, name)
