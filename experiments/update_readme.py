@@ -31,7 +31,8 @@ from pflash_jax.report import ROWS, load_rows, read_compact, write_report  # noq
 # at a new sweep's compact folder (report.py OUTPUTS --out results/NAME --compact).
 QUALITY = "quality_tiny_h200"
 # folders under results/ whose tables.md and plots are regenerated from their rows.jsonl
-REPORTS = ["speedup", "speedup_h200_triton", "speedup_h200_check", QUALITY]
+REPORTS = ["speedup", "speedup_h200_triton", "speedup_h200_check", "speedup_h200_inside",
+           QUALITY, "rtx3090_h200", "quality_quant_tiny_h200"]
 SPAN, KEEP = 32, 0.05  # the speed rows' setting, at which the quality headline is read
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -68,6 +69,82 @@ def speed_section() -> str:
                      f"{r['pflash_target_prefill_s']:.3f} | {r['kept_frac']:.1%} | "
                      f"**{r['speedup']:.2f}x** |")
     lines.append("\nFull table with every stage: `results/speedup/tables.md`.")
+    return "\n".join(lines)
+
+
+CARD24 = "rtx3090_h200"  # device_profile=rtx3090 rows (the 24 GiB setting on an H200)
+QUANT_SPEED = "quant_prefill_h200"  # experiments/bench_quant.py runs, one folder each
+QUANT_QUALITY = "quality_quant_tiny_h200"  # the tiny pair with quantized targets
+ORIGINAL_3090 = (24.8, 257.0)  # the original's published RTX 3090 TTFT at 128K: PFlash, full (s)
+
+
+def card24_section() -> str:
+    """The 24 GB card: the rtx3090-profile rows (measured on the capped H200, plan beside the
+    measured peak, the roofline projection to a 3090 in its own column), quantized prefill
+    speed and quantized quality."""
+    from pflash_jax.report import model_size_key, projected_cell
+
+    rows = load_rows([str(RESULTS / CARD24)]) if (RESULTS / CARD24).exists() else []
+    if not rows:
+        return ""
+    rows.sort(key=lambda r: (model_size_key(r["target"]), r["S"], -(r.get("chunk") or 0)))
+    t = rows[0]
+    lines = ["### On a 24 GB card", "",
+             f"`device_profile=rtx3090` on one {t['device']} capped at "
+             f"{t['budget_gib']:.2f} GiB (`XLA_PYTHON_CLIENT_MEM_FRACTION=0.167`), the sm_80 "
+             f"kernels ({t['kernels']}), random weights, keep {t['keep_ratio']}, span "
+             f"{t['span_size']}, drafter block density fixed at 0.1, jax {t['jax']}, commits "
+             f"{', '.join(sorted({r['commit'] for r in rows}))} (`results/{CARD24}`). A path "
+             f"the memory plan says does not fit is recorded, not run; the measured peak is the "
+             f"process's, at most the cap.", "",
+             "| target | weights / KV | S | chunk | PFlash TTFT (s) | full prefill TTFT (s) | "
+             "speedup | planned GiB: PFlash / full | measured peak GiB | RTX 3090, projected: "
+             "PFlash / full (s) |", "|" + " --- |" * 10]
+    for r in rows:
+        full = r["full_skipped"] or f"{r['full_ttft_s']:.3f}"
+        speed = f"**{r['speedup']:.2f}x**" if r.get("speedup") else "-"
+        peak = max(v for v in (r.get("peak_after_pflash_gib"), r.get("peak_after_full_gib"))
+                   if v is not None)
+        lines.append(f"| {r['target']} | {r['target_quantize']} / {r['target_kv_cache']} | "
+                     f"{r['S']:,} | {r.get('chunk') or '-'} | {r['pflash_ttft_s']:.3f} | "
+                     f"{full} | {speed} | {r['plan_pflash_gib']:.2f} / "
+                     f"{r['plan_full_gib']:.2f} | {peak:.2f} | {projected_cell(r)} |")
+    lines += ["", "The projection (pflash_jax/roofline.py, docs/design.md section 8) is a model, "
+              "not a measurement; * marks a path whose weights and KV cache alone exceed 24 GB. "
+              f"The original published {ORIGINAL_3090[0]} s (PFlash) against "
+              f"~{ORIGINAL_3090[1]:.0f} s (llama.cpp full prefill) at 128K on a real RTX 3090, "
+              "with a 27B-class 4-bit target and a 4-bit KV cache: a different target and "
+              "engine, not comparable row for row."
+              f" Plan against peak and every column: `results/{CARD24}/tables.md`."]
+    speed = sorted((RESULTS / QUANT_SPEED).glob("*/metrics.json"))
+    if speed:
+        lines += ["", "Quantized target prefill against bf16 (experiments/bench_quant.py, "
+                  "one process per folder, warm median):", "",
+                  "| run | model | tokens | format | prefill (ms) | speed vs bf16 | GEMM kernel |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for f in speed:
+            m = json.loads(f.read_text())
+            for r in m["runs"]:
+                lines.append(f"| {f.parent.name} ({m['provenance']['device']}) | {r['model']} | "
+                             f"{r['seq']:,} | {r['format']} | {1e3 * r['warm_median_s']:.1f} | "
+                             f"{r['speed_vs_bf16']:.3f} | {r['gemm_kernel']} |")
+    q = load_rows([str(RESULTS / QUANT_QUALITY)]) if (RESULTS / QUANT_QUALITY).exists() else []
+    if q:
+        fmts = ["none", "int8", "int4", "fp8"]
+        cell = {(r["task"], r.get("target_quantize") or "none"): r for r in q}
+        tasks = sorted({r["task"] for r in q})
+        r0 = q[0]
+        lines += ["", f"Quantized targets on the tiny pair ({r0['n_cases']} cases per task, "
+                  f"S {r0['S']:,}, keep {r0['keep_ratio']}, span {r0['span_size']}, forced "
+                  f"spans {r0['forced_spans']}, kept {r0['kept_frac']:.1%}; {r0['device']}, "
+                  f"commit {r0['commit']}, `results/{QUANT_QUALITY}`): accuracy, full prefill "
+                  "/ PFlash; none = the unquantized (bf16) target.", "",
+                  "| task | " + " | ".join(fmts) + " |", "|" + " --- |" * (len(fmts) + 1)]
+        for task in tasks:
+            vals = [cell.get((task, f)) for f in fmts]
+            lines.append(f"| {task} | " + " | ".join(
+                "-" if v is None else f"{v['full_acc']:.2f} / {v['pflash_acc']:.2f}"
+                for v in vals) + " |")
     return "\n".join(lines)
 
 
@@ -266,7 +343,8 @@ def main() -> None:
             if (RESULTS / name / ROWS).exists():
                 print(f"report: results/{name} -> "
                       f"{write_report([str(RESULTS / name)], RESULTS / name)}")
-    body = "\n".join(s for s in (speed_section(), quality_section(), tiny_eval_section()) if s)
+    body = "\n".join(s for s in (speed_section(), card24_section(), quality_section(),
+                                 tiny_eval_section()) if s)
     readme = REPO / "README.md"
     text = readme.read_text()
     a, b = text.index(BEGIN) + len(BEGIN), text.index(END)

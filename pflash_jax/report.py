@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -258,12 +259,14 @@ def memory_table(rows: list[dict]) -> str:
                  or r.get("pflash_skipped") or r.get("full_skipped"))]
     if not rows:
         return ""
-    rows = sorted(rows, key=lambda r: (r["target"], str(r.get("target_quantize")), r["S"]))
-    head = ("| device | profile | budget GiB | drafter -> target | weights | KV cache | S | "
+    rows = sorted(rows, key=lambda r: (model_size_key(r["target"]), str(r.get("target_quantize")),
+                                       r["S"], -(r.get("chunk") or 0)))
+    head = ("| device | commit | profile | budget GiB | drafter -> target | weights | KV cache | "
+            "S | chunk | "
             "PFlash TTFT (s) | full TTFT (s) | speedup | PFlash GiB: planned / measured | "
             "full GiB: planned / measured | loading GiB: device / host | "
             "RTX 3090 TTFT, projected: PFlash / full (s) |\n"
-            "|" + " --- |" * 14 + "\n")
+            "|" + " --- |" * 16 + "\n")
     body = ""
     for r in rows:
         def ttft(path, r=r):
@@ -280,17 +283,20 @@ def memory_table(rows: list[dict]) -> str:
         ld = r.get("peak_after_load_gib")
         before = max((v for v in (ld, r.get("peak_after_plan_gib")) if v is not None),
                      default=None)
-        pf_own = None if r.get("pflash_skipped") or (before is not None and pf is not None
-                                                     and pf <= before) else pf
+        # (unknown for metrics written before both were recorded: then not shown either)
+        known = ld is not None and r.get("peak_after_plan_gib") is not None
+        pf_own = None if (r.get("pflash_skipped") or not known or pf is None
+                          or pf <= before) else pf
         speed = "-" if r.get("speedup") is None else f"**{r['speedup']:.2f}x**"
-        body += (f"| {r['device']} | {r.get('device_profile') or '-'} | "
+        body += (f"| {r['device']} | {r['commit']} | {r.get('device_profile') or '-'} | "
                  f"{_fmt(r['budget_gib'], '.1f')} | {r['drafter']} -> {r['target']} | "
                  f"{r.get('target_quantize') or r['dtype']} | {r.get('target_kv_cache')} | "
-                 f"{r['S']} | {ttft('pflash')} | {ttft('full')} | {speed} | "
+                 f"{r['S']} | {_fmt(r.get('chunk'))} | {ttft('pflash')} | {ttft('full')} | "
+                 f"{speed} | "
                  f"{_plan_vs_peak(r.get('plan_pflash_gib'), pf_own)} | "
                  f"{_plan_vs_peak(r.get('plan_full_gib'), fu_own)} | "
                  f"{_fmt(ld, '.2f')} / {_fmt(r.get('host_peak_load_gib'), '.2f')} | "
-                 f"{_projected(r)} |\n")
+                 f"{projected_cell(r)} |\n")
     body += ("\nPlanned: pflash_jax/memory.py's plan made before any compute (both models "
              "resident); measured: the device's peak bytes in use after the path ran (PFlash "
              "runs first and shows only where its peak rose above loading's and planning's; full "
@@ -299,6 +305,12 @@ def memory_table(rows: list[dict]) -> str:
              "with the plan's error relative to it. A path that does not fit is not run and "
              "says so.\n")
     return head + body
+
+
+def model_size_key(name: str) -> tuple:
+    """Sort key: Qwen3 presets by parameter count (qwen3-8b before qwen3-14b), others by name."""
+    m = re.search(r"[-_](\d+(?:[._]\d+)?)b$", name.lower())
+    return (0, float(m.group(1).replace("_", ".")), name) if m else (1, 0.0, name)
 
 
 def _plan_vs_peak(plan, peak) -> str:
@@ -343,7 +355,7 @@ def speed_table(rows: list[dict]) -> str:
                  f"{_fmt(r.get('pflash_selection_s'), '.2g')} | "
                  f"{_fmt(r.get('pflash_target_prefill_s'), '.4g')} | "
                  f"{_fmt(r.get('pflash_first_token_s'), '.2g')} | **{r['speedup']:.2f}x** | "
-                 f"{_projected(r)} | "
+                 f"{projected_cell(r)} | "
                  f"{_fmt(r.get('full_compile_s'), '.3g')} / "
                  f"{_fmt(r.get('pflash_compile_s'), '.3g')} | "
                  f"{_fmt(r['peak_memory_gib'], '.3g')} |\n")
@@ -358,13 +370,24 @@ def speed_table(rows: list[dict]) -> str:
     return head + body
 
 
-def _projected(r: dict) -> str:
+def projected_cell(r: dict) -> str:
     """The RTX 3090 projection of a speed row, kept apart from every measured column."""
     p = project(r)
     if p is None:
         return "-"
-    return " / ".join(f"{p[f'{k}_ttft_s']:.3g}" + ("" if p[f"{k}_fits"] else "*")
+    return " / ".join("-" if f"{k}_ttft_s" not in p else
+                      f"{p[f'{k}_ttft_s']:.3g}" + ("" if p[f"{k}_fits"] else "*")
                       for k in ("pflash", "full"))
+
+
+def _target_label(r: dict) -> str:
+    """The target as a quality row names it: model, its weights' fingerprint (when recorded),
+    the weight format (bf16 / float32 unless quantized) and a quantized KV cache."""
+    label = r["target"] + (f" [{r['target_weights']}]" if r.get("target_weights") else "")
+    label += f" {r.get('target_quantize') or r['dtype']}"
+    if r.get("target_kv_cache", "bf16") != "bf16":
+        label += f", KV {r['target_kv_cache']}"
+    return label
 
 
 def quality_table(rows: list[dict]) -> str:
@@ -375,9 +398,11 @@ def quality_table(rows: list[dict]) -> str:
     for r in rows:
         # a chat-format row is its own task: the same cases wrapped in the chat template
         task = f"{r['task']} (chat)" if r.get("prompt_format", "raw") == "chat" else r["task"]
-        groups[(task, r["S"], r["preset"], r["keep_ratio"], r["span_size"])].append(r)
-    head = ("| task | S | preset | keep | span | full acc | PFlash acc | drafter recall | "
-            "kept frac | cases |\n|" + " --- |" * 10 + "\n")
+        # rows of different targets (models, weights, quantization, KV cache) are never pooled
+        groups[(task, r["S"], r["preset"], r["keep_ratio"], r["span_size"],
+                _target_label(r))].append(r)
+    head = ("| task | S | preset | keep | span | target | full acc | PFlash acc | "
+            "drafter recall | kept frac | cases |\n|" + " --- |" * 11 + "\n")
     body = ""
     for key in sorted(groups):
         g = groups[key]
@@ -386,7 +411,7 @@ def quality_table(rows: list[dict]) -> str:
         def wavg(k, g=g):
             vals = [(r[k], r["n_cases"]) for r in g if r.get(k) is not None]
             return sum(v * w for v, w in vals) / sum(w for _, w in vals) if vals else None
-        body += (f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | "
+        body += (f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {key[5]} | "
                  f"{_fmt(wavg('full_acc'), '.2f')} | {_fmt(wavg('pflash_acc'), '.2f')} | "
                  f"{_fmt(wavg('recall'), '.2f')} | {_fmt(wavg('kept_frac'), '.3f')} | "
                  f"{n} |\n")

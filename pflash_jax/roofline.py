@@ -135,8 +135,13 @@ def activation_bytes(cfg: Qwen3Config, T: int, itemsize: int) -> float:
     return float(T * cfg.num_hidden_layers * (4 * D + 3 * F + 4 * (N + K) * H) * itemsize)
 
 
-def kv_bytes(cfg: Qwen3Config, T: int, itemsize: int) -> float:
-    return float(2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * T * itemsize)
+def kv_bytes(cfg: Qwen3Config, T: int, itemsize: int, kv_cache: str | None = None) -> float:
+    """The KV cache of T tokens: the compute dtype, or int8 / fp8 (one byte per value plus a
+    float32 scale per token and kv head, models/quant.py)."""
+    heads = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * T
+    if kv_cache in ("int8", "fp8"):
+        return float(heads * (cfg.head_dim + 4))
+    return float(heads * cfg.head_dim * itemsize)
 
 
 def forward_work(cfg: Qwen3Config, T: int, itemsize: int, *, density: float = 1.0,
@@ -184,17 +189,17 @@ def fits(row: dict, card: Card) -> dict[str, bool] | None:
         return None
     d, t, itemsize, dq, tq = m
     S, kept = row["S"], round(row["kept_frac"] * row["S"])
-    wt = weight_bytes(t, itemsize, tq)
-    return {"pflash": wt + weight_bytes(d, itemsize, dq) + kv_bytes(t, kept, itemsize)
+    wt, kv = weight_bytes(t, itemsize, tq), row.get("target_kv_cache")
+    return {"pflash": wt + weight_bytes(d, itemsize, dq) + kv_bytes(t, kept, itemsize, kv)
             <= card.memory,
-            "full": wt + kv_bytes(t, S, itemsize) <= card.memory}
+            "full": wt + kv_bytes(t, S, itemsize, kv) <= card.memory}
 
 
 def project(row: dict, card: Card = RTX3090) -> dict | None:
     """The row's measured stage times and TTFTs scaled onto `card` (module docstring), keyed as
     the row's (`pflash_target_prefill_s`, ..., `pflash_ttft_s`, `full_ttft_s`), plus
-    `pflash_fits` / `full_fits`. None: the row's card or models are not modelled, or it lacks
-    the per-stage times."""
+    `pflash_fits` / `full_fits`; a path that did not run has no keys. None: the row's card or
+    models are not modelled, or neither path has per-stage times."""
     src = MEASURED_ON.get(row.get("device"))
     work = stage_work(row)
     if src is None or work is None:
@@ -204,7 +209,7 @@ def project(row: dict, card: Card = RTX3090) -> dict | None:
         stages = [k for k in row if k.startswith(f"{path}_") and k.endswith("_s")
                   and k not in (f"{path}_ttft_s", f"{path}_compile_s", f"{path}_decode_s")]
         if f"{path}_target_prefill_s" not in stages or row.get(f"{path}_ttft_s") is None:
-            return None
+            continue  # this path did not run (e.g. recorded as not fitting the budget)
         for k in stages:
             name = k.removesuffix("_s")
             ratio = (work[name].time(card) / work[name].time(src) if name in work
@@ -212,6 +217,8 @@ def project(row: dict, card: Card = RTX3090) -> dict | None:
             out[k] = row[k] * ratio
         out[f"{path}_ttft_s"] = (row[f"{path}_ttft_s"] * sum(out[k] for k in stages)
                                  / sum(row[k] for k in stages))
+    if not out:
+        return None
     for path, ok in fits(row, card).items():
         out[f"{path}_fits"] = ok
     return out

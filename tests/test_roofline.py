@@ -9,7 +9,7 @@ import pytest
 from pflash_jax import roofline as R
 from pflash_jax.models.config import Qwen3Config, model_preset
 from pflash_jax.models.params import param_shapes
-from pflash_jax.report import _projected, load_rows, speed_table
+from pflash_jax.report import load_rows, projected_cell, speed_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Qwen3Config(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
@@ -41,6 +41,8 @@ def test_counts_by_hand():
     # 4D + 3F + 4(N+K)H = 32 + 48 + 96 elements per token and layer, each 2 bytes
     assert R.activation_bytes(TINY, 10, 2) == 10 * 2 * 176 * 2
     assert R.kv_bytes(TINY, 10, 2) == 2 * 2 * 2 * 4 * 10 * 2
+    # int8 / fp8 cache: a byte per value plus a float32 scale per token and kv head
+    assert R.kv_bytes(TINY, 10, 2, "int8") == R.kv_bytes(TINY, 10, 2, "fp8") == 2 * 2 * 2 * 10 * 8
     w = R.forward_work(TINY, 10, 2, density=0.5)
     assert (w.flops, w.bytes) == (30720 + 3200, 4784 + 7040)
     for cfg in (TINY, model_preset("qwen3-8b"), model_preset("qwen3-0.6b")):
@@ -93,9 +95,9 @@ def test_unmodelled_rows_project_to_none():
     assert R.project(_row(target_quantize="fp8")) is None
     assert R.project(_row(target_quantize="int8")) is not None
     assert R.project(_row(target_tensor_parallel=2)) is None  # N cards: not one card's roofline
-    assert _projected(_row(target="tiny_target")) == "-"
+    assert projected_cell(_row(target="tiny_target")) == "-"
     # 8B bf16: 16.4 GB of weights + 4.8 GB of KV cache at 32K fit; + 19.3 GB at 128K do not
-    assert not _projected(_row()).endswith("*") and _projected(_row(S=131072)).endswith("*")
+    assert not projected_cell(_row()).endswith("*") and projected_cell(_row(S=131072)).endswith("*")
 
 
 def test_projected_3090_ttft_of_the_measured_128k_row():
@@ -113,3 +115,21 @@ def test_projected_3090_ttft_of_the_measured_128k_row():
         assert p["full_ttft_s"] / r["full_ttft_s"] == pytest.approx(989 / 71, rel=0.01)
         assert p["pflash_fits"] and not p["full_fits"]  # as the 24 GiB run on the H200 found
     assert "RTX 3090 TTFT, projected" in speed_table(rows)
+
+
+def test_a_path_that_did_not_run_is_not_projected():
+    """A row whose full prefill was recorded as not fitting projects PFlash alone."""
+    full_less = {k: v for k, v in _row().items() if not k.startswith("full_")}
+    p = R.project(full_less)
+    assert p is not None and "pflash_ttft_s" in p and "full_ttft_s" not in p
+    assert projected_cell(full_less).endswith(" / -")
+    assert R.project({k: v for k, v in full_less.items() if not k.startswith("pflash_")}) is None
+
+
+def test_quantized_cache_makes_the_8b_full_prefill_fit_24_gb():
+    """Qwen3-8B at 128K: bf16 weights + KV (35.7 GB) exceed a 3090; int8 weights + int8 KV
+    (8.3 + 9.7 GB) do not (the rtx3090 rows' setting)."""
+    row = _row(S=131072, kept_frac=0.05)
+    assert R.fits(row, R.RTX3090)["full"] is False
+    assert R.fits(row | {"target_quantize": "int8", "target_kv_cache": "int8"},
+                  R.RTX3090)["full"] is True

@@ -144,3 +144,33 @@ def test_readme_quality_section_and_index_from_compact_folders(sweep, tmp_path, 
     index = u.write_index().read_text()
     assert "| [`q/`](q/) | a grid | `run.py` | cpu |" in index
     assert "| [`bare/`](bare/) | **no README.md" in index
+
+
+def test_quality_rows_of_different_targets_are_not_pooled(sweep, tmp_path):
+    """Two jobs on the same task and cell whose targets differ (here by weight format) stay two
+    quality rows, each naming its target; pooled they would average different models."""
+    rows = report.load_rows([str(sweep / "grid")])
+    other = [dict(r, target_quantize="int8", pflash_acc=0.0) for r in rows]
+    text = report.quality_table(rows + other)
+    lines = [ln for ln in text.splitlines() if ln.startswith("| niah")]
+    assert len(lines) == 2 * len({(r["span_size"], r["keep_ratio"]) for r in rows}), text
+    assert any(" int8 |" in ln for ln in lines) and any(" float32 |" in ln for ln in lines), text
+
+
+def test_memory_table_sets_plan_beside_measured_peak():
+    """A row under a budget: planned needs beside the measured peak (shown only where it rose
+    above loading's and planning's), a path not run says why."""
+    base = {"device": "d", "commit": "c", "device_profile": "rtx3090", "memory_budget_gb": 24.0,
+            "budget_gib": 23.35, "drafter": "a", "target": "qwen3_8b", "dtype": "bfloat16",
+            "target_quantize": "int8", "target_kv_cache": "int8", "S": 1024, "chunk": None,
+            "pflash_ttft_s": 0.5, "full_ttft_s": 2.0, "speedup": 4.0, "plan_pflash_gib": 10.0,
+            "plan_full_gib": 20.0, "peak_after_load_gib": 9.0, "peak_after_plan_gib": 9.5,
+            "peak_after_pflash_gib": 11.0, "peak_after_full_gib": 21.0,
+            "host_peak_load_gib": 1.5, "pflash_skipped": None, "full_skipped": None}
+    text = report.memory_table([base])
+    assert "10.00 / 11.00 (-9%)" in text and "20.00 / 21.00 (-5%)" in text, text
+    hidden = report.memory_table([base | {"peak_after_plan_gib": 12.0}])
+    assert "10.00 / - " in hidden, hidden  # PFlash's peak hidden below planning's
+    skipped = report.memory_table([base | {"full_skipped": "does not fit: needs 30 GiB of 23",
+                                           "full_ttft_s": None, "speedup": None}])
+    assert "does not fit: needs 30 GiB of 23" in skipped and "20.00 / -" in skipped, skipped

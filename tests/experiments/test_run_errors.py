@@ -178,7 +178,7 @@ def _bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["file_without_prompt", "latin1", "binary", "missing_prompt",
-                                  "missing_ckpt", "bad_value", "keep_ratio"])
+                                  "missing_ckpt", "bad_value", "keep_ratio", "gpu_kernel"])
 def test_cli_user_error_is_one_line(tmp_path, case):
     latin, binary = _bad_files(tmp_path)
     args, expect = {
@@ -189,6 +189,8 @@ def test_cli_user_error_is_one_line(tmp_path, case):
         "missing_ckpt": ([f"target.path={tmp_path}/no_ckpt"], "target.path"),
         "bad_value": (["repeats=-1"], "repeats"),
         "keep_ratio": (["selection.keep_ratio=2"], "keep_ratio"),
+        # the 3090 profile picks the Triton kernel, which needs a GPU: said before loading
+        "gpu_kernel": (["device_profile=rtx3090"], "attention.impl=triton: needs a CUDA GPU"),
     }[case]
     p = _cli(args, tmp_path)
     err = p.stdout + p.stderr
