@@ -62,6 +62,7 @@ class SelectionSpec:
     rope: str | None = None
     pooling: str | None = None
     pool_width: int | None = None
+    score_layers: int | None = None  # early exit: score from the drafter's first k layers
 
 
 PROMPT_FORMATS = ("raw", "chat")

@@ -79,6 +79,9 @@ class ScoringConfig:
         zero-padded edges (SpecPrefill); "after_mean" = one moving average of the final
         importance, truncated edges (PFlash).
     pool_width: moving-average width, odd; 1 disables pooling.
+    score_layers: early exit: score from the drafter's first k layers only (the layers after
+        them never run; the original ships layer 7 of 28 as an option); None: every layer.
+        Tail mode only (look-ahead generates tokens, which needs the whole drafter).
     """
 
     n_tail: int = 8
@@ -86,6 +89,7 @@ class ScoringConfig:
     rope: str = "nope"
     pooling: str = "after_mean"
     pool_width: int = 13
+    score_layers: int | None = None
 
     def __post_init__(self):
         _check_int("ScoringConfig", "n_tail", self.n_tail, 1)
@@ -93,6 +97,12 @@ class ScoringConfig:
         _check_choice("ScoringConfig", "rope", self.rope, ROPE_MODES)
         _check_choice("ScoringConfig", "pooling", self.pooling, POOLING_MODES)
         _check_int("ScoringConfig", "pool_width", self.pool_width, 1)
+        if self.score_layers is not None:
+            _check_int("ScoringConfig", "score_layers", self.score_layers, 1)
+            if self.tail_mode != "tail":
+                raise ValueError(f"ScoringConfig.score_layers={self.score_layers} needs "
+                                 f"tail_mode='tail' (look-ahead generates tokens with the "
+                                 f"whole drafter), got tail_mode={self.tail_mode!r}")
         if self.pool_width % 2 == 0:
             # An even window has no centre: the smoothed score would shift by half a token.
             raise ValueError(f"ScoringConfig.pool_width must be odd, got {self.pool_width}")

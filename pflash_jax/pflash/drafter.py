@@ -87,6 +87,7 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
     """Fused drafter pass. ids [1, Sb] (padded), length = real S (traced) ->
     (running max float32 [n_tail, Sb], mean block density over the drafter's layers)."""
     scfg: ScoringConfig = pcfg.scoring
+    params, mcfg = first_layers(params, mcfg, scfg.score_layers)
     Sb = ids.shape[1]
     T = scfg.n_tail
     positions = jnp.arange(Sb, dtype=jnp.int32)[None]
@@ -103,6 +104,19 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
                             state=init_running_max(T, Sb), last_qkv_only=True)
     L = mcfg.num_hidden_layers
     return out.state, jnp.sum(out.attn_out) / max(L - 1, 1)
+
+
+def first_layers(params, mcfg, k: int | None):
+    """(params, config) of the drafter's first k layers (early-exit scoring); k None: as is.
+    Slicing the stacked layer tensors inside the jit reads only those layers' weights."""
+    if k is None or k == mcfg.num_hidden_layers:
+        return params, mcfg
+    if k > mcfg.num_hidden_layers:
+        raise ValueError(f"scoring.score_layers={k} but the drafter has "
+                         f"{mcfg.num_hidden_layers} layers")
+    layers = jax.tree.map(lambda a: a[:k], params.layers)
+    return (dataclasses.replace(params, layers=layers),
+            dataclasses.replace(mcfg, num_hidden_layers=k))
 
 
 # ---------------------------------------------------------------- look-ahead mode
@@ -212,7 +226,7 @@ def drafter_pass(drafter, ids, cfg: PFlashConfig, *, chunk: int | None = None) -
     t2 = time.perf_counter()
     # None when no layer ran block-sparse attention: a dense drafter, or a 1-layer drafter
     # (its only layer contributes Q/K to the scores and runs no attention at all).
-    sparse = (density is not None and cfg.attention_impl != "dense"
-              and drafter.config.num_hidden_layers > 1)
+    ran = cfg.scoring.score_layers or drafter.config.num_hidden_layers  # layers that ran
+    sparse = density is not None and cfg.attention_impl != "dense" and ran > 1
     dens = float(density) if sparse else None
     return DrafterPass(imp, dens, {"drafter_forward": t1 - t0, "importance": t2 - t1})

@@ -95,6 +95,10 @@ def check_inputs(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int
     if S < cfg.selection.span_size:
         problems.append(f"prompt has {S} tokens, shorter than one span "
                         f"(selection.span_size={cfg.selection.span_size})")
+    k = cfg.scoring.score_layers
+    if k is not None and k > drafter.config.num_hidden_layers:
+        problems.append(f"selection.score_layers={k} but the drafter has "
+                        f"{drafter.config.num_hidden_layers} layers")
     if S < cfg.scoring.n_tail:
         problems.append(f"prompt has {S} tokens, shorter than the tail "
                         f"(scoring.n_tail={cfg.scoring.n_tail})")

@@ -178,3 +178,33 @@ def test_auto_attention_picks_kernel_per_device_and_dtype(monkeypatch):
     assert api.resolve_dense("auto", jnp.float32, 64, 64) == "reference"
     with pytest.raises(NotImplementedError, match="Hopper"):
         api._supports_sparse("mosaic", jnp.bfloat16)
+
+
+def test_early_exit_scores_equal_a_drafter_cut_to_its_first_layers():
+    """scoring.score_layers=k gives the importance of the same drafter truncated to k layers
+    (the later layers never run), on fresh random weights and ids; k > L and look-ahead
+    mode are refused by name."""
+    import dataclasses
+
+    from pflash_jax.pflash.drafter import drafter_pass
+
+    drafter = tiny(3, layers=3)
+    cfg = preset("pflash", attention_impl="reference", block_size=64)
+    ids = prompt(300, seed=7)
+    k = 2
+    early = drafter_pass(drafter, ids, dataclasses.replace(
+        cfg, scoring=dataclasses.replace(cfg.scoring, score_layers=k)))
+    cut = Model(dataclasses.replace(drafter.config, num_hidden_layers=k),
+                dataclasses.replace(drafter.params, layers=jax.tree.map(
+                    lambda a: a[:k], drafter.params.layers)))
+    ref = drafter_pass(cut, ids, cfg)
+    err = np.abs(early.importance - ref.importance).max()
+    assert err <= 1e-6 * max(np.abs(ref.importance).max(), 1e-30), f"max abs error {err:.3g}"
+    assert early.block_density == pytest.approx(ref.block_density)
+    full = drafter_pass(drafter, ids, cfg)
+    assert not np.allclose(full.importance, early.importance)  # the third layer did count
+    with pytest.raises(ValueError, match="score_layers=4 but the drafter has 3 layers"):
+        drafter_pass(drafter, ids, dataclasses.replace(
+            cfg, scoring=dataclasses.replace(cfg.scoring, score_layers=4)))
+    with pytest.raises(ValueError, match="needs tail_mode='tail'"):
+        preset("specprefill", score_layers=2)
