@@ -106,6 +106,8 @@ def flat_row(m: dict, source: str) -> dict:
         # top, the only rule then)
         "forced_spans": pc.get("forced_spans", "on_top"),
         "alpha": pc["alpha"], "density_cfg": pc["block_density"],
+        # early-exit scoring: the drafter's first k layers (None: all; absent before it existed)
+        "score_layers": pc.get("score_layers"),
         "attention": pc["attention_impl"], "rope": pc["rope"], "pooling": pc["pooling"],
         # resolved kernels ("auto" on this card); older metrics files lack them
         "kernels": "{drafter} / {target_and_full_prefill}".format(**m["kernels"])
@@ -344,6 +346,8 @@ def speed_table(rows: list[dict]) -> str:
     for r in rows:
         sel = (f"density {r['density_cfg']}" if r["density_cfg"] is not None
                else f"alpha {r['alpha']}")
+        if r.get("score_layers") is not None:
+            sel += f", scored by layers 1-{r['score_layers']}"
         tp = r.get("target_tensor_parallel", 1)
         device = r["device"] if tp == 1 else f"{tp}x {r['device']} (target split)"
         body += (f"| {device} | {r['drafter']} -> {r['target']} | {r['dtype']} | "
@@ -399,7 +403,9 @@ def quality_table(rows: list[dict]) -> str:
         # a chat-format row is its own task: the same cases wrapped in the chat template
         task = f"{r['task']} (chat)" if r.get("prompt_format", "raw") == "chat" else r["task"]
         # rows of different targets (models, weights, quantization, KV cache) are never pooled
-        groups[(task, r["S"], r["preset"], r["keep_ratio"], r["span_size"],
+        preset = r["preset"] + (f" (layers 1-{r['score_layers']})"
+                                if r.get("score_layers") is not None else "")
+        groups[(task, r["S"], preset, r["keep_ratio"], r["span_size"],
                 _target_label(r))].append(r)
     head = ("| task | S | preset | keep | span | target | full acc | PFlash acc | "
             "drafter recall | kept frac | cases |\n|" + " --- |" * 11 + "\n")
