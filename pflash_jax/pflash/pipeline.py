@@ -39,7 +39,7 @@ from pflash_jax.pflash.spans import kept_positions, select_spans, span_scores, t
 
 STAGES = ("drafter_forward", "scoring", "selection", "target_prefill", "first_token")
 __all__ = ["STAGES", "DrafterPass", "FullResult", "PFlashResult", "bucket", "check_inputs",
-           "drafter_pass", "full_prefill", "prefill_at", "prefill_selected",
+           "drafter_pass", "full_prefill", "prefill_at", "prefill_kept", "prefill_selected",
            "speculative_prefill"]
 
 
@@ -176,6 +176,24 @@ def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = No
                                  fuse_qkv)
     timings["ttft"] = timings["target_prefill"] + timings["first_token"]
     return FullResult(tokens, timings)
+
+
+def prefill_kept(target, ids, kept, positions_mode: str = "original", *,
+                 max_new_tokens: int = 1, eos_id: int | None = None,
+                 chunk: int | None = None, attn=None) -> np.ndarray:
+    """The target's greedy answer from any chosen subset of the prompt: sorted unique `kept`
+    positions (the last one S - 1, the token the answer follows), at their original positions
+    or renumbered 0..K-1. What PFlash's target stage does with a selection, open to another
+    selection (an oracle, an ablation: experiments/probe_failures.py)."""
+    ids = np.asarray(ids, np.int32)
+    kept = np.asarray(kept, np.int32)
+    if kept.ndim != 1 or kept.size == 0 or np.any(np.diff(kept) <= 0):
+        raise ValueError("prefill_kept: kept must be sorted unique positions, at least one")
+    if kept[0] < 0 or kept[-1] != ids.shape[0] - 1:
+        raise ValueError(f"prefill_kept: kept must lie in [0, {ids.shape[0]}) and end with the "
+                         f"last prompt position {ids.shape[0] - 1}, got {kept[0]}..{kept[-1]}")
+    return _prefill_and_decode(target, ids[kept], target_positions(kept, positions_mode),
+                               max_new_tokens, chunk, {}, attn, eos_id)
 
 
 # ---------------------------------------------------------------- the pipeline

@@ -208,3 +208,23 @@ def test_early_exit_scores_equal_a_drafter_cut_to_its_first_layers():
             cfg, scoring=dataclasses.replace(cfg.scoring, score_layers=4)))
     with pytest.raises(ValueError, match="needs tail_mode='tail'"):
         preset("specprefill", score_layers=2)
+
+
+def test_prefill_kept_is_the_target_stage_of_both_paths(pair):
+    """prefill_kept on every position gives full prefill's tokens; on PFlash's selection it
+    gives PFlash's; a selection not ending at the last token is refused by name."""
+    from pflash_jax.pflash.drafter import drafter_pass
+    from pflash_jax.pflash.pipeline import prefill_kept, prefill_selected
+
+    drafter, target = pair
+    ids = prompt(400, seed=11)
+    cfg = preset("pflash", attention_impl="reference", block_size=64, keep_ratio=0.2)
+    full = full_prefill(target, ids, max_new_tokens=4)
+    np.testing.assert_array_equal(prefill_kept(target, ids, np.arange(400), max_new_tokens=4),
+                                  full.tokens)
+    r = prefill_selected(target, ids, drafter_pass(drafter, ids, cfg), cfg, max_new_tokens=4)
+    np.testing.assert_array_equal(
+        prefill_kept(target, ids, r.kept_positions, cfg.selection.positions, max_new_tokens=4),
+        r.tokens)
+    with pytest.raises(ValueError, match="end with the last prompt position 399"):
+        prefill_kept(target, ids, np.arange(10))
