@@ -1,0 +1,159 @@
+"""Where the drafter's time goes on the GPU: a jax.profiler trace of one warm drafter pass,
+its device ops summed by kind (issue 17's profile-backed breakdown).
+
+    python experiments/profile_drafter.py --seq 131072 --density 0.1 --out DIR
+    -> DIR/breakdown.json, DIR/table.md (and the table printed); DIR/trace: the raw trace
+       (open it in TensorBoard / Perfetto; not meant for results/)
+
+The drafter is a random-init Qwen3 of --model's shapes (bf16) under the pflash preset with a
+fixed block density, as in the speedup experiment. Ops are read from the trace's device plane
+(the line of XLA ops), grouped by kind from the op name and its HLO text: the block-sparse
+attention kernel (Pallas: Mosaic GPU or Triton), GEMMs (cuBLAS / cuBLASLt / Triton GEMM
+fusions), reductions, other fusions (norms, RoPE, casts, score folds), copies; "idle" is the
+time inside the traced step with no op on that line (launch gaps, host work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+KINDS = (  # (kind, pattern over "name | hlo text"), first match wins
+    ("block-sparse attention (Pallas)", r"mosaic|triton_kernel|__gpu\$xla\.gpu\.triton|pallas"),
+    ("GEMM", r"cublas|gemm|\bdot\b|matmul"),
+    ("collective", r"all-reduce|all-gather|reduce-scatter|collective"),
+    ("reduction", r"\breduce\b|reduce-window|reduce_"),
+    ("copy / transpose", r"^copy|transpose|dynamic-update-slice|\bcopy\b"),
+    ("other fusion", r"fusion|loop_|input_"),
+)
+
+
+def kind_of(name: str, hlo: str = "") -> str:
+    text = f"{name} | {hlo}".lower()
+    for kind, pattern in KINDS:
+        if re.search(pattern, text):
+            return kind
+    return "other"
+
+
+def device_ops(profile) -> tuple[str, list[tuple[str, str, float, float]]]:
+    """(line name, [(op name, hlo text, start ns, duration ns)]) of the busiest op line of the
+    first device plane; ValueError when the trace has no device plane (a CPU run)."""
+    planes = [p for p in profile.planes if p.name.startswith("/device:")]
+    if not planes:
+        raise ValueError("the trace has no device plane: profile on a GPU (on the CPU XLA "
+                         "records host threads only)")
+    best = None
+    for line in planes[0].lines:
+        if "module" in line.name.lower() or "step" in line.name.lower():
+            continue  # module / step markers span the ops; the op line is what we sum
+        evs = []
+        for e in line.events:
+            stats = dict(e.stats)
+            hlo = str(stats.get("long_name") or stats.get("hlo_op") or "")
+            evs.append((e.name, hlo, float(e.start_ns), float(e.duration_ns)))
+        if best is None or len(evs) > len(best[1]):
+            best = (line.name, evs)
+    if best is None or not best[1]:
+        raise ValueError(f"device plane {planes[0].name} has no op events")
+    return best
+
+
+def breakdown(ops: list[tuple[str, str, float, float]], top: int = 15) -> dict:
+    """Time per kind and per op name (ms), busy vs the span from the first op's start to the
+    last op's end, and the idle time between ops (overlaps counted once)."""
+    ops = sorted(ops, key=lambda o: o[2])
+    t0, t1 = ops[0][2], max(o[2] + o[3] for o in ops)
+    busy, end = 0.0, t0
+    for _, _, s, d in ops:  # union of the op intervals
+        busy += max(0.0, s + d - max(s, end))
+        end = max(end, s + d)
+    per_kind, per_op, count = defaultdict(float), defaultdict(float), defaultdict(int)
+    for name, hlo, _, d in ops:
+        per_kind[kind_of(name, hlo)] += d
+        key = re.sub(r"\.\d+$", "", name)  # fusion.12 and fusion.13: one row "fusion"
+        per_op[(key, kind_of(name, hlo))] += d
+        count[(key, kind_of(name, hlo))] += 1
+    ms = 1e-6
+    return {"span_ms": (t1 - t0) * ms, "busy_ms": busy * ms, "idle_ms": (t1 - t0 - busy) * ms,
+            "n_ops": len(ops),
+            "kinds": {k: v * ms for k, v in sorted(per_kind.items(), key=lambda kv: -kv[1])},
+            "top_ops": [{"op": k[0], "kind": k[1], "ms": v * ms, "count": count[k]}
+                        for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]]}
+
+
+def table(b: dict, header: str) -> str:
+    lines = [header, "", f"Traced span {b['span_ms']:.1f} ms: ops busy {b['busy_ms']:.1f} ms, "
+             f"idle {b['idle_ms']:.1f} ms, {b['n_ops']} ops.", "",
+             "| kind | ms | share of span |", "| --- | --- | --- |"]
+    for k, v in b["kinds"].items():
+        lines.append(f"| {k} | {v:.2f} | {v / b['span_ms']:.1%} |")
+    lines.append(f"| idle (no op on the line) | {b['idle_ms']:.2f} | "
+                 f"{b['idle_ms'] / b['span_ms']:.1%} |")
+    lines += ["", "| op (numbered instances summed) | kind | count | ms |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {o['op']} | {o['kind']} | {o['count']} | {o['ms']:.2f} |" for o in b["top_ops"]]
+    return "\n".join(lines) + "\n"
+
+
+def trace_drafter(model: str, seq: int, density: float, impl: str, trace_dir: Path):
+    """One warm drafter pass of a random `model` under a profiler trace -> ProfileData."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from pflash_jax.models.config import model_preset
+    from pflash_jax.models.loading import Model
+    from pflash_jax.models.params import init_params
+    from pflash_jax.pflash.config import preset
+    from pflash_jax.pflash.drafter import drafter_pass
+
+    cfg = model_preset(model)
+    drafter = Model(cfg, init_params(cfg, jax.random.key(1), jnp.bfloat16))
+    pcfg = preset("pflash", block_density=density, attention_impl=impl)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, seq).astype(np.int32)
+    for _ in range(2):  # compile, then one warm call outside the trace
+        drafter_pass(drafter, ids, pcfg)
+    with jax.profiler.trace(str(trace_dir)):
+        dp = drafter_pass(drafter, ids, pcfg)
+    files = sorted(trace_dir.rglob("*.xplane.pb"))
+    if not files:
+        raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
+    return jax.profiler.ProfileData.from_file(str(files[-1])), dp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="qwen3-0.6b")
+    ap.add_argument("--seq", type=int, default=131072)
+    ap.add_argument("--density", type=float, default=0.1)
+    ap.add_argument("--impl", default="auto", help="drafter attention: auto | triton | mosaic")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    from pflash_jax import bench
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    trace_dir = Path(tempfile.mkdtemp(dir=a.out, prefix="trace-"))
+    profile, dp = trace_drafter(a.model, a.seq, a.density, a.impl, trace_dir)
+    try:
+        line, ops = device_ops(profile)
+    except ValueError as e:
+        raise SystemExit(f"profile_drafter: {e}") from None
+    b = breakdown(ops)
+    b.update(line=line, drafter_forward_s=dp.timings["drafter_forward"],
+             block_density=dp.block_density, args={k: str(v) for k, v in vars(a).items()})
+    prov = bench.provenance()
+    bench.write_metrics(a.out / "breakdown.json", b)
+    text = table(b, f"# Drafter profile: {a.model}, {a.seq} tokens, density {a.density}, impl "
+                    f"{a.impl} ({prov['device']}, jax {prov['jax']}, commit {prov['commit']}); "
+                    f"drafter_forward {1e3 * dp.timings['drafter_forward']:.1f} ms (the traced "
+                    f"call, wall); generated by experiments/profile_drafter.py")
+    (a.out / "table.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
