@@ -80,9 +80,8 @@ def make_loss(cfg: Qwen3Config, attn: str, compute_dtype, lm_weight: float):
     mean lets the (easily learned) haystack term drown the retrieval signal. Seen on the first
     GPU run: answer accuracy stayed at chance while the pooled loss fell to 0.02.
     """
-    def loss_fn(params, ids, mask):
+    def loss_fn(params, ids, mask, pos):
         p = jax.tree.map(lambda a: a.astype(compute_dtype), params)
-        pos = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
         logits = qwen3.forward(p, cfg, ids, pos, attn=attn)[:, :-1]
         logp = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
@@ -102,8 +101,8 @@ def make_step(cfg, attn, compute_dtype, tx, lm_weight):
     grad_fn = jax.value_and_grad(make_loss(cfg, attn, compute_dtype, lm_weight), has_aux=True)
 
     @jax.jit
-    def step(params, opt_state, ids, mask):
-        (loss, aux), grads = grad_fn(params, ids, mask)
+    def step(params, opt_state, ids, mask, pos):
+        (loss, aux), grads = grad_fn(params, ids, mask, pos)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {"loss": loss, **aux}
     return step
@@ -115,8 +114,9 @@ def prefetch(c: DictConfig, start: int):
     so a resumed run sees the same data."""
     tasks = OmegaConf.to_container(c.tasks)  # list, or {name: weight}
     task_opts = OmegaConf.to_container(c.task_opts) if c.task_opts else {}
+    sparse = OmegaConf.to_container(c.sparse) if c.get("sparse") else None
     specs = [(tasks, c.seed, step, *stage_at(step, c.steps, c.curriculum),
-              c.lm_weight, str(TINY_TOKENIZER_PATH), task_opts)
+              c.lm_weight, str(TINY_TOKENIZER_PATH), task_opts, sparse)
              for step in range(start, c.steps)]
     if c.workers <= 1:
         yield from map(step_batch, specs)
@@ -134,6 +134,11 @@ def main(c: DictConfig) -> None:
     attn = c.attn if c.attn != "auto" else ("cudnn" if on_gpu else "xla")
     compute_dtype = jnp.bfloat16 if on_gpu else jnp.float32
     names = ("target", "drafter")
+    sp = c.get("sparse")
+    longest = max(n for n, _ in c.curriculum)
+    if sp and sp.prob > 0 and sp.stretch * longest > c.max_position_embeddings:
+        raise ValueError(f"sparse.stretch={sp.stretch} x the longest curriculum length {longest} "
+                         f"exceeds max_position_embeddings={c.max_position_embeddings}")
     train = list(c.train)
     if not train or set(train) - set(names):
         raise ValueError(f"train must be a non-empty subset of {list(names)}, got {train}")
@@ -167,11 +172,11 @@ def main(c: DictConfig) -> None:
 
     history, t0, last = [], time.perf_counter(), c.steps
     bar = tqdm(prefetch(c, start), total=c.steps, initial=start, desc="train_tiny")
-    for step, (ids, mask) in enumerate(bar, start=start):
+    for step, (ids, mask, pos) in enumerate(bar, start=start):
         row = {"step": step + 1, "seq_len": int(ids.shape[1])}
         for n in train:
             s = state[n]
-            s["params"], s["opt"], m = steps_fns[n](s["params"], s["opt"], ids, mask)
+            s["params"], s["opt"], m = steps_fns[n](s["params"], s["opt"], ids, mask, pos)
             row.update({f"{n}_{k}": v for k, v in m.items()})
         if (step + 1) % 25 == 0 or step + 1 == c.steps:
             row = {k: float(v) for k, v in row.items()}

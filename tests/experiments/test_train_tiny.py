@@ -79,6 +79,7 @@ def test_finetune_target_only(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     args = ["experiments/train_tiny.py", "steps=2", "curriculum=[[512,2]]", "workers=1",
             "warmup=1", f"init_from={tmp_path}/init", "train=[target]",
+            "sparse.prob=0.5",  # span-dropped rows go through the training step too
             f"checkpoint_dir={tmp_path}/ckpt", f"export_dir={tmp_path}/export",
             f"metrics_path={tmp_path}/m.json", f"hydra.run.dir={tmp_path}/h",
             *_shape_args(SHAPES)]
@@ -115,5 +116,5 @@ def test_task_opts_batches():
     for opts in (None, {}):
         for a, b in zip(step_batch((*spec, opts)), default, strict=True):
             np.testing.assert_array_equal(a, b)
-    ids, _ = step_batch((*spec, {"niah_multikey": {"n_distractors": 7}}))
+    ids, _, _ = step_batch((*spec, {"niah_multikey": {"n_distractors": 7}}))
     assert not np.array_equal(ids, default[0])

@@ -38,8 +38,9 @@ def test_thin_wrapper_matches_tokenizer(tiny):
 @pytest.mark.parametrize("seq_len", [1024, 3000])
 def test_training_batch_layout(seq_len, tiny):
     rng = np.random.default_rng(0)
-    ids, mask = training_batch(list(TASKS), 6, seq_len, tiny, rng, lm_weight=0.05)
-    assert ids.shape == mask.shape == (6, seq_len)
+    ids, mask, pos = training_batch(list(TASKS), 6, seq_len, tiny, rng, lm_weight=0.05)
+    assert ids.shape == mask.shape == pos.shape == (6, seq_len)
+    assert (pos == np.arange(seq_len)).all()  # dense rows: positions 0..seq_len-1
     assert ids.dtype == np.int32 and mask.dtype == np.float32
     assert np.all(ids[:, -1] == tiny.eos_id) and np.all(mask[:, 0] == 0)
     for row, m in zip(ids, mask, strict=True):
@@ -70,3 +71,38 @@ def test_training_case_leaves_room_for_answer(task, tiny):
     assert case.n_tokens + len(tiny.encode(case.target)) + 1 == 1500
     # Same seed, same needles as the evaluation case of the full length.
     assert case.answers == make_case(task, 1500, tiny, 11).answers
+
+
+def test_sparse_rows_are_pflash_views_of_a_longer_case(tiny):
+    """A sparse row keeps every needle (evidence and distractor) and the question of a case
+    `stretch` x longer, at their original positions; the answer follows the last prompt
+    position; the row is exactly seq_len; no haystack loss; prob 0 leaves batches unchanged."""
+    from pflash_jax.data import SparseRows, sparse_row
+    from pflash_jax.tasks import make_training_case
+
+    cfg = SparseRows(prob=1.0, stretch=4, span=32, question=96)
+    rng = np.random.default_rng(3)
+    for task in ("niah_multikey", "niah_multivalue", "niah_multiquery", "niah_single"):
+        long = make_training_case(task, 4 * 1024, tiny, 5)
+        tail = np.concatenate([tiny.encode(long.target), [tiny.eos_id]])
+        ids, pos = sparse_row(long, tail, 1024, cfg, rng)
+        S = long.n_tokens
+        prompt = pos[: 1024 - tail.size]
+        assert ids.size == pos.size == 1024 and np.all(np.diff(pos) > 0), task
+        assert set(long.needle_positions) <= set(prompt), task
+        assert set(long.distractor_positions) <= set(prompt), task
+        assert set(range(S - 96, S)) <= set(prompt), task
+        np.testing.assert_array_equal(ids[: prompt.size], long.ids[prompt])
+        np.testing.assert_array_equal(pos[prompt.size:], S + np.arange(tail.size))
+    ids, mask, pos = training_batch(["niah_multikey"], 3, 1024, tiny,
+                                    np.random.default_rng(0), lm_weight=0.05, sparse=cfg)
+    assert pos[:, -1].min() > 1024  # every row sparse: positions run past the row length
+    assert np.all(mask[mask != 1.0] == 0.0)  # no haystack loss on sparse rows
+    off = training_batch(["niah_multikey"], 3, 1024, tiny, np.random.default_rng(0),
+                         lm_weight=0.05, sparse=SparseRows(prob=0.0))
+    dense = training_batch(["niah_multikey"], 3, 1024, tiny, np.random.default_rng(0),
+                           lm_weight=0.05)
+    for a, b in zip(off, dense, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="sparse.prob"):
+        SparseRows(prob=2.0)
