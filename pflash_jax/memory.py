@@ -183,6 +183,8 @@ def kept_tokens_upper_bound(S: int, selection) -> int:
     k = n_keep(n, selection.keep_ratio, selection.rounding)
     if selection.forced_spans == "on_top":
         k += selection.forced_head_spans + selection.forced_tail_spans
+        if selection.anchors != "none":
+            k = n  # anchors on top: as many as the prompt's n-grams match, bounded by S only
     return min(S, min(k, n) * selection.span_size + 1)
 
 

@@ -108,6 +108,9 @@ def flat_row(m: dict, source: str) -> dict:
         "alpha": pc["alpha"], "density_cfg": pc["block_density"],
         # early-exit scoring: the drafter's first k layers (None: all; absent before it existed)
         "score_layers": pc.get("score_layers"),
+        # question n-gram anchors (absent before the option existed: none)
+        "anchors": pc.get("anchors", "none"),
+        "n_anchor_spans": s.get("n_anchor_spans"),
         "attention": pc["attention_impl"], "rope": pc["rope"], "pooling": pc["pooling"],
         # resolved kernels ("auto" on this card); older metrics files lack them
         "kernels": "{drafter} / {target_and_full_prefill}".format(**m["kernels"])
@@ -348,6 +351,8 @@ def speed_table(rows: list[dict]) -> str:
                else f"alpha {r['alpha']}")
         if r.get("score_layers") is not None:
             sel += f", scored by layers 1-{r['score_layers']}"
+        if r.get("anchors", "none") != "none":
+            sel += f", anchors {r['anchors']}"
         tp = r.get("target_tensor_parallel", 1)
         device = r["device"] if tp == 1 else f"{tp}x {r['device']} (target split)"
         body += (f"| {device} | {r['drafter']} -> {r['target']} | {r['dtype']} | "
@@ -405,6 +410,8 @@ def quality_table(rows: list[dict]) -> str:
         # rows of different targets (models, weights, quantization, KV cache) are never pooled
         preset = r["preset"] + (f" (layers 1-{r['score_layers']})"
                                 if r.get("score_layers") is not None else "")
+        if r.get("anchors", "none") != "none":  # anchored rows are their own preset variant
+            preset += f" (anchors {r['anchors']})"
         groups[(task, r["S"], preset, r["keep_ratio"], r["span_size"],
                 _target_label(r))].append(r)
     head = ("| task | S | preset | keep | span | target | full acc | PFlash acc | "

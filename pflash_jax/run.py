@@ -420,7 +420,8 @@ def pflash_rows(c: RunConfig, p: Prompt, drafter, target, cfgs, skip: dict, kw: 
         r = runs[-1]
         row.update(pflash=_median([x.timings for x in runs]), n_kept=r.n_kept,
                    kept_frac=r.n_kept / S, block_density=r.block_density,
-                   pflash_tokens=r.tokens.tolist(), n_spans_kept=len(_spans(r.kept_positions)))
+                   pflash_tokens=r.tokens.tolist(), n_spans_kept=len(_spans(r.kept_positions)),
+                   n_anchor_spans=r.n_anchor_spans, n_anchor_found=r.n_anchor_found)
         row["pflash_compile_s"] = row["pflash_first_call_s"] - row["pflash"]["ttft"]
         if p.case is not None:
             row["task"] = p.case.task
@@ -509,7 +510,8 @@ def summarize(cases: list[dict]) -> dict:
     for key in ("pflash_skipped", "full_skipped"):
         if any(key in r for r in cases):
             out[key] = next(r[key] for r in cases if key in r)
-    for key in ("speedup", "pflash_acc", "full_acc", "recall", "kept_frac", "block_density"):
+    for key in ("speedup", "pflash_acc", "full_acc", "recall", "kept_frac", "block_density",
+                "n_anchor_spans"):
         vals = [r[key] for r in cases if r.get(key) is not None]
         if vals:
             out[key] = float(np.mean(vals))

@@ -57,6 +57,10 @@ class SelectionSpec:
     forced_tail_spans: int | None = None
     forced_spans: str | None = None  # inside (the budget) | on_top
     positions: str | None = None
+    anchors: str | None = None  # none | ngram: question n-gram anchors (docs/design.md 1.2)
+    anchor_ngram: int | None = None  # n-gram length (4)
+    anchor_window: int | None = None  # the question: the prompt's last tokens (96)
+    anchor_radius: int | None = None  # spans either side of a match (2; x2 past 32K, x4 past 64K)
     n_tail: int | None = None
     tail_mode: str | None = None
     rope: str | None = None

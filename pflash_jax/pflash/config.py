@@ -26,6 +26,9 @@ Preset values ("pflash" / "specprefill") and where they come from:
   PFlash's drafter is block-sparse, SpecPrefill's dense.
   "reference", "triton" and "mosaic" are the same block-sparse math; on a GPU pick a kernel.
 - alpha 0.12, block_density None, block_size 128 for both (only read by block-sparse impls).
+- anchors "none" for both for now (the original PFlash has question n-gram anchors, 4-grams of
+  the last 96 tokens, +-2 spans; the default gets chosen from an ablation), anchor_ngram 4,
+  anchor_window 96, anchor_radius 2 (docs/design.md 1.2).
 
 The plain dataclass defaults are *our* defaults: the PFlash values, except positions="original"
 (docs/design.md 1.2: our default when drafter and target share a tokenizer). Experiments decide
@@ -44,6 +47,7 @@ POOLING_MODES = ("per_row", "after_mean")
 ROUNDING_MODES = ("ceil", "floor")
 POSITION_MODES = ("original", "renumbered")
 FORCED_MODES = ("inside", "on_top")
+ANCHOR_MODES = ("none", "ngram")
 ATTENTION_IMPLS = ("auto", "reference", "triton", "mosaic", "dense")
 
 
@@ -123,6 +127,17 @@ class SelectionConfig:
         actually kept at every length (+ the last token); "on_top" = added to the top-budget
         spans (the rule of every result recorded before this option existed).
     positions: "original" = kept tokens keep their prompt positions; "renumbered" = 0..K-1.
+    anchors: "none", or "ngram" = question n-gram anchors (the original PFlash's): every
+        `anchor_ngram`-token n-gram of the last `anchor_window` prompt tokens (the question)
+        that also occurs before that window forces the spans holding the match, plus
+        `anchor_radius` spans either side of it (`spans.anchor_spans`). They follow
+        forced_spans: inside the budget after the head/tail spans, or on top of it.
+    anchor_ngram: n-gram length in tokens (4).
+    anchor_window: the question window, the last tokens of the prompt (96); matches inside it
+        are not anchors.
+    anchor_radius: spans kept either side of a match (2) up to 32K tokens; it grows with the
+        prompt as in the original: x2 past 32K tokens (S > 32768: 4 spans) and x4 past 64K
+        (S > 65536: 8 spans); `spans.anchor_radius_at`.
     """
 
     span_size: int = 32
@@ -132,6 +147,10 @@ class SelectionConfig:
     forced_tail_spans: int = 24
     forced_spans: str = "inside"
     positions: str = "original"
+    anchors: str = "none"
+    anchor_ngram: int = 4
+    anchor_window: int = 96
+    anchor_radius: int = 2
 
     def __post_init__(self):
         _check_int("SelectionConfig", "span_size", self.span_size, 1)
@@ -141,6 +160,13 @@ class SelectionConfig:
         _check_int("SelectionConfig", "forced_tail_spans", self.forced_tail_spans, 0)
         _check_choice("SelectionConfig", "forced_spans", self.forced_spans, FORCED_MODES)
         _check_choice("SelectionConfig", "positions", self.positions, POSITION_MODES)
+        _check_choice("SelectionConfig", "anchors", self.anchors, ANCHOR_MODES)
+        _check_int("SelectionConfig", "anchor_ngram", self.anchor_ngram, 1)
+        _check_int("SelectionConfig", "anchor_window", self.anchor_window, 1)
+        _check_int("SelectionConfig", "anchor_radius", self.anchor_radius, 0)
+        if self.anchor_window < self.anchor_ngram:
+            raise ValueError(f"SelectionConfig.anchor_window ({self.anchor_window}) must hold "
+                             f"at least one n-gram of anchor_ngram={self.anchor_ngram} tokens")
 
 
 @dataclass(frozen=True)
@@ -204,6 +230,7 @@ PRESETS: dict[str, dict] = {
         rope="nope",
         pooling="after_mean",
         pool_width=13,
+        score_layers=None,
         span_size=32,
         keep_ratio=0.05,
         rounding="floor",
@@ -211,6 +238,10 @@ PRESETS: dict[str, dict] = {
         forced_tail_spans=24,
         forced_spans="inside",
         positions="renumbered",
+        anchors="none",
+        anchor_ngram=4,
+        anchor_window=96,
+        anchor_radius=2,
         attention_impl="auto",
         alpha=0.12,
         block_density=None,
@@ -222,6 +253,7 @@ PRESETS: dict[str, dict] = {
         rope="post",
         pooling="per_row",
         pool_width=13,
+        score_layers=None,
         span_size=32,
         keep_ratio=0.1,
         rounding="ceil",
@@ -229,6 +261,10 @@ PRESETS: dict[str, dict] = {
         forced_tail_spans=0,
         forced_spans="inside",
         positions="original",
+        anchors="none",
+        anchor_ngram=4,
+        anchor_window=96,
+        anchor_radius=2,
         attention_impl="dense",
         alpha=0.12,
         block_density=None,

@@ -15,9 +15,9 @@ Design choices:
   count so decode never sees them).
 - Timing: each stage is synchronised (block_until_ready) before its clock stops. The stages are
   drafter_forward (layer scan incl. per-layer score folds), scoring (mean over tail rows,
-  pooling, span scores), selection (budget, forced spans, kept positions), target_prefill, and
-  first_token (argmax of the last kept token's logits, on the host). Compile time shows up on a
-  first call only; benchmarks call twice and report both.
+  pooling, span scores), selection (anchors, budget, forced spans, kept positions),
+  target_prefill, and first_token (argmax of the last kept token's logits, on the host).
+  Compile time shows up on a first call only; benchmarks call twice and report both.
 """
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ from pflash_jax.models import qwen3
 from pflash_jax.models.qwen3 import embed, final_logits
 from pflash_jax.pflash.config import PFlashConfig
 from pflash_jax.pflash.drafter import DrafterPass, drafter_pass
-from pflash_jax.pflash.spans import kept_positions, select_spans, span_scores, target_positions
+from pflash_jax.pflash.spans import (
+    anchor_spans,
+    forced_spans,
+    kept_positions,
+    select_spans,
+    span_scores,
+    target_positions,
+)
 
 STAGES = ("drafter_forward", "scoring", "selection", "target_prefill", "first_token")
 __all__ = ["STAGES", "DrafterPass", "FullResult", "PFlashResult", "bucket", "check_inputs",
@@ -50,6 +57,9 @@ class PFlashResult:
     timings: dict  # stage -> seconds, plus "ttft" (sum of STAGES) and "decode"
     importance: np.ndarray  # float32 [S] drafter importance per prompt token
     block_density: float | None  # mean kept fraction of causal blocks in the drafter (None: dense)
+    n_anchor_spans: int = 0  # kept spans that question n-gram anchors forced, forced head/tail
+    # spans not counted (selection.anchors="none": 0)
+    n_anchor_found: int = 0  # spans the anchors asked for, before the budget
 
     @property
     def n_kept(self) -> int:
@@ -210,14 +220,20 @@ def prefill_selected(target, ids, dp: DrafterPass, cfg: PFlashConfig, *,
     t1 = time.perf_counter()
     scores = span_scores(dp.importance, cfg.selection.span_size)
     t2 = time.perf_counter()
-    kept = kept_positions(select_spans(scores, cfg.selection), cfg.selection.span_size, S)
+    sel = cfg.selection
+    anchors = anchor_spans(ids, sel.span_size, sel)  # empty unless sel.anchors == "ngram"
+    span_ids = select_spans(scores, sel, anchors)
+    kept = kept_positions(span_ids, sel.span_size, S)
     t3 = time.perf_counter()
+    n_anchor = np.setdiff1d(np.intersect1d(span_ids, anchors),
+                            forced_spans(scores.size, sel)).size
     timings.update(scoring=dp.timings["importance"] + t2 - t1, selection=t3 - t2)
     positions = target_positions(kept, cfg.selection.positions)
     tokens = _prefill_and_decode(target, ids[kept], positions, max_new_tokens, chunk, timings,
                                  target_attn, eos_id, kv_cache, fuse_qkv)
     timings["ttft"] = sum(timings[s] for s in STAGES)
-    return PFlashResult(kept, tokens, timings, dp.importance, dp.block_density)
+    return PFlashResult(kept, tokens, timings, dp.importance, dp.block_density,
+                        n_anchor_spans=int(n_anchor), n_anchor_found=int(anchors.size))
 
 
 def speculative_prefill(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int = 1,

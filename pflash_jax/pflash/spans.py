@@ -4,9 +4,9 @@
                   mean of its valid tokens)
     budget      = ceil(n_spans * keep_ratio)            ("ceil", SpecPrefill)
                   max(1, floor(n_spans * keep_ratio))   ("floor", PFlash)
-    kept spans  = forced head/tail spans + the best-scoring others, `budget` spans in all
-                  (forced_spans="inside", the default), or
-                  top-`budget` spans by score  UNION  forced head/tail spans  ("on_top")
+    kept spans  = forced head/tail spans + anchors + the best-scoring others, `budget` spans
+                  in all (forced_spans="inside", the default), or
+                  top-`budget` spans by score  UNION  forced spans  UNION  anchors  ("on_top")
 
 Forced-span semantics, forced_spans="inside" (a keep ratio means the share of spans kept):
 - the forced spans count inside the budget; the rest of it goes to the best-scoring other
@@ -24,6 +24,14 @@ result recorded before this option existed):
   so they never consume budget and a forced span that also ranks in the top-k is counted once
   (the top-k is not refilled). Kept count is between max(budget, n_forced) and
   budget + n_forced; forced spans are kept even when they alone exceed the budget.
+Question n-gram anchors (anchors="ngram", `anchor_spans`; the original PFlash's): spans
+around every n-gram of the question (the prompt's last `anchor_window` tokens) that recurs
+earlier in the prompt. Pure NumPy on the prompt ids, no drafter. They follow forced_spans:
+- "inside": after the (possibly shrunk) forced spans, in the room they leave of the budget;
+  anchors that would overflow that room take at most half of it, rounded up, keeping the
+  anchor spans of highest drafter score; the best-scoring other spans fill the rest. So the
+  kept count is still min(budget, n_spans).
+- "on_top": unioned on top of the top-budget spans and the forced spans.
 In both, head and tail spans that overlap (short prompts) simply merge.
 - ties in score go to the lower span index (stable, deterministic across backends).
 - the last prompt token is always kept by `kept_positions` (SpecPrefill's always-keep-last
@@ -85,8 +93,27 @@ def n_keep(n_spans: int, keep_ratio: float, rounding: str) -> int:
     return min(k, n_spans)
 
 
-def select_spans(scores, cfg: SelectionConfig) -> np.ndarray:
-    """Sorted unique int32 indices of the kept spans (module docstring for the semantics)."""
+def _forced(n: int, k: int, cfg: SelectionConfig) -> np.ndarray:
+    """The forced head/tail span ids among n spans under a budget of k (module docstring)."""
+    n_head, n_tail = cfg.forced_head_spans, cfg.forced_tail_spans
+    if cfg.forced_spans == "inside" and n_head + n_tail > k:
+        # forced spans take at most half a budget they would overflow: the rest is scored
+        # (all-forced at 4K, keep 0.05 missed the needle)
+        cap = k // 2
+        n_tail = min(n_tail, math.ceil(cap * n_tail / (n_head + n_tail)))
+        n_head = min(n_head, cap - n_tail)
+    return np.union1d(np.arange(min(n_head, n)), np.arange(max(0, n - n_tail), n))
+
+
+def forced_spans(n_spans: int, cfg: SelectionConfig) -> np.ndarray:
+    """Sorted int64 ids of the forced head/tail spans `select_spans` keeps among n_spans (after
+    the inside rule's shrinking): the spans anchors do not count as contributing."""
+    return _forced(n_spans, n_keep(n_spans, cfg.keep_ratio, cfg.rounding), cfg)
+
+
+def select_spans(scores, cfg: SelectionConfig, anchors=None) -> np.ndarray:
+    """Sorted unique int32 indices of the kept spans (module docstring for the semantics).
+    anchors: span ids forced by question n-gram anchors (`anchor_spans`); None or empty: none."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 1 or scores.size == 0:
         raise ValueError(f"span scores must be a non-empty 1-D array, got shape {scores.shape}")
@@ -94,20 +121,74 @@ def select_spans(scores, cfg: SelectionConfig) -> np.ndarray:
         # NaN would sort arbitrarily: fail closed rather than select garbage spans.
         raise ValueError("span scores contain NaN or inf (drafter produced non-finite scores)")
     n = scores.size
+    anchors = np.unique(np.asarray([] if anchors is None else anchors, dtype=np.int64))
+    if anchors.size and (anchors[0] < 0 or anchors[-1] >= n):
+        raise ValueError(f"anchor span ids must be in [0, {n}), got {anchors[0]}..{anchors[-1]}")
     k = n_keep(n, cfg.keep_ratio, cfg.rounding)
     order = np.lexsort((np.arange(n), -scores))  # by score descending, then index ascending
-    n_head, n_tail = cfg.forced_head_spans, cfg.forced_tail_spans
+    forced = _forced(n, k, cfg)
     if cfg.forced_spans == "on_top":
-        head = np.arange(min(n_head, n))
-        tail = np.arange(max(0, n - n_tail), n)
-        return np.union1d(np.union1d(order[:k], head), tail).astype(np.int32)
-    cap = k // 2  # forced spans take at most half a budget they would overflow: the rest is
-    if n_head + n_tail > k:  # scored (all-forced at 4K, keep 0.05 missed the needle)
-        n_tail = min(n_tail, math.ceil(cap * n_tail / (n_head + n_tail)))
-        n_head = min(n_head, cap - n_tail)
-    forced = np.union1d(np.arange(min(n_head, n)), np.arange(max(0, n - n_tail), n))
-    rest = order[~np.isin(order, forced)][: max(k - forced.size, 0)]
-    return np.union1d(forced, rest).astype(np.int32)
+        return np.union1d(np.union1d(order[:k], forced), anchors).astype(np.int32)
+    # inside: forced spans first, then anchors in what they leave (at most half of it, rounded
+    # up, when the anchors would overflow it: the best-scoring anchors), then the scores
+    room = max(k - forced.size, 0)
+    anchored = order[np.isin(order, anchors) & ~np.isin(order, forced)]  # by score
+    if anchored.size > room:
+        anchored = anchored[: -(-room // 2)]
+    taken = np.union1d(forced, anchored)
+    rest = order[~np.isin(order, taken)][: max(k - taken.size, 0)]
+    return np.union1d(taken, rest).astype(np.int32)
+
+
+def anchor_radius_at(S: int, radius: int) -> int:
+    """Spans either side of an anchor match for a prompt of S tokens: `radius` up to 32K tokens,
+    2 * radius past 32K (S > 32768), 4 * radius past 64K (S > 65536): the original PFlash's
+    +-2 / +-4 / +-8 spans, so the kept context around a match grows with the haystack."""
+    return radius * (4 if S > 65536 else 2 if S > 32768 else 1)
+
+
+def _ngram_keys(grams: np.ndarray) -> np.ndarray:
+    """[M, n] int64 -> [M] uint64 FNV-1a-style hash (collisions are checked exactly after)."""
+    h = np.full(grams.shape[0], 0xCBF29CE484222325, dtype=np.uint64)
+    for j in range(grams.shape[1]):
+        h = (h ^ grams[:, j].astype(np.uint64)) * np.uint64(0x100000001B3)
+    return h
+
+
+def anchor_spans(ids, span_size: int, cfg: SelectionConfig) -> np.ndarray:
+    """Sorted int32 ids of the spans question n-gram anchors force (cfg.anchors == "ngram"),
+    empty for "none". The question is the last `anchor_window` tokens; every n-gram
+    (`anchor_ngram` tokens) lying wholly before it that equals one of the question's n-grams
+    is a match, and the spans it touches plus `anchor_radius_at(S, anchor_radius)` spans either
+    side are anchors. Matches inside the window (or straddling its start) do not count.
+    Vectorised: n-grams are hashed to uint64, candidates found with np.isin against the
+    question's keys, then checked exactly against the question's n-grams (no false match)."""
+    _check_span_size(span_size)
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    S, n, W = ids.shape[0], cfg.anchor_ngram, cfg.anchor_window
+    if cfg.anchors == "none" or S - W < n:  # nothing before the window holds an n-gram
+        return np.zeros(0, np.int32)
+    view = np.lib.stride_tricks.sliding_window_view
+    question = view(ids[S - W :], n)  # [W - n + 1, n]
+    hay = view(ids[: S - W], n)  # [S - W - n + 1, n]: starts 0 .. S - W - n
+    cand = np.flatnonzero(np.isin(_ngram_keys(hay), _ngram_keys(question)))
+    if cand.size == 0:
+        return np.zeros(0, np.int32)
+    # exact check: the candidates and the question's n-grams as labels of their unique rows
+    both = np.concatenate([question, hay[cand]])
+    _, label = np.unique(both, axis=0, return_inverse=True)
+    label = label.reshape(-1)
+    starts = cand[np.isin(label[question.shape[0] :], label[: question.shape[0]])]
+    if starts.size == 0:
+        return np.zeros(0, np.int32)
+    n_spans = -(-S // span_size)
+    r = anchor_radius_at(S, cfg.anchor_radius)
+    lo = np.maximum(starts // span_size - r, 0)
+    hi = np.minimum((starts + n - 1) // span_size + r, n_spans - 1)
+    cover = np.zeros(n_spans + 1, np.int64)  # difference array: +1 at lo, -1 after hi
+    np.add.at(cover, lo, 1)
+    np.add.at(cover, hi + 1, -1)
+    return np.flatnonzero(np.cumsum(cover[:-1]) > 0).astype(np.int32)
 
 
 def kept_positions(span_ids, span_size: int, S: int, keep_last: bool = True) -> np.ndarray:
@@ -135,11 +216,15 @@ def target_positions(kept, positions_mode: str) -> np.ndarray:
     return np.arange(kept.size, dtype=np.int32)
 
 
-def select_tokens(importance, cfg: SelectionConfig) -> np.ndarray:
-    """importance [S] -> kept token positions: span scores, budget + forced spans, last token."""
+def select_tokens(importance, cfg: SelectionConfig, ids=None) -> np.ndarray:
+    """importance [S] -> kept token positions: span scores, budget + forced spans (+ anchors
+    from the prompt ids when cfg.anchors is not "none"), last token."""
     imp = np.asarray(importance)
     scores = span_scores(imp, cfg.span_size)
-    return kept_positions(select_spans(scores, cfg), cfg.span_size, imp.shape[0])
+    if cfg.anchors != "none" and ids is None:
+        raise ValueError(f"anchors={cfg.anchors!r} needs the prompt ids")
+    anchors = None if ids is None else anchor_spans(ids, cfg.span_size, cfg)
+    return kept_positions(select_spans(scores, cfg, anchors), cfg.span_size, imp.shape[0])
 
 
 def needle_recall(kept, needle_positions) -> float:
