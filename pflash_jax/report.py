@@ -108,6 +108,7 @@ def flat_row(m: dict, source: str) -> dict:
         "alpha": pc["alpha"], "density_cfg": pc["block_density"],
         # early-exit scoring: the drafter's first k layers (None: all; absent before it existed)
         "score_layers": pc.get("score_layers"),
+        "variant": variant_label(pc),
         # question n-gram anchors (absent before the option existed: none)
         "anchors": pc.get("anchors", "none"),
         "n_anchor_spans": s.get("n_anchor_spans"),
@@ -231,6 +232,36 @@ def write_compact(records: list[dict], path: Path) -> Path:
     return path
 
 
+# Scoring and selection options a row may change from its preset (span size and keep ratio
+# are table columns; the drafter's attention options are shown apart), and the value a row
+# recorded before the option existed stands for.
+VARIANT_KEYS = ("n_tail", "tail_mode", "rope", "pooling", "pool_width", "score_layers",
+                "skip_layers", "tail_weights", "rounding", "forced_head_spans",
+                "forced_tail_spans", "forced_spans", "anchors", "anchor_ngram",
+                "anchor_window", "anchor_radius")
+LEGACY = {"forced_spans": "on_top", "anchors": "none", "score_layers": None, "skip_layers": 0,
+          "tail_weights": "uniform"}
+
+
+def variant_label(pc: dict) -> str:
+    """The options of a row's pflash_config that differ from its preset's values, "k=v, ..."
+    ("" for the preset itself): rows that differ in any of them are never pooled. Positions
+    are left out (the run job's pflash file sets "original" on purpose, docs/design.md 1.2).
+    Rows recorded before an option existed carry its old behaviour (LEGACY: forced spans on
+    top of the budget)."""
+    from pflash_jax.pflash.config import PRESETS
+
+    base = PRESETS.get(pc.get("preset"), {})
+    diffs = []
+    for k in VARIANT_KEYS:
+        if k not in base:
+            continue
+        v = pc.get(k, LEGACY.get(k, base[k]))
+        if v != base[k]:
+            diffs.append(f"{k}={v}")
+    return ", ".join(diffs)
+
+
 def memory_columns(m: dict) -> dict:
     """The memory plan of the job's prompt length against what the process measured: planned
     needs per path, the budget, skip verdicts, and the peak after each path (the run job runs
@@ -349,10 +380,8 @@ def speed_table(rows: list[dict]) -> str:
     for r in rows:
         sel = (f"density {r['density_cfg']}" if r["density_cfg"] is not None
                else f"alpha {r['alpha']}")
-        if r.get("score_layers") is not None:
-            sel += f", scored by layers 1-{r['score_layers']}"
-        if r.get("anchors", "none") != "none":
-            sel += f", anchors {r['anchors']}"
+        if r.get("variant"):
+            sel += f", {r['variant']}"
         tp = r.get("target_tensor_parallel", 1)
         device = r["device"] if tp == 1 else f"{tp}x {r['device']} (target split)"
         body += (f"| {device} | {r['drafter']} -> {r['target']} | {r['dtype']} | "
@@ -408,10 +437,8 @@ def quality_table(rows: list[dict]) -> str:
         # a chat-format row is its own task: the same cases wrapped in the chat template
         task = f"{r['task']} (chat)" if r.get("prompt_format", "raw") == "chat" else r["task"]
         # rows of different targets (models, weights, quantization, KV cache) are never pooled
-        preset = r["preset"] + (f" (layers 1-{r['score_layers']})"
-                                if r.get("score_layers") is not None else "")
-        if r.get("anchors", "none") != "none":  # anchored rows are their own preset variant
-            preset += f" (anchors {r['anchors']})"
+        # and rows of different scoring / selection options are their own preset variant
+        preset = r["preset"] + (f" ({r['variant']})" if r.get("variant") else "")
         groups[(task, r["S"], preset, r["keep_ratio"], r["span_size"],
                 _target_label(r))].append(r)
     head = ("| task | S | preset | keep | span | target | full acc | PFlash acc | "

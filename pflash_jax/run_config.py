@@ -67,6 +67,8 @@ class SelectionSpec:
     pooling: str | None = None
     pool_width: int | None = None
     score_layers: int | None = None  # early exit: score from the drafter's first k layers
+    skip_layers: int | None = None  # the first j scoring layers do not vote (SpecPC)
+    tail_weights: str | None = None  # uniform | linear (later tail rows weigh more)
 
 
 PROMPT_FORMATS = ("raw", "chat")

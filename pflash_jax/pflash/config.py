@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 
 TAIL_MODES = ("tail", "lookahead")
 ROPE_MODES = ("post", "nope")
-POOLING_MODES = ("per_row", "after_mean")
+POOLING_MODES = ("per_row", "after_mean", "max_after_mean")
+TAIL_WEIGHTS = ("uniform", "linear")
 ROUNDING_MODES = ("ceil", "floor")
 POSITION_MODES = ("original", "renumbered")
 FORCED_MODES = ("inside", "on_top")
@@ -86,6 +87,13 @@ class ScoringConfig:
     score_layers: early exit: score from the drafter's first k layers only (the layers after
         them never run; the original ships layer 7 of 28 as an option); None: every layer.
         Tail mode only (look-ahead generates tokens, which needs the whole drafter).
+    skip_layers: the first j drafter layers do not vote in the max (SpecPC: early layers
+        attend broadly); they still run. 0: every scoring layer votes. Tail mode only.
+    tail_weights: how the tail rows are averaged into importance: "uniform" (the mean) or
+        "linear" (row t of T weighs t + 1: the rows nearest the answer count most; SpecPC
+        weights its tail rows).
+    pooling "max_after_mean": a centred max over pool_width tokens of the importance (token
+        max-pooling: a span is as good as its best neighbourhood) instead of the mean.
     """
 
     n_tail: int = 8
@@ -94,6 +102,8 @@ class ScoringConfig:
     pooling: str = "after_mean"
     pool_width: int = 13
     score_layers: int | None = None
+    skip_layers: int = 0
+    tail_weights: str = "uniform"
 
     def __post_init__(self):
         _check_int("ScoringConfig", "n_tail", self.n_tail, 1)
@@ -101,6 +111,14 @@ class ScoringConfig:
         _check_choice("ScoringConfig", "rope", self.rope, ROPE_MODES)
         _check_choice("ScoringConfig", "pooling", self.pooling, POOLING_MODES)
         _check_int("ScoringConfig", "pool_width", self.pool_width, 1)
+        _check_choice("ScoringConfig", "tail_weights", self.tail_weights, TAIL_WEIGHTS)
+        _check_int("ScoringConfig", "skip_layers", self.skip_layers, 0)
+        if self.skip_layers and self.tail_mode != "tail":
+            raise ValueError(f"ScoringConfig.skip_layers={self.skip_layers} needs "
+                             f"tail_mode='tail', got tail_mode={self.tail_mode!r}")
+        if self.score_layers is not None and self.skip_layers >= self.score_layers:
+            raise ValueError(f"ScoringConfig.skip_layers={self.skip_layers} must be below "
+                             f"score_layers={self.score_layers} (some layer must vote)")
         if self.score_layers is not None:
             _check_int("ScoringConfig", "score_layers", self.score_layers, 1)
             if self.tail_mode != "tail":
@@ -231,6 +249,8 @@ PRESETS: dict[str, dict] = {
         pooling="after_mean",
         pool_width=13,
         score_layers=None,
+        skip_layers=0,
+        tail_weights="uniform",
         span_size=32,
         keep_ratio=0.05,
         rounding="floor",
@@ -254,6 +274,8 @@ PRESETS: dict[str, dict] = {
         pooling="per_row",
         pool_width=13,
         score_layers=None,
+        skip_layers=0,
+        tail_weights="uniform",
         span_size=32,
         keep_ratio=0.1,
         rounding="ceil",

@@ -94,14 +94,18 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
     k_pos = _key_positions(Sb, length)
     q_pos = length - T + jnp.arange(T, dtype=jnp.int32)
 
-    def fold(rmax, qkv, _):
+    def fold(rmax, qkv, layer):
         qs, ks = scoring_qk(qkv, scfg.rope)
         q_tail = jax.lax.dynamic_slice_in_dim(qs[0], length - T, T, axis=0)
-        return fold_layer(rmax, q_tail, ks[0], q_pos, k_pos, scfg), None
+        new = fold_layer(rmax, q_tail, ks[0], q_pos, k_pos, scfg)
+        # skip_layers: the first layers run but do not vote (SpecPC)
+        return (new if not scfg.skip_layers else jnp.where(layer >= scfg.skip_layers, new, rmax)
+                ), None
 
     out = qwen3.scan_layers(params, mcfg, embed(params, ids), positions,
                             drafter_attention(pcfg), chunk=chunk, hook=fold,
-                            state=init_running_max(T, Sb), last_qkv_only=True)
+                            state=init_running_max(T, Sb), last_qkv_only=True,
+                            per_layer=jnp.arange(mcfg.num_hidden_layers, dtype=jnp.int32))
     L = mcfg.num_hidden_layers
     return out.state, jnp.sum(out.attn_out) / max(L - 1, 1)
 

@@ -102,6 +102,24 @@ def moving_average(x: jax.Array, width: int, edges: str, length=None) -> jax.Arr
     return jnp.where(valid, out, jnp.zeros((), x.dtype))
 
 
+def moving_max(x: jax.Array, width: int, length=None) -> jax.Array:
+    """Centred max of odd `width` along the last axis; entries at index >= length are out of
+    range (they neither win a window nor get a value: 0)."""
+    if width < 1 or width % 2 == 0:
+        raise ValueError(f"pool width must be odd and >= 1, got {width}")
+    S = x.shape[-1]
+    valid = jnp.arange(S) < (S if length is None else length)
+    x = jnp.where(valid, x, jnp.zeros((), x.dtype))  # importance >= 0: 0 never wins a max
+    if width == 1:
+        return x
+    r = width // 2
+    ones = (1,) * (x.ndim - 1)
+    out = lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max,
+                            window_dimensions=ones + (width,), window_strides=ones + (1,),
+                            padding=[(0, 0)] * (x.ndim - 1) + [(r, r)])
+    return jnp.where(valid, out, jnp.zeros((), x.dtype))
+
+
 def init_running_max(n_tail: int, S: int) -> jax.Array:
     """The fold's starting value: probabilities are >= 0, so 0 is the identity of max."""
     return jnp.zeros((n_tail, S), SOFTMAX_DTYPE)
@@ -154,9 +172,15 @@ def importance(running_max: jax.Array, cfg: ScoringConfig, length=None) -> jax.A
 
     Entries at index >= length (bucket padding) are 0, so they can never win a span.
     """
-    imp = running_max.mean(axis=0)
+    if cfg.tail_weights == "linear":  # row t of T weighs t + 1 (the rows nearest the answer)
+        w = jnp.arange(1, running_max.shape[0] + 1, dtype=running_max.dtype)
+        imp = (w[:, None] * running_max).sum(axis=0) / w.sum()
+    else:
+        imp = running_max.mean(axis=0)
     if cfg.pooling == "after_mean":
         return moving_average(imp, cfg.pool_width, "truncate", length)
+    if cfg.pooling == "max_after_mean":
+        return moving_max(imp, cfg.pool_width, length)
     if length is not None:
         imp = jnp.where(jnp.arange(imp.shape[0]) < length, imp, 0.0)
     return imp

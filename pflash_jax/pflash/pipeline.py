@@ -106,6 +106,9 @@ def check_inputs(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int
         problems.append(f"prompt has {S} tokens, shorter than one span "
                         f"(selection.span_size={cfg.selection.span_size})")
     k = cfg.scoring.score_layers
+    if cfg.scoring.skip_layers >= (k or drafter.config.num_hidden_layers):
+        problems.append(f"selection.skip_layers={cfg.scoring.skip_layers} leaves no drafter "
+                        f"layer to score with (it has {drafter.config.num_hidden_layers})")
     if k is not None and k > drafter.config.num_hidden_layers:
         problems.append(f"selection.score_layers={k} but the drafter has "
                         f"{drafter.config.num_hidden_layers} layers")

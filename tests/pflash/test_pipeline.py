@@ -12,7 +12,13 @@ from pflash_jax.models.params import init_params
 from pflash_jax.pflash.config import preset
 from pflash_jax.pflash.drafter import drafter_scores
 from pflash_jax.pflash.importance import importance, importance_unfused
-from pflash_jax.pflash.pipeline import bucket, full_prefill, prefill_at, speculative_prefill
+from pflash_jax.pflash.pipeline import (
+    bucket,
+    check_inputs,
+    full_prefill,
+    prefill_at,
+    speculative_prefill,
+)
 from tests.tolerances import assert_close
 
 VOCAB = 97
@@ -228,3 +234,42 @@ def test_prefill_kept_is_the_target_stage_of_both_paths(pair):
         r.tokens)
     with pytest.raises(ValueError, match="end with the last prompt position 399"):
         prefill_kept(target, ids, np.arange(10))
+
+
+def test_scoring_variants_change_importance_as_documented(pair):
+    """skip_layers, tail_weights=linear and pooling=max_after_mean against their definitions
+    on fresh random weights: skipping every layer but the last equals scoring from a drafter
+    whose fold saw only it; linear weights and max pooling recomputed from the running max."""
+    import dataclasses
+
+    from pflash_jax.pflash import importance as imp_mod
+
+    drafter, _ = pair  # 3 layers
+    cfg = preset("pflash", attention_impl="reference", block_size=64)
+    ids = prompt(320, seed=5)
+    Sb = 320
+    length = jnp.int32(320)
+
+    def rmax_of(c):
+        return drafter_scores(drafter.params, drafter.config, jnp.asarray(ids)[None], length, c)[0]
+
+    def with_(**kw):
+        return dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, **kw))
+
+    base = np.asarray(rmax_of(cfg))
+    skip2 = np.asarray(rmax_of(with_(skip_layers=2)))
+    assert not np.allclose(base, skip2) and np.all(skip2 <= base + 1e-7)  # a max over fewer
+    # linear tail weights: sum_t (t + 1) rmax[t] / sum_t (t + 1)
+    T = base.shape[0]
+    w = np.arange(1, T + 1, dtype=np.float64)
+    got = np.asarray(imp_mod.importance(jnp.asarray(base), with_(tail_weights="linear",
+                                                                 pooling="per_row").scoring))
+    np.testing.assert_allclose(got, (w[:, None] * base).sum(0) / w.sum(), rtol=1e-5)
+    # max pooling of the mean: a centred max over pool_width (edges: in-range neighbours)
+    got = np.asarray(imp_mod.importance(jnp.asarray(base), with_(pooling="max_after_mean",
+                                                                 pool_width=5).scoring))
+    m = base.mean(0)
+    ref = np.array([m[max(0, i - 2): i + 3].max() for i in range(Sb)])
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    with pytest.raises(ValueError, match="skip_layers=3 leaves no drafter layer"):
+        check_inputs(drafter, drafter, ids, with_(skip_layers=3))
