@@ -121,12 +121,14 @@ RANDOM_BLOCK = 2**25
 
 
 def row_blocks(shape: tuple[int, ...]) -> int:
-    """The fewest blocks of rows, dividing shape[0], each of at most RANDOM_BLOCK elements."""
-    per_row = math.prod(shape[1:])
-    n = -(-math.prod(shape) // RANDOM_BLOCK)
-    while shape[0] % n:
+    """The fewest blocks of rows, dividing shape[0], each of at most RANDOM_BLOCK elements
+    (one row per block when a single row is already larger)."""
+    if not math.prod(shape):
+        return 1
+    n = min(-(-math.prod(shape) // RANDOM_BLOCK), shape[0])
+    while shape[0] % n:  # ends: shape[0] divides itself
         n += 1
-    return min(n, shape[0]) if per_row else 1
+    return n
 
 
 def layer_tensor(key: jax.Array, shape: tuple[int, ...], dtype, std: float = 0.02):

@@ -394,3 +394,16 @@ def test_random_quantized_init_equals_quantizing_the_random_model(fmt):
         if a is not None:
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
     np.testing.assert_array_equal(np.asarray(host.layers.q_norm), np.asarray(dev.layers.q_norm))
+
+
+def test_row_blocks_divide_the_rows_and_bound_the_block():
+    """Random matrices are drawn in blocks of rows: the block count divides the rows, a block
+    holds at most RANDOM_BLOCK elements unless one row alone is larger (then a row a block)."""
+    from pflash_jax.models.params import RANDOM_BLOCK, row_blocks
+
+    for shape in [(151936, 4096), (4096, 151936), (151936, 1024), (512, 256), (2, 2**26),
+                  (7, 3 * RANDOM_BLOCK)]:
+        n = row_blocks(shape)
+        assert shape[0] % n == 0, shape
+        per_block = shape[0] // n * shape[1]
+        assert per_block <= RANDOM_BLOCK or n == shape[0], (shape, n)
