@@ -163,15 +163,12 @@ def _tensor_parallel(tree) -> int:
 
 def tree_bytes(tree) -> int:
     """Bytes one device holds of a tree of arrays / ShapeDtypeStructs (a sharded leaf: its
-    shard's shape); int4 packs two values a byte."""
+    shard's shape). int4 weights are packed uint8 pairs (models/quant.py), counted as bytes."""
     total = 0
     for a in jax.tree.leaves(tree):
         sharding = getattr(a, "sharding", None)
         shape = a.shape if sharding is None else sharding.shard_shape(a.shape)
-        n = int(np.prod(shape))
-        dt = jnp.dtype(a.dtype)
-        bits = 4 if dt.name in ("int4", "uint4") else 8 * dt.itemsize
-        total += -(-n * bits // 8)
+        total += int(np.prod(shape)) * jnp.dtype(a.dtype).itemsize
     return total
 
 

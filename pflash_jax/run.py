@@ -354,16 +354,15 @@ def check_kernels(c: RunConfig, pcfg) -> None:
     """Explicit kernels that cannot run on this machine are a user error, named by option."""
     from pflash_jax.attention.api import check_runs_here
 
-    how = " (device_profile=rtx3090 chose it)" if c.device_profile else ""
+    how = f" (device_profile={c.device_profile} chose it)" if c.device_profile else ""
+    checks = [("dense", c.attention.target, "attention.target")]
     if pcfg.attention_impl != "dense":
+        checks.insert(0, ("sparse", pcfg.attention_impl, "attention.impl"))
+    for kind, impl, option in checks:
         try:
-            check_runs_here("sparse", pcfg.attention_impl, option="attention.impl")
+            check_runs_here(kind, impl, option=option)
         except ValueError as e:
             raise ValueError(f"{e}{how}") from None
-    try:
-        check_runs_here("dense", c.attention.target, option="attention.target")
-    except ValueError as e:
-        raise ValueError(f"{e}{how}") from None
 
 
 def full_prefill_row(c: RunConfig, p: Prompt, target, skip: dict, kw: dict, target_attn,
