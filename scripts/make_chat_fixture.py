@@ -66,6 +66,9 @@ def main() -> None:
     src = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO.parent / "shared" / "qwen3-tokenizer"
     out = Path(sys.argv[2]) if len(sys.argv) > 2 else (
         REPO / "tests" / "fixtures" / "chat" / "qwen3_chat.json")
+    if not (src / "tokenizer_config.json").is_file():
+        raise SystemExit(f"make_chat_fixture: no Qwen3 tokenizer at {src} (pass its folder: "
+                         f"python scripts/make_chat_fixture.py QWEN3_TOKENIZER_DIR)")
     tok = AutoTokenizer.from_pretrained(str(src))
     data = {"transformers": transformers.__version__, "files": file_hashes(src),
             "conversations": {name: {"messages": m, **reference(tok, m)}
