@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import time
+from collections import deque
 from pathlib import Path
 
 import hydra
@@ -43,6 +44,7 @@ from pflash_jax.tasks import tiny_tokenizer
 from pflash_jax.tasks.task_tokenizer import TINY_TOKENIZER_PATH
 
 REPO = Path(__file__).resolve().parent.parent
+EXPORT_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 EOS = "<|endoftext|>"
 
 
@@ -73,6 +75,54 @@ def stage_at(step: int, steps: int, curriculum) -> tuple[int, int]:
     return tuple(curriculum[i])
 
 
+def stage_at_fraction(frac: float, curriculum) -> tuple[int, int]:
+    """The [seq_len, batch] stage at a fraction of the run (curriculum_by=time)."""
+    return tuple(curriculum[min(int(frac * len(curriculum)), len(curriculum) - 1)])
+
+
+class Pace:
+    """How far the run is, 0..1: by step (step / steps) or, with curriculum_by=time, by the
+    training clock against max_minutes (so a time-boxed run reaches its last, longest stage
+    whatever its step rate; the step count is then only an upper bound). The clock carries over
+    a resume (it is saved with the state). The learning rate warms up linearly over `warmup`
+    steps, then follows a cosine from lr to 0.05 lr over the rest of the run's progress."""
+
+    def __init__(self, c: DictConfig, elapsed: float = 0.0):
+        self.by_time = c.get("curriculum_by", "step") == "time"
+        if self.by_time and not c.max_minutes:
+            raise ValueError("curriculum_by=time needs max_minutes (the run's length)")
+        if c.get("curriculum_by", "step") not in ("step", "time"):
+            raise ValueError(f"curriculum_by must be 'step' or 'time', got {c.curriculum_by!r}")
+        self.c, self.offset, self.t0 = c, elapsed, time.perf_counter()
+        self.warm_end = None  # progress when warmup ended (time mode)
+
+    def elapsed(self) -> float:
+        return self.offset + time.perf_counter() - self.t0
+
+    def progress(self, step: int) -> float:
+        if self.by_time:
+            return min(self.elapsed() / (60 * self.c.max_minutes), 1.0)
+        return min(step / max(self.c.steps, 1), 1.0)
+
+    def stage(self, step: int) -> tuple[int, int]:
+        if self.by_time:
+            return stage_at_fraction(self.progress(step), self.c.curriculum)
+        return stage_at(step, self.c.steps, self.c.curriculum)
+
+    def lr(self, step: int) -> float:
+        c = self.c
+        if step < c.warmup:
+            return c.lr * step / c.warmup
+        if self.by_time:
+            if self.warm_end is None:
+                self.warm_end = self.progress(step)
+            p = (self.progress(step) - self.warm_end) / max(1.0 - self.warm_end, 1e-9)
+        else:
+            p = (step - c.warmup) / max(c.steps - c.warmup, 1)
+        p = min(max(p, 0.0), 1.0)
+        return c.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * p)))
+
+
 def make_loss(cfg: Qwen3Config, attn: str, compute_dtype, lm_weight: float):
     """Mean NLL over answer tokens + lm_weight * mean NLL over haystack tokens.
 
@@ -101,29 +151,37 @@ def make_step(cfg, attn, compute_dtype, tx, lm_weight):
     grad_fn = jax.value_and_grad(make_loss(cfg, attn, compute_dtype, lm_weight), has_aux=True)
 
     @jax.jit
-    def step(params, opt_state, ids, mask, pos):
+    def step(params, opt_state, ids, mask, pos, lr):
         (loss, aux), grads = grad_fn(params, ids, mask, pos)
+        opt_state[-1].hyperparams["learning_rate"] = lr  # the Pace's rate (inject_hyperparams)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {"loss": loss, **aux}
     return step
 
 
-def prefetch(c: DictConfig, start: int):
+def prefetch(c: DictConfig, start: int, pace: Pace):
     """Batches built by worker processes (host-side generation is the bottleneck at short
-    lengths: ~0.1 s for 64 x 512 tokens), in step order; each depends on (seed, step) only,
-    so a resumed run sees the same data."""
+    lengths: ~0.1 s for 64 x 512 tokens), in step order; each depends on (seed, step, stage)
+    only, so a resumed step-paced run sees the same data. The stage of a batch is fixed when
+    it is queued, at most 2 x workers steps ahead of training (it matters for time pacing)."""
     tasks = OmegaConf.to_container(c.tasks)  # list, or {name: weight}
     task_opts = OmegaConf.to_container(c.task_opts) if c.task_opts else {}
     sparse = OmegaConf.to_container(c.sparse) if c.get("sparse") else None
-    specs = [(tasks, c.seed, step, *stage_at(step, c.steps, c.curriculum),
-              c.lm_weight, str(TINY_TOKENIZER_PATH), task_opts, sparse)
-             for step in range(start, c.steps)]
+
+    def spec(step):
+        return (tasks, c.seed, step, *pace.stage(step), c.lm_weight, str(TINY_TOKENIZER_PATH),
+                task_opts, sparse)
     if c.workers <= 1:
-        yield from map(step_batch, specs)
+        yield from (step_batch(spec(step)) for step in range(start, c.steps))
         return
     # spawn, not fork: the parent already runs JAX threads.
     with mp.get_context("spawn").Pool(c.workers) as pool:
-        yield from pool.imap(step_batch, specs, chunksize=4)
+        queued, nxt = deque(), start
+        while queued or nxt < c.steps:
+            while nxt < c.steps and len(queued) < 2 * c.workers:
+                queued.append(pool.apply_async(step_batch, (spec(nxt),)))
+                nxt += 1
+            yield queued.popleft().get()
 
 
 @hydra.main(config_path="../pflash_jax/configs", config_name="train_tiny", version_base=None)
@@ -139,15 +197,18 @@ def main(c: DictConfig) -> None:
     if sp and sp.prob > 0 and sp.stretch * longest > c.max_position_embeddings:
         raise ValueError(f"sparse.stretch={sp.stretch} x the longest curriculum length {longest} "
                          f"exceeds max_position_embeddings={c.max_position_embeddings}")
+    if c.get("export_dtype", "float32") not in EXPORT_DTYPES:
+        raise ValueError(f"export_dtype must be one of {list(EXPORT_DTYPES)}, got "
+                         f"{c.export_dtype!r}")
     train = list(c.train)
     if not train or set(train) - set(names):
         raise ValueError(f"train must be a non-empty subset of {list(names)}, got {train}")
     cfgs = {n: model_config(OmegaConf.to_container(c[n]), vocab, c.max_position_embeddings)
             for n in names}
-    sched = optax.warmup_cosine_decay_schedule(0.0, c.lr, c.warmup, max(c.steps, c.warmup + 1),
-                                               c.lr * 0.05)
+    # the rate is set every step from the Pace (by step or by the clock)
     tx = optax.chain(optax.clip_by_global_norm(c.grad_clip),
-                     optax.adamw(sched, b2=0.95, weight_decay=c.weight_decay))
+                     optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b2=0.95,
+                                                           weight_decay=c.weight_decay))
     keys = jax.random.split(jax.random.key(c.seed), len(names))
     init = {}  # the starting weights; for models not trained, also the exported ones
     for n, k in zip(names, keys, strict=True):
@@ -160,6 +221,7 @@ def main(c: DictConfig) -> None:
     print("task mix:", OmegaConf.to_container(c.tasks), "| options:",
           OmegaConf.to_container(c.task_opts) if c.task_opts else {})
     state = {n: {"params": init[n], "opt": tx.init(init[n])} for n in train}
+    state["clock"] = jnp.float32(0.0)  # training seconds so far (time pacing resumes on it)
     steps_fns = {n: make_step(cfgs[n], attn, compute_dtype, tx, c.lm_weight) for n in train}
 
     ckpt_dir = (REPO / c.checkpoint_dir).resolve()
@@ -170,13 +232,17 @@ def main(c: DictConfig) -> None:
         state = mgr.restore(start, args=ocp.args.StandardRestore(state))
         print(f"resumed from {ckpt_dir} at step {start}")
 
+    pace = Pace(c, float(state["clock"]))
     history, t0, last = [], time.perf_counter(), c.steps
-    bar = tqdm(prefetch(c, start), total=c.steps, initial=start, desc="train_tiny")
+    bar = tqdm(prefetch(c, start, pace), total=None if pace.by_time else c.steps, initial=start,
+               desc="train_tiny")
     for step, (ids, mask, pos) in enumerate(bar, start=start):
-        row = {"step": step + 1, "seq_len": int(ids.shape[1])}
+        lr = pace.lr(step)
+        row = {"step": step + 1, "seq_len": int(ids.shape[1]), "lr": lr}
         for n in train:
             s = state[n]
-            s["params"], s["opt"], m = steps_fns[n](s["params"], s["opt"], ids, mask, pos)
+            s["params"], s["opt"], m = steps_fns[n](s["params"], s["opt"], ids, mask, pos,
+                                                      jnp.float32(lr))
             row.update({f"{n}_{k}": v for k, v in m.items()})
         if (step + 1) % 25 == 0 or step + 1 == c.steps:
             row = {k: float(v) for k, v in row.items()}
@@ -186,7 +252,8 @@ def main(c: DictConfig) -> None:
                 for n in train})
             if (step + 1) % c.log_every == 0:
                 tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
-        if c.max_minutes and time.perf_counter() - t0 > 60 * c.max_minutes:
+        state["clock"] = jnp.float32(pace.elapsed())
+        if c.max_minutes and pace.elapsed() > 60 * c.max_minutes:
             print(f"stopping at step {step + 1}: max_minutes={c.max_minutes} reached")
             last = step + 1
             break
@@ -201,7 +268,8 @@ def main(c: DictConfig) -> None:
         final = init | {n: state[n]["params"] for n in train}
         for n in final:
             out = export_hf(final[n], cfgs[n], REPO / c.export_dir / n,
-                            tokenizer_json=TINY_TOKENIZER_PATH, eos_token=EOS)
+                            tokenizer_json=TINY_TOKENIZER_PATH, eos_token=EOS,
+                            dtype=EXPORT_DTYPES[c.get("export_dtype", "float32")])
             print(f"exported {n}{'' if n in train else ' (not trained)'} -> {out}")
     if c.metrics_path:
         write_metrics(REPO / c.metrics_path, {

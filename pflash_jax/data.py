@@ -128,7 +128,7 @@ def training_batch(
     for b in range(batch):
         task = names[rng.choice(len(names), p=p)]
         seed = int(rng.integers(TRAIN_SEED_LIMIT))
-        opts = task_opts.get(task, {})
+        opts = draw_options(task_opts.get(task, {}), rng)
         # the draw happens only when sparse rows are on: prob 0 keeps the old batches exactly
         if sparse is not None and sparse.prob > 0 and rng.random() < sparse.prob:
             long = make_training_case(task, sparse.stretch * seq_len, tok, seed, **opts)
@@ -145,6 +145,21 @@ def training_batch(
         ids[b, :n], ids[b, n:] = case.ids, tail  # raises on a length bug: shapes must match
         mask[b, n:] = 1.0
     return ids, mask, positions
+
+
+def draw_options(opts: Mapping, rng: np.random.Generator) -> dict:
+    """A row's generator options: a value written {"one_of": [a, b, ...]} is drawn uniformly
+    per row (e.g. n_distractors {"one_of": [1, 3, 5, 7]}), others are passed as given. Only
+    such draws use rng, so options without them keep the old batches exactly."""
+    out = {}
+    for k, v in opts.items():
+        if isinstance(v, Mapping) and set(v) == {"one_of"}:
+            choices = list(v["one_of"])
+            if not choices:
+                raise ValueError(f"task option {k}: one_of needs at least one value")
+            v = choices[int(rng.integers(len(choices)))]
+        out[k] = v
+    return out
 
 
 def step_batch(spec: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -25,6 +25,10 @@
 #             it)                                                          (~1-2 min per S)
 #   speedup1  experiment=speedup, Qwen3-8B at 131072 only, no cap          (~1.5 min)
 #   quality   experiment=quality (tiny pair: 8 tasks x 3 S x 2 presets, span x keep grid)
+#   profile   experiments/profile_drafter.py: Qwen3-0.6B drafter at 131072, density 0.1, the
+#             per-op breakdown of one warm pass (the raw trace is dropped)     (~1.5 min)
+#   trainv2   scripts/train_v2.sh: the v2 organism, S1_MINUTES + S2_MINUTES of training
+#             (default 2.5 + 6) plus compiles; its bf16 export comes back in the archive
 #   quality@S1,S2  the same for these lengths only (e.g. quality@4096,8192 then quality@16384
 #             separately: ~8-10 min each on an H100, first job compiling ~1.5-2.5 min);
 #             QUALITY_TASKS=a,b,c limits the tasks (default: the experiment file's eight)
@@ -115,6 +119,11 @@ for s in "$@"; do
       stage "quality_${lens//,/_}" "${QUALITY_LIMIT:-400}" python3 experiments/run.py -m \
         experiment=quality task.seq_len="$lens" "${tasks[@]}" ${QUALITY_EXTRA:-} \
         hydra.sweep.dir="$OUT/quality_${lens//,/_}" ;;
+    profile)
+      stage profile "${PROFILE_LIMIT:-240}" python3 experiments/profile_drafter.py --seq 131072 \
+        --density 0.1 --out "$OUT/profile"
+      rm -rf "$OUT"/profile/trace-* ;;
+    trainv2) stage trainv2 "${TRAIN_LIMIT:-560}" env OUT="$OUT/trainv2" bash scripts/train_v2.sh ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done
@@ -122,4 +131,9 @@ done
 kill "$snapshots" 2>/dev/null; wait "$snapshots" 2>/dev/null
 rm -f "$OUT/gpu_batch_partial.tgz"
 tar czf /tmp/gpu_batch.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gpu_batch.tgz "$OUT/"
+# At most 16 MiB a file comes back from the device tool: a larger archive (an exported model)
+# is split into 15 MiB parts; `cat gpu_batch.tgz.part-* > gpu_batch.tgz` joins them.
+if [ "$(stat -c %s "$OUT/gpu_batch.tgz")" -gt $((15 * 1024 * 1024)) ]; then
+  split -b 15M "$OUT/gpu_batch.tgz" "$OUT/gpu_batch.tgz.part-" && rm "$OUT/gpu_batch.tgz"
+fi
 printf '%s\n' "${summary[@]}"
