@@ -10,6 +10,7 @@
 set -uo pipefail
 : "${OUT:?OUT must be set (the device tool sets it)}"
 WORK=${WORK:-/tmp/train_v2}
+mkdir -p "$OUT/s1" "$OUT/s2" "$WORK"
 SHAPES=(target.hidden_size=384 target.intermediate_size=1152 target.num_hidden_layers=6
         target.num_attention_heads=6 target.num_key_value_heads=2 target.head_dim=64
         drafter.hidden_size=192 drafter.intermediate_size=576 drafter.num_hidden_layers=4
