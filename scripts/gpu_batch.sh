@@ -29,6 +29,8 @@
 #             per-op breakdown of one warm pass (the raw trace is dropped)     (~1.5 min)
 #   trainv2   scripts/train_v2.sh: the v2 organism, S1_MINUTES + S2_MINUTES of training
 #             (default 2.5 + 6) plus compiles; its bf16 export comes back in the archive
+#   evalv2    experiments/eval_tiny.py on V2_DIR (default: trainv2's export), EVAL_CASES cases
+#             per task and length (50), EVAL_LENGTHS ([4096,16384,32768])
 #   quality@S1,S2  the same for these lengths only (e.g. quality@4096,8192 then quality@16384
 #             separately: ~8-10 min each on an H100, first job compiling ~1.5-2.5 min);
 #             QUALITY_TASKS=a,b,c limits the tasks (default: the experiment file's eight)
@@ -123,6 +125,10 @@ for s in "$@"; do
       stage profile "${PROFILE_LIMIT:-240}" python3 experiments/profile_drafter.py --seq 131072 \
         --density 0.1 --out "$OUT/profile"
       rm -rf "$OUT"/profile/trace-* ;;
+    evalv2) stage evalv2 "${EVAL_LIMIT:-300}" python3 experiments/eval_tiny.py \
+        models_dir="${V2_DIR:-$OUT/trainv2/s2/export}" n_cases="${EVAL_CASES:-50}" \
+        "lengths=${EVAL_LENGTHS:-[4096,16384,32768]}" out_dir="$OUT/evalv2" \
+        hydra.run.dir=/tmp/evalv2_hydra ;;
     trainv2) stage trainv2 "${TRAIN_LIMIT:-560}" env OUT="$OUT/trainv2" bash scripts/train_v2.sh ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac

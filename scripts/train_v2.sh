@@ -31,4 +31,4 @@ python3 experiments/train_tiny.py "${SHAPES[@]}" "$OPTS" "$MIX" curriculum_by=ti
   checkpoint_every=1000000 checkpoint_dir="$WORK/s2/ckpt" export_dir="$OUT/s2/export" \
   export_dtype=bfloat16 metrics_path="$OUT/s2/metrics.json" hydra.run.dir="$WORK/s2/hydra" \
   ${S2_ARGS:-} > "$OUT/s2.log" 2>&1 || { tail -30 "$OUT/s2.log"; exit 1; }
-tail -3 "$OUT/s1.log" "$OUT/s2.log"
+tail -n 3 "$OUT/s1.log" "$OUT/s2.log"
