@@ -22,8 +22,13 @@ from collections import defaultdict
 from pathlib import Path
 
 KINDS = (  # (kind, pattern over "name | hlo text"), first match wins
-    ("block-sparse attention (Pallas)", r"mosaic|triton_kernel|__gpu\$xla\.gpu\.triton|pallas"),
-    ("GEMM", r"cublas|gemm|\bdot\b|matmul"),
+    # our Pallas kernels by the names they are given (pallas_call name=...)
+    ("block selection (Pallas)", r"flashprefill"),
+    ("block-sparse attention (Pallas)",
+     r"block_sparse|mosaic|triton_kernel|__gpu\$xla\.gpu\.triton|pallas"),
+    # nvjet_*: cuBLAS's Hopper GEMM kernels (the names the H200 trace shows)
+    ("GEMM", r"cublas|gemm|nvjet|\bdot\b|matmul"),
+    ("sort (block selection's top-k)", r"^sort|\bsort\b"),
     ("collective", r"all-reduce|all-gather|reduce-scatter|collective"),
     ("reduction", r"\breduce\b|reduce-window|reduce_"),
     ("copy / transpose", r"^copy|transpose|dynamic-update-slice|\bcopy\b"),

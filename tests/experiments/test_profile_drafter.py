@@ -58,6 +58,11 @@ def test_kinds_from_names_and_hlo():
     assert pd.kind_of("custom-call.3", 'custom_call_target="mosaic_gpu"').startswith("block")
     assert pd.kind_of("custom-call.3", "__gpu$xla.gpu.triton").startswith("block")
     assert pd.kind_of("cublas-gemm.1") == "GEMM"
+    # the names an H200 trace shows for cuBLAS's GEMMs, our selection kernel and the top-k sort
+    assert pd.kind_of("nvjet_sm90_tst_128x160_64x5_2x1_v_bz_NNT") == "GEMM"
+    assert pd.kind_of("flashprefill_block_mass").startswith("block selection")
+    assert pd.kind_of("block_sparse_attention_mgpu_mosaic_gpu_kernel").startswith("block-sparse")
+    assert pd.kind_of("sort_7_1").startswith("sort")
     assert pd.kind_of("fusion.5", "%fusion.5 = bf16[] fusion(...), kind=kLoop") == "other fusion"
     assert pd.kind_of("all-reduce.1") == "collective"
 

@@ -118,3 +118,45 @@ def test_task_opts_batches():
             np.testing.assert_array_equal(a, b)
     ids, _, _ = step_batch((*spec, {"niah_multikey": {"n_distractors": 7}}))
     assert not np.array_equal(ids, default[0])
+
+
+def test_one_of_options_drawn_per_row():
+    """{one_of: [...]} draws a value per row from the given ones (every one of them turns up);
+    other options pass through as given."""
+    from pflash_jax.data import draw_options
+
+    rng = np.random.default_rng(0)
+    drawn = [draw_options({"n_distractors": {"one_of": [1, 3, 7]}, "haystack": "essay"}, rng)
+             for _ in range(200)]
+    assert {d["n_distractors"] for d in drawn} == {1, 3, 7}
+    assert all(d["haystack"] == "essay" for d in drawn)
+    with pytest.raises(ValueError, match="n_distractors: one_of needs at least one value"):
+        draw_options({"n_distractors": {"one_of": []}}, rng)
+
+
+def test_pace_by_time(monkeypatch):
+    """curriculum_by=time: stages and the cosine rate follow the clock against max_minutes (a
+    fake clock here), the clock resumes from a saved offset; by step they follow step / steps."""
+    from omegaconf import OmegaConf
+
+    tt = _train_tiny()
+    now = [100.0]
+    monkeypatch.setattr(tt.time, "perf_counter", lambda: now[0])
+    c = OmegaConf.create({"curriculum_by": "time", "max_minutes": 10, "steps": 10**9,
+                          "warmup": 10, "lr": 1e-3, "curriculum": [[512, 8], [1024, 4]]})
+    pace = tt.Pace(c)
+    assert pace.stage(0) == (512, 8) and pace.lr(0) == 0.0 and pace.lr(5) == pytest.approx(5e-4)
+    now[0] += 60  # 1 of 10 minutes: warmup over at step 10, the cosine starts from here
+    assert pace.lr(10) == pytest.approx(1e-3)
+    now[0] += 4 * 60 + 1  # just past half the run: the second stage
+    assert pace.stage(11) == (1024, 4)
+    assert 0.05e-3 < pace.lr(11) < 1e-3
+    now[0] += 10 * 60  # past the end: the last stage and the floor rate
+    assert pace.stage(12) == (1024, 4) and pace.lr(12) == pytest.approx(0.05e-3)
+    resumed = tt.Pace(c, elapsed=5 * 60 + 1)  # a resumed run continues the clock
+    assert resumed.stage(0) == (1024, 4)
+    by_step = tt.Pace(OmegaConf.merge(c, {"curriculum_by": "step", "steps": 100}))
+    assert by_step.stage(49) == (512, 8) and by_step.stage(50) == (1024, 4)
+    assert by_step.lr(100) == pytest.approx(0.05e-3)
+    with pytest.raises(ValueError, match="needs max_minutes"):
+        tt.Pace(OmegaConf.merge(c, {"max_minutes": None}))
