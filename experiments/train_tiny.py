@@ -70,6 +70,21 @@ def load_init(path: Path, cfg: Qwen3Config) -> Params:
                       hf_to_ours(refs, cfg, np.float32).items()})
 
 
+def init_folders(init_from, names) -> dict[str, Path]:
+    """init_from -> {model: its checkpoint folder}: a folder holding {target,drafter}/ gives
+    both; a mapping {target: folder} gives only the models it names (the others start from
+    random weights, or, not trained, are neither trained nor exported)."""
+    if not init_from:
+        return {}
+    if isinstance(init_from, str):
+        return {n: REPO / init_from / n for n in names}
+    given = dict(init_from)
+    if set(given) - set(names):
+        raise ValueError(f"init_from names {sorted(set(given) - set(names))}; the models are "
+                         f"{list(names)}")
+    return {n: REPO / str(v) for n, v in given.items()}
+
+
 def stage_at(step: int, steps: int, curriculum) -> tuple[int, int]:
     i = min(step * len(curriculum) // max(steps, 1), len(curriculum) - 1)
     return tuple(curriculum[i])
@@ -200,6 +215,7 @@ def main(c: DictConfig) -> None:
     if c.get("export_dtype", "float32") not in EXPORT_DTYPES:
         raise ValueError(f"export_dtype must be one of {list(EXPORT_DTYPES)}, got "
                          f"{c.export_dtype!r}")
+    init_dirs = init_folders(c.init_from, names)
     train = list(c.train)
     if not train or set(train) - set(names):
         raise ValueError(f"train must be a non-empty subset of {list(names)}, got {train}")
@@ -212,12 +228,11 @@ def main(c: DictConfig) -> None:
     keys = jax.random.split(jax.random.key(c.seed), len(names))
     init = {}  # the starting weights; for models not trained, also the exported ones
     for n, k in zip(names, keys, strict=True):
-        if c.init_from:
-            init[n] = load_init(REPO / c.init_from / n, cfgs[n])
+        if n in init_dirs:
+            init[n] = load_init(init_dirs[n], cfgs[n])
+            print(f"initialized {n} from {init_dirs[n]}")
         elif n in train:
             init[n] = init_params(cfgs[n], k, jnp.float32)
-    if c.init_from:
-        print(f"initialized {', '.join(names)} from {REPO / c.init_from}")
     print("task mix:", OmegaConf.to_container(c.tasks), "| options:",
           OmegaConf.to_container(c.task_opts) if c.task_opts else {})
     state = {n: {"params": init[n], "opt": tx.init(init[n])} for n in train}

@@ -126,7 +126,7 @@ for s in "$@"; do
         --density 0.1 --out "$OUT/profile"
       rm -rf "$OUT"/profile/trace-* ;;
     evalv2) stage evalv2 "${EVAL_LIMIT:-300}" python3 experiments/eval_tiny.py \
-        models_dir="${V2_DIR:-$OUT/trainv2/s2/export}" n_cases="${EVAL_CASES:-50}" \
+        models_dir="${V2_DIR:-$OUT/trainv2/s3/export}" n_cases="${EVAL_CASES:-50}" \
         "lengths=${EVAL_LENGTHS:-[4096,16384,32768]}" out_dir="$OUT/evalv2" \
         hydra.run.dir=/tmp/evalv2_hydra ;;
     trainv2) stage trainv2 "${TRAIN_LIMIT:-560}" env OUT="$OUT/trainv2" bash scripts/train_v2.sh ;;
