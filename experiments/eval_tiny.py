@@ -43,12 +43,14 @@ def full_accuracy(target, cases, tok, batch: int, attn: str) -> list[float]:
 def render(rows: list[dict], prov: dict, cfg: dict) -> str:
     head = ("| task | S | cases | full acc | PFlash acc | drafter recall | kept |\n"
             "| --- | --- | --- | --- | --- | --- | --- |\n")
+    fmt = lambda v: "-" if v is None else format(v, ".2f")  # noqa: E731
     body = "".join(
-        f"| {r['task']} | {r['S']} | {r['n_cases']} | {r['full_acc']:.2f} | "
-        f"{'-' if r['pflash_acc'] is None else format(r['pflash_acc'], '.2f')} | "
+        f"| {r['task']} | {r['S']} | {r['n_cases']} | {fmt(r['full_acc'])} | "
+        f"{fmt(r['pflash_acc'])} | "
         f"{r['recall']:.2f} | {r['kept_frac']:.3f} |\n" for r in rows)
     return (f"Tiny pair, held-out cases. preset={cfg['preset']} keep_ratio={cfg['keep_ratio']} "
-            f"span={cfg['span_size']} drafter attention={cfg['attention_impl']}. "
+            f"span={cfg['span_size']} drafter attention={cfg['attention_impl']}"
+            f"{''.join(f' {k}={v}' for k, v in (cfg.get('overrides') or {}).items())}. "
             f"Device {prov['device']}, jax {prov['jax']}, commit {prov['commit']}.\n\n"
             + head + body)
 
@@ -64,13 +66,27 @@ def main(c: DictConfig) -> None:
     tok = target.tokenizer
     # attention_impl null: the preset's own drafter attention (specprefill: dense)
     impl = {} if c.attention_impl is None else {"attention_impl": c.attention_impl}
-    pcfg = preset(c.preset, keep_ratio=c.keep_ratio, span_size=c.span_size,
-                  positions="original", **impl)
+    extra = OmegaConf.to_container(c.overrides) if c.get("overrides") else {}
+    try:
+        pcfg = preset(c.preset, keep_ratio=c.keep_ratio, span_size=c.span_size,
+                      positions="original", **impl, **extra)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"eval_tiny: overrides={extra}: {e}") from None
     rows = []
+    out = REPO / c.out_dir
+    cfg = OmegaConf.to_container(c, resolve=True)
+
+    def save(complete: bool):  # after every row: a time-boxed run keeps what it finished
+        write_metrics(out / "metrics.json", {"config": cfg, "pflash_config": pcfg.to_dict(),
+                                             "complete": complete, "rows": rows})
+        (out / "table.md").write_text(render(rows, provenance(), cfg)
+                                      + ("" if complete else "\n(partial: the run stopped "
+                                         "before its last row)\n"))
     for S in c.lengths:
         for task in tqdm(c.tasks, desc=f"S={S}"):
             cases = make_cases(task, c.n_cases, S, tok.path)
-            full = full_accuracy(target, cases, tok, c.batch, attn)
+            full = (full_accuracy(target, cases, tok, c.batch, attn)
+                    if c.get("with_full", True) else [])
             recall, pf, kept = [], [], []
             n_new = answer_budget(cases, tok)
             for case in cases:
@@ -82,15 +98,12 @@ def main(c: DictConfig) -> None:
                 if c.with_pflash:
                     pf.append(score(case, r.tokens, tok))
             rows.append({"task": task, "S": S, "n_cases": len(cases),
-                         "full_acc": float(np.mean(full)),
+                         "full_acc": float(np.mean(full)) if full else None,
                          "pflash_acc": float(np.mean(pf)) if pf else None,
                          "recall": float(np.mean(recall)), "kept_frac": float(np.mean(kept))})
             print(rows[-1], flush=True)
-    out = REPO / c.out_dir
-    cfg = OmegaConf.to_container(c, resolve=True)
-    write_metrics(out / "metrics.json", {"config": cfg, "pflash_config": pcfg.to_dict(),
-                                         "rows": rows})
-    (out / "table.md").write_text(render(rows, provenance(), cfg))
+            save(complete=False)
+    save(complete=True)
     print((out / "table.md").read_text())
 
 
