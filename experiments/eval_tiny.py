@@ -40,6 +40,14 @@ def full_accuracy(target, cases, tok, batch: int, attn: str) -> list[float]:
     return out
 
 
+def rows_from_log(text: str) -> list[dict]:
+    """The rows a run printed (one dict literal a row): what a run cut off at a time limit
+    before it wrote its metrics (the runs before metrics were saved after every row) left."""
+    import ast
+    import re
+    return [ast.literal_eval(m) for m in re.findall(r"\{'task': [^{}]*\}", text)]
+
+
 def render(rows: list[dict], prov: dict, cfg: dict) -> str:
     head = ("| task | S | cases | full acc | PFlash acc | drafter recall | kept |\n"
             "| --- | --- | --- | --- | --- | --- | --- |\n")
