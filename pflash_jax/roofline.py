@@ -2,6 +2,7 @@
 
     proj = project(row)            # row: a flat row of pflash_jax.report (load_rows / flat_rows)
     proj["pflash_ttft_s"], proj["full_ttft_s"], proj["full_fits"]
+    floor(row)["pflash_ttft_s"]    # the arithmetic floor of the row on its own card
 
 This is an estimate, never a measurement: tables print it in its own column labelled
 "projected", and nothing here is ever compared with, or averaged into, a measured number.
@@ -193,6 +194,22 @@ def fits(row: dict, card: Card) -> dict[str, bool] | None:
     return {"pflash": wt + weight_bytes(d, itemsize, dq) + kv_bytes(t, kept, itemsize, kv)
             <= card.memory,
             "full": wt + kv_bytes(t, S, itemsize, kv) <= card.memory}
+
+
+def floor(row: dict) -> dict | None:
+    """The row's arithmetic floor on the card it was measured on: each modelled stage at that
+    card's roofline (`Work.time`, the measured achievable matmul rate: every FLOP of the
+    drafter's sparse attention and of cuDNN's dense attention counted at the GEMM rate, so it
+    is a floor, not a prediction), PFlash = drafter forward + target prefill of the kept tokens
+    (the small unmodelled stages count 0); keys pflash_ttft_s, full_ttft_s, speedup. None:
+    the card or models are not modelled."""
+    src = MEASURED_ON.get(row.get("device"))
+    work = stage_work(row)
+    if src is None or work is None:
+        return None
+    pf = work["pflash_drafter_forward"].time(src) + work["pflash_target_prefill"].time(src)
+    full = work["full_target_prefill"].time(src)
+    return {"pflash_ttft_s": pf, "full_ttft_s": full, "speedup": full / pf}
 
 
 def project(row: dict, card: Card = RTX3090) -> dict | None:

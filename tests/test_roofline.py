@@ -133,3 +133,29 @@ def test_quantized_cache_makes_the_8b_full_prefill_fit_24_gb():
     assert R.fits(row, R.RTX3090)["full"] is False
     assert R.fits(row | {"target_quantize": "int8", "target_kv_cache": "int8"},
                   R.RTX3090)["full"] is True
+
+
+def test_floor_is_the_stage_work_on_the_measuring_card():
+    """floor(row): drafter forward + target prefill of the kept tokens (PFlash) and the full
+    prefill, each at the measuring card's roofline; below the measured times of a real row;
+    None where the card is not modelled. The speed table prints it beside the speedup."""
+    row = _row()
+    work = R.stage_work(row)
+    f = R.floor(row)
+    assert f["pflash_ttft_s"] == pytest.approx(work["pflash_drafter_forward"].time(R.H200)
+                                               + work["pflash_target_prefill"].time(R.H200))
+    assert f["full_ttft_s"] == pytest.approx(work["full_target_prefill"].time(R.H200))
+    assert f["speedup"] == pytest.approx(f["full_ttft_s"] / f["pflash_ttft_s"])
+    # compute bound at 32K: the full prefill's floor is its FLOPs at 767 TFLOP/s
+    t = model_preset("qwen3-8b")
+    assert f["full_ttft_s"] == pytest.approx(
+        (R.gemm_flops(t, 32768) + R.attention_flops(t, 32768)) / 767e12)
+    assert R.floor(_row(device="RTX 3090")) is None
+    rows = load_rows([ROOT / "results/speedup_h200_inside"])
+    for r in rows:  # a measured row lies above its floor
+        fl = R.floor(r)
+        assert fl["pflash_ttft_s"] < r["pflash_ttft_s"] and fl["full_ttft_s"] < r["full_ttft_s"]
+    fl = R.floor(rows[0])
+    table = speed_table(rows)
+    assert "roofline floor, this card" in table
+    assert f"{fl['pflash_ttft_s']:.3g} / {fl['full_ttft_s']:.3g}, {fl['speedup']:.1f}x" in table
