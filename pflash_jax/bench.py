@@ -89,9 +89,10 @@ def provenance() -> dict:
     }
 
 
-def peak_memory_bytes() -> int | None:
-    """Peak device memory in use by this process (None where the backend does not report it)."""
-    stats = jax.devices()[0].memory_stats() or {}
+def peak_memory_bytes(device=None) -> int | None:
+    """Peak memory in use by this process on `device` (default: the first), None where the
+    backend does not report it (the CPU)."""
+    stats = (device or jax.devices()[0]).memory_stats() or {}
     return stats.get("peak_bytes_in_use")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pflash_jax.convert import cached_conversion
 from pflash_jax.models.loading import Model, load_model
+from pflash_jax.models.params import Placement
 from pflash_jax.models.weights import DTYPES, read_header_json
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -39,13 +40,15 @@ def is_hf_checkpoint(path: Path) -> bool:
 
 # ---------------------------------------------------------------- loading
 def open_model(path: str | os.PathLike, *, dtype: str | None = None,
-               quantize: str | None = None) -> Model:
+               quantize: str | None = None, place: Placement | None = None) -> Model:
     """Load a converted checkpoint, converting an HF checkpoint first (cached).
 
     dtype: None keeps the checkpoint's own dtype; "bf16", "f32" or "f16" converts (HF) or casts
     (an already converted folder) to it.
     quantize: None, "int8", "int4" or "fp8": the layer projections are quantized on the host
     while loading (`load_model`), so the full-precision model never sits on the device.
+    place: where the tensors go (`load_model`; e.g. sharding.Placement); None: the default
+    device.
     """
     path = Path(path)
     if not (path / "config.json").exists():
@@ -55,8 +58,8 @@ def open_model(path: str | os.PathLike, *, dtype: str | None = None,
 
         check_dtype(dtype)
         cast = None if dtype in (None, "source") else DTYPES[OUT_DTYPES[dtype]]
-        return load_model(path, dtype=cast, quantize=quantize)
-    return load_model(cached_conversion(path, dtype), quantize=quantize)
+        return load_model(path, dtype=cast, quantize=quantize, place=place)
+    return load_model(cached_conversion(path, dtype), quantize=quantize, place=place)
 
 
 def tiny_pair(dtype: str | None = None) -> tuple[Model, Model]:

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pflash_jax.models.config import Qwen3Config
-from pflash_jax.models.params import param_shapes, unflatten
+from pflash_jax.models.params import abstract_params, param_shapes
 
 GIB = 2**30
 
@@ -70,11 +70,6 @@ def kv_cache_bytes(cfg: Qwen3Config, capacity: int, dtype, kv_cache: str = "bf16
     if kv_cache == "bf16":  # the compute dtype, whatever it is
         return kv_heads * cfg.head_dim * jnp.dtype(dtype).itemsize + 4
     return kv_heads * (cfg.head_dim + 4) + 4
-
-
-def abstract_params(cfg: Qwen3Config, dtype):
-    """The parameter pytree of `cfg` as ShapeDtypeStructs (no memory allocated)."""
-    return unflatten({k: jax.ShapeDtypeStruct(s, dtype) for k, s in param_shapes(cfg).items()})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,7 +41,10 @@ def checkpoint_dir(spec: ModelSpec):
     return spec.path or (TINY_DIR / spec.embedded if spec.embedded else None)
 
 
-def load(spec: ModelSpec, role: str):
+def load(spec: ModelSpec, role: str, place=None):
+    """The model `spec` names; `place` (a params.Placement, e.g. `placement(spec)`'s) says where
+    its tensors go, each made there directly (never whole on one device first); None: the
+    default device."""
     from pflash_jax.embedded import open_model
     from pflash_jax.models.config import model_preset
     from pflash_jax.models.loading import Model
@@ -61,16 +64,16 @@ def load(spec: ModelSpec, role: str):
             from pflash_jax.models.quant import init_quantized_params
 
             return Model(cfg, init_quantized_params(cfg, jax.random.key(seed), spec.quantize,
-                                                    dtype))
-        return Model(cfg, init_params(cfg, jax.random.key(seed), dtype))
+                                                    dtype, place=place))
+        return Model(cfg, init_params(cfg, jax.random.key(seed), dtype, place=place))
     path = checkpoint_dir(spec)
     if path is None:
         raise ValueError(f"{role}: set {role}.path (a checkpoint dir) or {role}.random_init")
     if not Path(path).is_dir():
         what = "is a file, not a checkpoint folder" if Path(path).exists() else "does not exist"
         raise FileNotFoundError(f"{role}.path: {path} {what}")
-    m = open_model(path, quantize=spec.quantize)
-    if m.params.embed_tokens.dtype != dtype:
+    m = open_model(path, quantize=spec.quantize, place=place)
+    if m.params.embed_tokens.dtype != dtype:  # elementwise: each shard cast where it is
         m = Model(m.config, cast_params(m.params, dtype), m.tokenizer)
     return Model(with_yarn(m.config, spec), m.params, m.tokenizer)
 
@@ -83,25 +86,28 @@ def cast_params(params, dtype):
                         params, is_leaf=lambda a: isinstance(a, QuantizedWeight))
 
 
-def shard_target(target, spec: ModelSpec, attn: str):
-    """`target.tensor_parallel` N > 1: the target's parameters split over N devices and its
-    dense attention (`attn`, an impl name) run on each device's heads (pflash_jax/sharding.py)
-    -> (target, attention for prefill_at, fuse_qkv). N = 1: (target, attn, True) unchanged.
-
-    The target is loaded on the first device, then split, so it must fit one device while
-    loading: a sharded loader is not written yet."""
-    n = spec.tensor_parallel
-    if n == 1:
-        return target, attn, True
+def placement(spec: ModelSpec):
+    """`target.tensor_parallel` N > 1: a `sharding.Placement` over the first N devices, which
+    `load` follows to put each of the target's tensors straight onto its shards (a target that
+    does not fit one device loads); None for N = 1 (the default device)."""
+    if spec.tensor_parallel == 1:
+        return None
     from pflash_jax import sharding
-    from pflash_jax.models.loading import Model
 
-    sharding.check_tensor_parallel(n, target.config, target.params)
-    mesh = sharding.make_mesh(n)
-    params = sharding.shard_params(target.params, target.config, mesh)
+    return sharding.Placement(sharding.make_mesh(spec.tensor_parallel),
+                              what="target.tensor_parallel")
+
+
+def target_attention(place, attn: str):
+    """(dense attention for prefill_at, fuse_qkv) of a target loaded with `place`: under a
+    sharding.Placement, `attn` (an impl name) run on each device's heads and fuse_qkv off;
+    without one, (attn, True)."""
+    if place is None:
+        return attn, True
+    from pflash_jax import sharding
+
     # fuse_qkv off: concatenating head-sharded [Wq|Wk|Wv] makes XLA reshuffle them every layer
-    return (Model(target.config, params, target.tokenizer),
-            sharding.ShardedAttention(mesh, attn), False)
+    return sharding.ShardedAttention(place.mesh, attn), False
 
 
 def with_yarn(cfg, spec: ModelSpec):
@@ -272,11 +278,14 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     if c.task.prompt_format == "chat":
         chat_template(c.target)  # a checkpoint without one fails before any model loads
     t0 = time.perf_counter()
-    drafter, target = load(c.drafter, "drafter"), load(c.target, "target")
+    place = placement(c.target)  # tensor_parallel: the target loads straight onto its shards
+    drafter, target = load(c.drafter, "drafter"), load(c.target, "target", place)
     loading = {"load_s": time.perf_counter() - t0, "device_peak_bytes": peak_memory_bytes(),
                "host_peak_bytes": host_peak_bytes()}
+    if place is not None:  # each of the target's devices (the first holds the drafter too)
+        loading["device_peaks_bytes"] = [peak_memory_bytes(d) for d in place.mesh.devices.flat]
     # the same dense attention for both paths (sharded per device's heads under tensor_parallel)
-    target, target_attn, fuse_qkv = shard_target(target, c.target, c.attention.target)
+    target_attn, fuse_qkv = target_attention(place, c.attention.target)
     models = {"drafter": describe(drafter, c.drafter), "target": describe(target, c.target)}
     if not c.quiet:
         for role, spec in (("drafter", c.drafter), ("target", c.target)):
@@ -439,7 +448,8 @@ def memory_plans(c: RunConfig, drafter, target, ps: list[Prompt], cfgs, target_a
                  fuse_qkv: bool) -> dict:
     """The memory plan (pflash_jax/memory.py) of every prompt length of the job, against
     `memory_budget_gb` (default: what the device offers; none on CPU); printed unless quiet.
-    A sharded target (shard_target's target, attention and fuse_qkv) is planned per device."""
+    A sharded target (loaded with `placement`; `target_attention`'s attention and fuse_qkv) is
+    planned per device."""
     from pflash_jax.memory import GIB, device_budget, plan_run
 
     offered = device_budget()

@@ -180,7 +180,7 @@ def validate(c: RunConfig) -> RunConfig:
     if isinstance(n, int) and not isinstance(n, bool) and n > 1:
         import jax
 
-        if jax.device_count() < n:  # the kv-head check needs the model: run.shard_target
+        if jax.device_count() < n:  # the kv-head check needs the model: run.placement's
             problems.append(f"target.tensor_parallel={n} needs {n} devices, jax sees "
                             f"{jax.device_count()} (on the CPU: "
                             f"XLA_FLAGS=--xla_force_host_platform_device_count={n})")

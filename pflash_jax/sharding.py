@@ -2,7 +2,8 @@
 N devices (`target.tensor_parallel=N`; docs/design.md section 8.1).
 
     mesh = make_mesh(n)
-    params = shard_params(params, cfg, mesh)
+    params = load_model(path, place=Placement(mesh)).params  # each tensor: host -> its shards
+    # (params already on one device: shard_params(params, cfg, mesh))
     attn = ShardedAttention(mesh, "auto")  # dense_attention under shard_map, per device's heads
     prefill_at(params, cfg, ids, positions, length, attn=attn, fuse_qkv=False)
 
@@ -29,6 +30,11 @@ Design choices:
 - Tensors whose axis N does not divide: heads are checked up front (N must divide the kv heads,
   which then divides the q heads); F must divide too (an error); a vocab N does not divide
   leaves the embedding and head replicated (correct, only bigger).
+- Loading places each tensor straight into this layout (`Placement`, given to load_model,
+  init_params and quant.init_quantized_params): a checkpoint's tensor goes from its memory map
+  to the devices, each receiving its slice; a random one is drawn by each device for its own
+  shard. Loading whole onto the first device and then splitting would need the whole target
+  to fit one device (a 32B int4 / int8 target on two 24 GB cards does not).
 - Not sharded: the drafter (one device: 0.6B at 128K fits one card), the sequence axis, and
   decode's `cached_attention` (plain jnp: XLA partitions it by heads from the cache's sharding).
 """
@@ -112,11 +118,26 @@ def param_specs(params: Params, cfg: Qwen3Config, n: int) -> Params:
                   lm_head=None if params.lm_head is None else P(None, vocab))
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """The layout of `param_specs` on `mesh`, as a `params.Placement`: called with a config and
+    the (abstract) Params about to be made, it checks them (`check_tensor_parallel`, naming
+    `what`) and returns their NamedShardings. Given to load_model / init_params /
+    quant.init_quantized_params, it makes each tensor in place (module docstring)."""
+
+    mesh: Mesh
+    what: str = "tensor_parallel"
+
+    def __call__(self, cfg: Qwen3Config, params: Params) -> Params:
+        check_tensor_parallel(self.mesh.size, cfg, params, what=self.what)
+        return jax.tree.map(partial(NamedSharding, self.mesh),
+                            param_specs(params, cfg, self.mesh.size))
+
+
 def shard_params(params: Params, cfg: Qwen3Config, mesh: Mesh) -> Params:
-    """params placed on `mesh` as `param_specs` says (one device_put per tensor)."""
-    check_tensor_parallel(mesh.size, cfg, params, what="tensor_parallel")
-    specs = param_specs(params, cfg, mesh.size)
-    return jax.tree.map(lambda a, s: jax.device_put(a, NamedSharding(mesh, s)), params, specs)
+    """params already on a device placed on `mesh` as `param_specs` says (one device_put per
+    tensor; loading with `Placement(mesh)` instead never has the whole model on one device)."""
+    return jax.tree.map(jax.device_put, params, Placement(mesh)(cfg, params))
 
 
 def kv_cache_specs(kv_cache: str = "bf16") -> KVCache:

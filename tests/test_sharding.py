@@ -108,7 +108,8 @@ def test_memory_plan_is_per_device(checks):
 
 def test_pflash_run_tensor_parallel_2_gives_the_same_tokens(tmp_path):
     """pflash-run on the embedded tiny pair (2 kv heads) with the target on 1 and on 2 devices
-    (one Hydra multirun, one process): both paths' tokens equal; metrics record the split."""
+    (one Hydra multirun, one process; the split target loaded straight onto its shards,
+    tests/test_sharded_loading.py): both paths' tokens equal; metrics record the split."""
     sweep = tmp_path / "sweep"
     p = _run(["-m", "pflash_jax.run", "-m", "target.tensor_parallel=1,2", "task.seq_len=1024",
               "max_new_tokens=4", "repeats=0", f"hydra.sweep.dir={sweep}"],
@@ -125,6 +126,9 @@ def test_pflash_run_tensor_parallel_2_gives_the_same_tokens(tmp_path):
     assert two["n_kept"] == one["n_kept"]
     assert runs[2]["models"]["target"]["tensor_parallel"] == 2
     assert runs[2]["memory_plan"]["tensor_parallel"] == 2
+    # the loading peak of each of the target's devices (None: the CPU reports no memory)
+    assert len(runs[2]["loading"]["device_peaks_bytes"]) == 2, runs[2]["loading"]
+    assert "device_peaks_bytes" not in runs[1]["loading"], runs[1]["loading"]
     assert "x 2 devices" in p.stdout and "per device" in p.stdout
 
 

@@ -6,6 +6,12 @@ present. Tensors are memory-mapped and put on the default device one at a time, 
 never holds a second copy of the model. All problems are reported in one `CheckpointError`; an
 unreadable file is reported once, without the list of tensors it would have held.
 
+Placement (`place`, a params.Placement from the caller, e.g. sharding.Placement for a target
+split over N devices): asked once, before any tensor is read, where every tensor goes (so a
+layout it refuses fails before any transfer); each tensor then goes from its memory map (or
+its host quantization) straight into its layout, each device receiving only its own slice. A
+target too big for one device is never whole on one device, not even one tensor at a time.
+
 Quantization (models/quant.py, docs/design.md section 8): a checkpoint written by
 `pflash-convert --quantize` has quantization.json and stores each projection as
 `layers.NAME.qvalues` + `layers.NAME.scale`; it loads as stored. `load_model(quantize=...)`
@@ -20,13 +26,22 @@ import dataclasses
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from pflash_jax.models import quant
 from pflash_jax.models.config import Qwen3Config
-from pflash_jax.models.params import PROJECTIONS, Params, param_shapes, unflatten
+from pflash_jax.models.params import (
+    PROJECTIONS,
+    Params,
+    Placement,
+    abstract_params,
+    param_shapes,
+    put,
+    shardings_of,
+    unflatten,
+)
 from pflash_jax.models.tokenizer import Tokenizer
 from pflash_jax.models.weights import (
+    DTYPES,
     CheckpointError,
     TensorRef,
     check_tensors,
@@ -54,7 +69,8 @@ def _is_projection(name: str) -> bool:
     return name.removeprefix("layers.") in PROJECTIONS
 
 
-def load_model(path: str | Path, *, dtype=None, quantize: str | None = None) -> Model:
+def load_model(path: str | Path, *, dtype=None, quantize: str | None = None,
+               place: Placement | None = None) -> Model:
     """Load a converted checkpoint.
 
     dtype: cast on device (default: the file's dtype); of a quantized model it casts the
@@ -62,6 +78,7 @@ def load_model(path: str | Path, *, dtype=None, quantize: str | None = None) -> 
     quantize: None, or "int8" / "int4" / "fp8" to quantize the layer projections while loading,
     from the values as stored. A checkpoint stored quantized loads as stored (quantize must be
     None or its own format: re-quantizing quantized values would compound both errors).
+    place: where the tensors go (module docstring); None: the default device.
     """
     path = Path(path)
     if quantize is not None:
@@ -100,16 +117,23 @@ def load_model(path: str | Path, *, dtype=None, quantize: str | None = None) -> 
                         f"has one dtype")
     if problems:
         raise CheckpointError(problems)
+    (code,) = dtypes  # one: checked above
+    fmt, group = stored if stored is not None else (quantize, None)
+    abstract = (abstract_params(cfg, DTYPES[code]) if fmt is None else
+                quant.abstract_quantized(cfg, fmt, DTYPES[code], group or quant.INT4_GROUP))
+    shardings = shardings_of(place, cfg, abstract)
     flat = {}
     for name in param_shapes(cfg):
+        where = shardings.get(name)
         if stored is not None and _is_projection(name):
             w = quant.from_disk(refs[f"{name}.qvalues"].array(), refs[f"{name}.scale"].array(),
                                 *stored)
-            flat[name] = quant.to_device(w)
+            flat[name] = quant.to_device(w, where)
         elif quantize is not None and _is_projection(name):
-            flat[name] = quant.to_device(quant.quantize_array(refs[name].array(), quantize))
+            flat[name] = quant.to_device(quant.quantize_array(refs[name].array(), quantize),
+                                         where)
         else:
-            a = jnp.asarray(refs[name].array())
+            a = put(refs[name].array(), where)  # a cast keeps the layout (elementwise)
             flat[name] = a if dtype is None else a.astype(dtype)
     params = jax.block_until_ready(unflatten(flat))
     tok_path = path / "tokenizer.json"

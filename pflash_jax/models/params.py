@@ -4,14 +4,19 @@ Names mirror Hugging Face (`q_proj`, `k_norm`, `input_layernorm`) so the weight 
 identity. Kernels are Flax-native [in, out]; stacking on L lets `lax.scan` compile one layer.
 Flattened names (`embed_tokens`, `layers.q_proj`, `norm`, `lm_head`) are the keys of the
 converted safetensors file. A quantized model holds a `quant.QuantizedWeight` (values + scale)
-where a projection's [in, out] array sits (PROJECTIONS; docs/design.md section 8). No device
-placement here: callers (loader, benchmarks, a future sharded setup) decide where arrays live.
+where a projection's [in, out] array sits (PROJECTIONS; docs/design.md section 8).
+
+No placement decisions here: the caller decides where arrays live, by passing a `Placement`
+(e.g. `sharding.Placement`, tensor parallelism) to the loader and the random inits, which then
+make each tensor in its final layout (`put` from the host, `constrain` inside a jit) instead of
+making it on one device and moving it: a 32B target split over two 24 GB cards never fits one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from functools import partial
 
 import jax
@@ -79,6 +84,37 @@ def param_shapes(cfg: Qwen3Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+# Where a model's tensors go, decided by the caller: place(cfg, abstract) takes the Params tree
+# of ShapeDtypeStructs of what will be made (quantized projections as QuantizedWeight nodes of
+# them) and returns the same tree of jax.sharding.Sharding. None: the default device.
+Placement = Callable[[Qwen3Config, Params], Params]
+
+
+def abstract_params(cfg: Qwen3Config, dtype) -> Params:
+    """The parameter pytree of `cfg` as ShapeDtypeStructs (no memory allocated)."""
+    return unflatten({k: jax.ShapeDtypeStruct(s, dtype) for k, s in param_shapes(cfg).items()})
+
+
+def shardings_of(place: Placement | None, cfg: Qwen3Config, abstract: Params) -> dict:
+    """Flattened name -> sharding (a QuantizedWeight of them for a quantized projection) that
+    `place` gives the tensors of `abstract`; {} (every name: None) without a placement."""
+    return {} if place is None else flatten(place(cfg, abstract))
+
+
+def put(host, sharding=None) -> jax.Array:
+    """A host array on the default device, or laid out as `sharding` says: each device gets
+    only its own slice, copied from the host (never the whole tensor on one device first)."""
+    if sharding is None:
+        return jnp.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def constrain(x, sharding):
+    """Inside a jit: x laid out as `sharding` (None: left to XLA). The partitioner then makes
+    each device's shard where it lives (random bits included: threefry is partitionable)."""
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
 def flatten(params: Params) -> dict[str, jax.Array]:
     flat = {"embed_tokens": params.embed_tokens, "norm": params.norm}
     flat |= {f"layers.{k}": getattr(params.layers, k) for k in LAYER_FIELDS}
@@ -142,14 +178,23 @@ def tensor_keys(cfg: Qwen3Config, key: jax.Array) -> dict[str, jax.Array]:
     return dict(zip(shapes, jax.random.split(key, len(shapes)), strict=True))
 
 
-@partial(jax.jit, static_argnames=("cfg", "dtype", "std"))
-def init_params(cfg: Qwen3Config, key: jax.Array, dtype=jnp.bfloat16, std: float = 0.02) -> Params:
-    """Random weights of the real shapes, made on the default device (timing, tests).
+def init_params(cfg: Qwen3Config, key: jax.Array, dtype=jnp.bfloat16, std: float = 0.02,
+                place: Placement | None = None) -> Params:
+    """Random weights of the real shapes, made on the default device (timing, tests), or
+    where `place` says (each device draws its own shards: the same values).
 
     Generated directly in `dtype` inside one jit: an 8B model is ~16 GB of bf16 and never
     visits the host. Quantized random weights that never exist in bf16 on the device as a
     whole: `quant.init_quantized_params` (the same values, quantized one layer at a time).
     """
+    shardings = None if place is None else place(cfg, abstract_params(cfg, dtype))
+    return _init_params(cfg, key, dtype, std, shardings)
+
+
+# shardings: a Params tree of Shardings, static (hashable: frozen dataclasses all the way down)
+@partial(jax.jit, static_argnames=("cfg", "dtype", "std", "shardings"))
+def _init_params(cfg, key, dtype, std, shardings):
     keys = tensor_keys(cfg, key)
-    return unflatten({name: random_tensor(name, shape, keys[name], dtype, std)
-                      for name, shape in param_shapes(cfg).items()})
+    params = unflatten({name: random_tensor(name, shape, keys[name], dtype, std)
+                        for name, shape in param_shapes(cfg).items()})
+    return constrain(params, shardings)

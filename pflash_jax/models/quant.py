@@ -63,9 +63,15 @@ import numpy as np
 from pflash_jax.models.params import (
     PROJECTIONS,
     Params,
+    Placement,
+    abstract_params,
+    constrain,
+    flatten,
     layer_tensor,
     param_shapes,
+    put,
     random_tensor,
+    shardings_of,
     tensor_keys,
     unflatten,
 )
@@ -171,8 +177,34 @@ def quantize_array(w, fmt: str, group: int = INT4_GROUP) -> QuantizedWeight:
     return QuantizedWeight(values, scale, fmt, g)
 
 
-def to_device(w: QuantizedWeight) -> QuantizedWeight:
-    return jax.tree.map(jnp.asarray, w)
+def to_device(w: QuantizedWeight, sharding: QuantizedWeight | None = None) -> QuantizedWeight:
+    """A host QuantizedWeight on the default device, or laid out as `sharding` (a
+    QuantizedWeight of Shardings, a Placement's) says: values and scale each go from the host
+    straight to their shards (params.put)."""
+    if sharding is None:
+        return jax.tree.map(put, w)
+    return jax.tree.map(put, w, sharding)
+
+
+def abstract_weight(shape: tuple[int, ...], fmt: str, group: int = INT4_GROUP) -> QuantizedWeight:
+    """What `quantize_array` makes of a weight of `shape` [..., in, out], as ShapeDtypeStructs
+    (no memory): what a Placement is asked about before the weight exists."""
+    *lead, n_in, n_out = shape
+    f32 = np.dtype(np.float32)
+    if fmt != "int4":
+        return QuantizedWeight(jax.ShapeDtypeStruct(tuple(shape), STORAGE[fmt]),
+                               jax.ShapeDtypeStruct((*lead, n_out), f32), fmt, None)
+    g = int4_group(n_in, group)
+    return QuantizedWeight(jax.ShapeDtypeStruct((*lead, n_in, n_out // 2), STORAGE[fmt]),
+                           jax.ShapeDtypeStruct((*lead, n_in // g, n_out), f32), fmt, g)
+
+
+def abstract_quantized(cfg, fmt: str, dtype, group: int = INT4_GROUP) -> Params:
+    """params.abstract_params with the projections as `abstract_weight`s."""
+    flat = flatten(abstract_params(cfg, dtype))
+    for name in PROJECTIONS:
+        flat[f"layers.{name}"] = abstract_weight(flat[f"layers.{name}"].shape, fmt, group)
+    return unflatten(flat)
 
 
 def matmul(x, w):
@@ -234,36 +266,41 @@ def quantize_layer(w, fmt: str, group: int | None):
     return pack_int4(jnp, q.reshape(n_in, n_out)), s[:, 0]
 
 
-@partial(jax.jit, static_argnames=("shape", "fmt", "group", "dtype", "std"))
-def _random_quantized(key, shape, fmt, group, dtype, std):
+@partial(jax.jit, static_argnames=("shape", "fmt", "group", "dtype", "std", "sharding"))
+def _random_quantized(key, shape, fmt, group, dtype, std, sharding=None):
     """A stacked [L, in, out] random weight quantized layer by layer (lax.map): only one
-    layer's full-precision matrix is ever live on the device."""
+    layer's full-precision matrix is ever live on the device (with `sharding`, a
+    QuantizedWeight of Shardings: made in that layout, one layer's shard per device)."""
     def one(k):
         return quantize_layer(layer_tensor(k, shape[1:], dtype, std), fmt, group)
 
     values, scale = jax.lax.map(one, jax.random.split(key, shape[0]))
-    return QuantizedWeight(values, scale, fmt, group)
+    return constrain(QuantizedWeight(values, scale, fmt, group), sharding)
 
 
-_random_plain = jax.jit(partial(random_tensor, sequential=True),
-                        static_argnames=("name", "shape", "dtype", "std"))
+@partial(jax.jit, static_argnames=("name", "shape", "dtype", "std", "sharding"))
+def _random_plain(name, shape, key, dtype, std, sharding=None):
+    return constrain(random_tensor(name, shape, key, dtype, std, sequential=True), sharding)
 
 
 def init_quantized_params(cfg, key: jax.Array, fmt: str, dtype=jnp.bfloat16, std: float = 0.02,
-                          group: int = INT4_GROUP) -> Params:
+                          group: int = INT4_GROUP, place: Placement | None = None) -> Params:
     """`params.init_params(cfg, key, dtype, std)` with its projections quantized to `fmt`,
-    made on the default device one tensor (and one layer of a projection) at a time: a
-    Qwen3-32B in int4 needs ~20 GB, its bf16 init ~65 GB, which a 24 GiB card cannot hold.
+    made on the default device (or where `place` says, each device making its own shards) one
+    tensor (and one layer of a projection) at a time: a Qwen3-32B in int4 needs ~20 GB, its
+    bf16 init ~65 GB, which a 24 GiB card cannot hold.
     Equal to `quantize_params(init_params(...), fmt)` (tests/models/test_quant.py)."""
     check_format(fmt)
     keys = tensor_keys(cfg, key)
+    shardings = shardings_of(place, cfg, abstract_quantized(cfg, fmt, dtype, group))
     flat = {}
     for name, shape in param_shapes(cfg).items():
         if name.split(".")[-1] in PROJECTIONS:
             g = int4_group(shape[1], group) if fmt == "int4" else None
-            flat[name] = _random_quantized(keys[name], shape, fmt, g, dtype, std)
+            flat[name] = _random_quantized(keys[name], shape, fmt, g, dtype, std,
+                                           shardings.get(name))
         else:
-            flat[name] = _random_plain(name, shape, keys[name], dtype, std)
+            flat[name] = _random_plain(name, shape, keys[name], dtype, std, shardings.get(name))
     return unflatten(flat)
 
 
@@ -310,16 +347,12 @@ def stored_layout(shapes: dict[str, tuple[int, ...]], fmt: str,
     check_format(fmt)
     out = {}
     for proj in PROJECTIONS:
-        *lead, n_in, n_out = shapes[f"layers.{proj}"]
-        if fmt == "int4":
-            if n_out % 2:
-                raise ValueError(f"int4: layers.{proj} has an odd output dim {n_out}")
-            g = int4_group(n_in, group)
-            out[f"layers.{proj}.qvalues"] = ((*lead, n_in, n_out // 2), DISK_CODES[fmt])
-            out[f"layers.{proj}.scale"] = ((*lead, n_in // g, n_out), "F32")
-        else:
-            out[f"layers.{proj}.qvalues"] = ((*lead, n_in, n_out), DISK_CODES[fmt])
-            out[f"layers.{proj}.scale"] = ((*lead, n_out), "F32")
+        shape = shapes[f"layers.{proj}"]
+        if fmt == "int4" and shape[-1] % 2:
+            raise ValueError(f"int4: layers.{proj} has an odd output dim {shape[-1]}")
+        w = abstract_weight(shape, fmt, group)
+        out[f"layers.{proj}.qvalues"] = (w.values.shape, DISK_CODES[fmt])
+        out[f"layers.{proj}.scale"] = (w.scale.shape, "F32")
     return out
 
 
