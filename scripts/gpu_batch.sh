@@ -31,6 +31,10 @@
 #             (default 2.5 + 6) plus compiles; its bf16 export comes back in the archive
 #   evalv2    experiments/eval_tiny.py on V2_DIR (default: trainv2's export), EVAL_CASES cases
 #             per task and length (50), EVAL_LENGTHS ([4096,16384,32768])
+#   ee:K1,K2  early-exit scoring on V2_DIR: eval_tiny with score_layers=K (recall and PFlash
+#             accuracy, EVAL_CASES cases, EVAL_LENGTHS, EE_TASKS), one run per K
+#   speedupee experiment=speedup at 131072, selection.score_layers=EE_LAYERS (null,14) in one
+#             process, full prefill beside each row
 #   quality@S1,S2  the same for these lengths only (e.g. quality@4096,8192 then quality@16384
 #             separately: ~8-10 min each on an H100, first job compiling ~1.5-2.5 min);
 #             QUALITY_TASKS=a,b,c limits the tasks (default: the experiment file's eight)
@@ -129,6 +133,18 @@ for s in "$@"; do
         models_dir="${V2_DIR:-$OUT/trainv2/s3/export}" n_cases="${EVAL_CASES:-50}" \
         "lengths=${EVAL_LENGTHS:-[4096,16384,32768]}" out_dir="$OUT/evalv2" \
         hydra.run.dir=/tmp/evalv2_hydra ;;
+    ee:*)  # early-exit recall and accuracy on V2_DIR: one eval_tiny run per score_layers value
+      IFS=, read -ra ks <<< "${s#ee:}"
+      for k in "${ks[@]}"; do
+        stage "ee_k$k" "${EE_LIMIT:-120}" python3 experiments/eval_tiny.py \
+          models_dir="${V2_DIR:-$OUT/trainv2/s3/export}" n_cases="${EVAL_CASES:-100}" \
+          "lengths=${EVAL_LENGTHS:-[16384,32768]}" "tasks=${EE_TASKS:-[niah_single,niah_multikey]}" \
+          with_full=false "overrides={score_layers: $k}" out_dir="$OUT/ee_k$k" \
+          hydra.run.dir="/tmp/ee_k${k}_hydra"
+      done ;;
+    speedupee) stage speedupee "${SPEEDUP_LIMIT:-240}" python3 experiments/run.py -m \
+        experiment=speedup task.seq_len=131072 "selection.score_layers=${EE_LAYERS:-null,14}" \
+        hydra.sweep.dir="$OUT/speedupee" ;;
     trainv2) stage trainv2 "${TRAIN_LIMIT:-560}" env OUT="$OUT/trainv2" bash scripts/train_v2.sh ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
