@@ -1,7 +1,8 @@
 """Probe: where alpha-mode block selection spends its time at long S, and which rewrites of its
-pieces are faster (GPU). Every variant is checked equal to the current code before it is timed.
+pieces are faster (GPU); fixed-density selection's fused and unfused paths beside it. Every
+variant is checked equal to the current code before it is timed.
 
-    python experiments/probe_selection.py --seq 131072 --heads 16 --out DIR
+    python experiments/probe_selection.py --seq 131072 --heads 16 --density 0.1 --out DIR
 
 Prints one table (ms per call, median of repeats) and writes DIR/probe_selection.json.
 """
@@ -17,6 +18,7 @@ import numpy as np
 
 from pflash_jax import bench
 from pflash_jax.attention import blockmask, selection, selection_triton
+from pflash_jax.attention.selection_common import density_budget
 from pflash_jax.attention.selection_triton import MassTiles
 
 
@@ -118,11 +120,42 @@ def check_fused(fused, base, mass, *, alpha: float) -> None:
     np.testing.assert_array_equal(np.asarray(fused.indices), np.asarray(idx))
 
 
+def fixed_density_threshold(mass, density: float):
+    """float [B,N,M,1]: each row's budget-th largest score, the unfused path's threshold among
+    its mass-decided blocks (+inf where the structural blocks fill the budget). Default
+    structural parameters (sink 2, window 4, last_full 2), as the timed calls use."""
+    M = mass.shape[-1]
+    structural = np.asarray(selection.structural_mask(M, sink=2, window=4, last_full=2))
+    cand = np.tri(M, dtype=bool) & ~structural
+    r = np.asarray(density_budget(density, M)) - structural.sum(-1)  # [M]
+    ranked = -np.sort(-np.where(cand, mass, -np.inf), axis=-1)
+    nth = np.broadcast_to(np.clip(r - 1, 0, M - 1)[:, None], mass.shape[:-1] + (1,))
+    return np.where(r[:, None] > 0, np.take_along_axis(ranked, nth, axis=-1), np.inf)
+
+
+def check_fixed_fused(fused, base, mass, *, density: float) -> None:
+    """check_fused for fixed density: masks may differ only within 1e-5 (relative) of the row's
+    reference threshold, rows keep at least their budget, the compressed layout is exact."""
+    mass = np.asarray(mass)
+    thr = fixed_density_threshold(mass, density)
+    diff = np.asarray(fused.mask) != np.asarray(base.mask)
+    far = diff & ~(np.isfinite(thr) & (np.abs(mass - thr) <= 1e-5 * thr))
+    print(f"fixed density fused vs unfused: {diff.sum()} mask entries differ, {far.sum()} away "
+          f"from the threshold (of {diff.size})")
+    assert not far.any()
+    M = mass.shape[-1]
+    assert np.all(np.asarray(fused.counts) >= np.asarray(density_budget(density, M)))
+    idx, cnt = jax.jit(blockmask.compress)(fused.mask)
+    np.testing.assert_array_equal(np.asarray(fused.counts), np.asarray(cnt))
+    np.testing.assert_array_equal(np.asarray(fused.indices), np.asarray(idx))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seq", type=int, default=131072)
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--density", type=float, default=0.1, help="fixed-density rows' density")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -153,6 +186,18 @@ def main() -> None:
     sel = jax.jit(lambda q, k: selection.select_blocks(q, k, alpha=0.1))
     check_fused(sel(q, k), base, selection.block_mass(q, k, block_size=128), alpha=0.1)
     timed("select_blocks (current: fused epilogue kernel)", sel, q, k)
+    # Fixed density (random-weight speed runs): the unfused path sorts every [M] row of the
+    # dense mass; the fused one finds the threshold by bisection in the select kernel.
+    fixed_unfused = jax.jit(lambda q, k, d: selection.select_blocks_fixed_density_unfused(
+        q, k, density=d))
+    fixed = jax.jit(lambda q, k, d: selection.select_blocks_fixed_density(q, k, density=d))
+    d = jnp.float32(a.density)
+    check_fixed_fused(fixed(q, k, d), fixed_unfused(q, k, d),
+                      selection.block_mass(q, k, block_size=128), density=a.density)
+    timed(f"select_blocks_fixed_density {a.density} unfused (sort + from_dense)", fixed_unfused,
+          q, k, d)
+    timed(f"select_blocks_fixed_density {a.density} (current: fused select kernel)", fixed,
+          q, k, d)
     chunks = jax.jit(lambda q, k: selection_triton.mass_chunks(q, k, block_size=128,
                                                                interpret=False))
     timed("mass kernel alone (fused total minus this = epilogue kernel)", chunks, q, k)
@@ -193,12 +238,13 @@ def main() -> None:
 
     prov = bench.provenance()
     print(f"# selection probe ({prov['device']}, jax {prov['jax']}, commit {prov['commit']}), "
-          f"S={a.seq}, {a.heads}/{a.kv_heads} heads, alpha 0.1, random bf16")
+          f"S={a.seq}, {a.heads}/{a.kv_heads} heads, alpha 0.1, density {a.density}, random bf16")
     for r in rows:
         print(f"| {r['piece']} | {r['ms']:.3f} |")
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
-        bench.write_metrics(a.out / "probe_selection.json", {"seq": a.seq, "rows": rows})
+        bench.write_metrics(a.out / "probe_selection.json",
+                            {"seq": a.seq, "density": a.density, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ With block size b and M = ceil(S / b) blocks, per batch row and query head:
    and keeps exp from overflowing.
 4. alpha mode (`select_blocks`): keep n if mass[m, n] >= alpha * max_n' mass[m, n'] (alpha on this
    NORMALISED scale, FlashPrefill's 0.08-0.18; not the unnormalised 0.7-0.85 of other systems).
-   Fixed-density mode (`select_blocks_fixed_density`): keep ceil(density * (m + 1)) blocks of row m
-   (structural ones first, then highest mass), for controlled timing on random weights.
+   Fixed-density mode (`select_blocks_fixed_density`): row m's budget is
+   clip(ceil(density * (m + 1)), 1, m + 1) blocks; structural ones score +inf, the others their
+   mass, and every causal block scoring >= the budget-th largest score is kept (so structural
+   ones first, even past the budget, then highest mass; ties at the last place all kept). For
+   controlled timing on random weights.
 5. Structural blocks are always kept: sinks (n < sink), the local window (m - window < n <= m, the
    diagonal included), and every block of the last `last_full` query blocks. Then AND causal.
 
@@ -26,12 +29,16 @@ triton on a GPU or in interpret mode, xla otherwise):
   11.8 ms with "xla").
 Steps 1 and 5's predicate, which both backends use, are in selection_common.py.
 
-alpha mode with "triton" and share="none" does not build the dense mass at all: a second Triton
-kernel (selection_triton.select_blocks_fused) thresholds, adds the structural blocks and
-compresses in registers, writing the BlockMask directly (1.49 -> 1.21 ms for the whole selection
-at 128K, 16 heads on an H100). Every other combination goes through the dense mass and
-BlockMask.from_dense (`select_blocks_unfused`, also the fused path's reference: identical masks
-in interpret mode, within a few ulps of the threshold compiled).
+With "triton" and share="none" neither mode builds the dense mass: a second Triton kernel
+(selection_triton.select_blocks_fused / select_blocks_fixed_density_fused) thresholds, adds the
+structural blocks and compresses in registers, writing the BlockMask directly (alpha mode: 1.49
+-> 1.21 ms for the whole selection at 128K, 16 heads on an H100). In fixed-density mode it finds
+each row's threshold by a 31-step bisection over the float32 bit patterns instead of the unfused
+path's sort of every row (0.76 ms a drafter layer at 128K, 16 heads on an H200; the fused path
+is not timed yet: experiments/probe_selection.py). Every other combination goes through the
+dense mass and BlockMask.from_dense (`select_blocks_unfused`,
+`select_blocks_fixed_density_unfused`, also the fused paths' references: identical masks in
+interpret mode, within a few ulps of the threshold compiled).
 
 GQA (`share`): selection is per query head (kbar from the head's kv group). `share="union"` keeps
 the union of a kv group's per-head masks, `share="mean"` thresholds the group's mean mass; both
@@ -53,11 +60,12 @@ import jax.numpy as jnp
 
 from pflash_jax.attention.api import resolve_mass
 from pflash_jax.attention.blockmask import BlockMask
-from pflash_jax.attention.selection_common import block_means, is_structural
+from pflash_jax.attention.selection_common import block_means, density_budget, is_structural
 from pflash_jax.attention.selection_triton import (
     MASS_TILES,
     MassTiles,
     block_mass_triton,
+    select_blocks_fixed_density_fused,
     select_blocks_fused,
 )
 from pflash_jax.attention.selection_xla import block_mass_xla
@@ -66,7 +74,7 @@ from pflash_jax.attention.selection_xla import block_mass_xla
 # keeps working for code written before the split.
 __all__ = ["MASS_TILES", "SHARE_MODES", "MassTiles", "block_mass", "block_mass_triton",
            "block_mass_xla", "block_means", "select_blocks", "select_blocks_fixed_density",
-           "select_blocks_unfused", "structural_mask"]
+           "select_blocks_fixed_density_unfused", "select_blocks_unfused", "structural_mask"]
 
 SHARE_MODES = ("none", "union", "mean")
 
@@ -145,7 +153,25 @@ def select_blocks_fixed_density(q, k, *, density: float, block_size: int = 128, 
                                 window: int = 4, last_full: int = 2, share: str = "none",
                                 impl: str = "auto", interpret: bool = False) -> BlockMask:
     """Keep ceil(density * (m + 1)) causal blocks in query block m: structural blocks first
-    (always, even past the budget), then the highest-mass ones. density=1 keeps everything."""
+    (always, even past the budget), then the highest-mass ones (ties at the last place all
+    kept). density=1 keeps everything."""
+    _check(q, k, share)
+    if resolve_mass(impl, interpret) == "triton" and share == "none":
+        return select_blocks_fixed_density_fused(q, k, density, block_size=block_size,
+                                                 sink=sink, window=window,
+                                                 last_full=last_full, interpret=interpret)
+    return select_blocks_fixed_density_unfused(q, k, density=density, block_size=block_size,
+                                               sink=sink, window=window, last_full=last_full,
+                                               share=share, impl=impl, interpret=interpret)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def select_blocks_fixed_density_unfused(q, k, *, density: float, block_size: int = 128,
+                                        sink: int = 2, window: int = 4, last_full: int = 2,
+                                        share: str = "none", impl: str = "auto",
+                                        interpret: bool = False) -> BlockMask:
+    """select_blocks_fixed_density through the dense mass, a sort per row and
+    BlockMask.from_dense: every impl and share mode, and the fused path's reference."""
     _check(q, k, share)
     S, K = q.shape[1], k.shape[2]
     mass = block_mass(q, k, block_size=block_size, impl=impl, interpret=interpret)
@@ -156,7 +182,7 @@ def select_blocks_fixed_density(q, k, *, density: float, block_size: int = 128, 
     structural = structural_mask(M, sink=sink, window=window, last_full=last_full)
     causal = m[None, :] <= m[:, None]
     score = jnp.where(structural, jnp.inf, jnp.where(causal, mass, -jnp.inf))
-    budget = jnp.clip(jnp.ceil(density * (m + 1)).astype(jnp.int32), 1, m + 1)  # [M]
+    budget = density_budget(density, M)  # [M]
     ranked = -jnp.sort(-score, axis=-1)  # descending
     nth = jnp.broadcast_to(budget[:, None] - 1, ranked.shape[:-1] + (1,))
     thr = jnp.take_along_axis(ranked, nth, axis=-1)  # the budget-th largest score of the row

@@ -1,10 +1,10 @@
-"""The two pieces of FlashPrefill block selection that every backend needs (selection.py's
-steps 1 and 5; docs/design.md 1.1): the block means of the keys and the structural-block
-predicate.
+"""The pieces of FlashPrefill block selection that every backend needs (selection.py's
+steps 1, 4 and 5; docs/design.md 1.1): the block means of the keys, the structural-block
+predicate and the fixed-density budget.
 
 They live here, not in selection.py, because selection.py dispatches to the backends
-(selection_xla.py, selection_triton.py) and re-exports these two: a backend importing them from
-selection.py would close an import cycle.
+(selection_xla.py, selection_triton.py) and re-exports the first two: a backend importing them
+from selection.py would close an import cycle.
 """
 
 from __future__ import annotations
@@ -27,3 +27,11 @@ def is_structural(m, n, *, n_blocks: int, sink: int, window: int, last_full: int
     causal cut): a sink column, the local window (diagonal included) or a last query row.
     Shared by selection.structural_mask and the fused selection kernel (selection_triton.py)."""
     return (n < sink) | (n > m - window) | (m >= n_blocks - last_full) | (n == m)
+
+
+def density_budget(density, n_blocks: int):
+    """int32 [M]: fixed-density mode's budget of each query block m, clip(ceil(density *
+    (m + 1)), 1, m + 1). Shared by selection.select_blocks_fixed_density_unfused and the fused
+    path, which must agree on it to the block."""
+    m = jnp.arange(n_blocks)
+    return jnp.clip(jnp.ceil(density * (m + 1)).astype(jnp.int32), 1, m + 1)

@@ -1,6 +1,7 @@
 """FlashPrefill block selection on Pallas' Triton backend: the block-mass kernel
-(selection.block_mass(impl="triton"), selection.py step 3) and the fused alpha-mode selection
-kernel (select_blocks with impl="triton", share="none"; steps 3-5). docs/design.md 1.1.
+(selection.block_mass(impl="triton"), selection.py step 3) and the fused selection kernel, alpha
+or fixed-density mode (select_blocks / select_blocks_fixed_density with impl="triton",
+share="none"; steps 3-5). docs/design.md 1.1.
 
 Mass kernel (`_mass_kernel`), one program per (query block m, query head, batch row), heaviest
 query blocks first: the scores s[i, n] = q_i . kbar[n] / sqrt(H) of the block's rows against BN =
@@ -26,6 +27,15 @@ compiled, the row sum's order and Triton's float32 division may round differentl
 which can flip only blocks within a few ulps of the threshold (the GPU test allows 1e-5
 relative).
 
+Fixed-density mode (`mode="density"`) replaces the alpha threshold by the unfused path's rule
+(selection.select_blocks_fixed_density_unfused): keep the causal non-structural blocks whose
+mass >= the r-th largest of theirs, r = budget(m) - #structural(m) (none if r <= 0), ties all
+kept. The r-th largest is found in registers by bisection over int32 bit patterns, which order
+as the floats do for non-negative float32 (the masses): 31 halvings of [0, one past +inf), each
+a count over the row's [Cp, chunk] values, instead of XLA's sort of every [M] row. The budgets
+(selection_common.density_budget, the same XLA expression as the unfused path) are a per-row
+input, so density is a runtime value like alpha.
+
 Layout: q [B,S,N,H], k [B,S,K,H] (query head h reads kv head h // G). The mass kernel writes
 e float32 [B,N,M,Cp*chunk] and c float32 [B,N,M,Cp], Cp = next power of two >= the number of
 chunks (Triton shapes are powers of two, and the select kernel holds a row as [Cp, chunk]).
@@ -46,7 +56,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pflash_jax.attention.blockmask import BlockMask
-from pflash_jax.attention.selection_common import block_means, is_structural
+from pflash_jax.attention.selection_common import block_means, density_budget, is_structural
 from pflash_jax.numerics import MASK_VALUE
 
 LOG2E = math.log2(math.e)
@@ -166,9 +176,36 @@ def block_mass_triton(q, k, *, block_size: int = 128, interpret: bool = False,
     return mass / jnp.sum(mass, axis=-1, keepdims=True)
 
 
-def _select_kernel(alpha_ref, e_ref, c_ref, mask_ref, idx_ref, count_ref, *, n_blocks: int,
-                   sink: int, window: int, last_full: int):
-    # alpha_ref [1]          the threshold (an input, not a constant: no recompile per alpha)
+# One past the bit pattern of +inf: every non-negative float32's pattern is below it.
+_PAST_INF_BITS = 0x7F800001
+
+
+def _sum2(x):
+    """Sum of a [Cp, chunk] tensor, one axis at a time: a two-axis jnp.sum fails to lower under
+    an abstract mesh (the CPU test's CUDA lowering), and Triton splits it that way anyway."""
+    return jnp.sum(jnp.sum(x, axis=1))
+
+
+def _nth_largest_bits(bits, cand, r):
+    """The largest t with #{cand & bits >= t} >= r (r >= 1): the bit pattern of the r-th
+    largest candidate. Bisection on [0, _PAST_INF_BITS), where the count is >= r at the bottom
+    and < r at the top: 31 halvings leave one value. For non-negative float32 the int32 bit
+    patterns order as the floats do, so `bits >= t` is the float comparison `mass >= thr`."""
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2  # not (lo + hi) // 2: that overflows int32
+        enough = _sum2((cand & (bits >= mid)).astype(jnp.int32)) >= r
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    bounds = (jnp.int32(0), jnp.int32(_PAST_INF_BITS))
+    return jax.lax.fori_loop(0, 31, halve, bounds)[0]
+
+
+def _select_kernel(param_ref, e_ref, c_ref, mask_ref, idx_ref, count_ref, *, mode: str,
+                   n_blocks: int, sink: int, window: int, last_full: int):
+    # param_ref [1]          mode "alpha": alpha float32; mode "density": row m's budget int32
+    #                        (inputs, not constants: no recompile per alpha or density)
     # e_ref     [Cp, chunk]  row m of the mass kernel's e: key block n = j * chunk + i at [j, i]
     # c_ref     [Cp]         the constant of each chunk j
     # mask_ref  [M] int8     out: dense keep row (int8: a bool ref would be i1 pointers)
@@ -181,16 +218,24 @@ def _select_kernel(alpha_ref, e_ref, c_ref, mask_ref, idx_ref, count_ref, *, n_b
     # Chunks past the diagonal's hold exact zeros: skipping their load changes no value.
     e = plgpu.load(e_ref, mask=jnp.broadcast_to((j <= m // chunk)[:, None], n.shape), other=0.0)
     c = c_ref[...]
-    # The same float32 operations as block_mass_triton's epilogue and the threshold in
-    # selection.select_blocks_unfused, so that the keep decisions match it (see the docstring).
-    # Reductions over [Cp, chunk] go one axis at a time: a two-axis jnp.sum fails to lower under
-    # an abstract mesh (the CPU test's CUDA lowering), and Triton splits it that way anyway.
+    # The same float32 operations as block_mass_triton's epilogue and the thresholds in
+    # selection.select_blocks_unfused / select_blocks_fixed_density_unfused, so that the keep
+    # decisions match them (see the docstring).
     scaled = e * jnp.exp2(c - jnp.max(c))[:, None]
-    mass = scaled / jnp.sum(jnp.sum(scaled, axis=1))
-    keep = mass >= alpha_ref[0] * jnp.max(jnp.max(mass, axis=1))
-    keep = keep | is_structural(m, n, n_blocks=n_blocks, sink=sink, window=window,
-                                last_full=last_full)
-    keep = keep & (n <= m)  # causal; it also drops the padding columns n >= M
+    mass = scaled / _sum2(scaled)
+    causal = n <= m  # it also drops the padding columns n >= M
+    structural = causal & is_structural(m, n, n_blocks=n_blocks, sink=sink, window=window,
+                                        last_full=last_full)
+    if mode == "alpha":
+        keep = (mass >= param_ref[0] * jnp.max(jnp.max(mass, axis=1))) & causal
+    else:  # "density": the unfused path's rule, score >= the budget-th largest score, where
+        # structural blocks score +inf: the top r = budget - #structural of the others, ties
+        # included; r <= 0 keeps the structural blocks alone.
+        cand = causal & ~structural
+        r = param_ref[0] - _sum2(structural.astype(jnp.int32))
+        bits = jax.lax.bitcast_convert_type(mass, jnp.int32)  # mass >= 0: sign bit clear
+        keep = cand & (bits >= _nth_largest_bits(bits, cand, r)) & (r > 0)
+    keep = keep | structural
     # Rank of every n among the kept (inclusive count): within a chunk by a cumsum along it,
     # plus the kept total of the chunks before it (exclusive cumsum of the chunk totals).
     kept = keep.astype(jnp.int32)
@@ -208,21 +253,21 @@ def _select_kernel(alpha_ref, e_ref, c_ref, mask_ref, idx_ref, count_ref, *, n_b
     count_ref[...] = count
 
 
-def select_blocks_fused(q, k, alpha, *, block_size: int, sink: int, window: int,
-                        last_full: int, interpret: bool, tiles: MassTiles = MASS_TILES,
-                        num_warps: int = 4) -> BlockMask:
-    """select_blocks for impl="triton", share="none": the mass kernel, then the select kernel.
-    num_warps: the select kernel's (tiles are the mass kernel's)."""
+def _select_fused(q, k, param, *, per_row: bool, mode: str, block_size: int, sink: int,
+                  window: int, last_full: int, interpret: bool, tiles: MassTiles,
+                  num_warps: int) -> BlockMask:
+    """The mass kernel, then the select kernel in `mode`; param [1] (one for all rows) or
+    [M] (per_row: entry m for query block m)."""
     e, c = mass_chunks(q, k, block_size=block_size, interpret=interpret, tiles=tiles)
     B, N, M, Cp, chunk = e.shape
-    kernel = functools.partial(_select_kernel, n_blocks=M, sink=sink, window=window,
+    kernel = functools.partial(_select_kernel, mode=mode, n_blocks=M, sink=sink, window=window,
                                last_full=last_full)
     row = lambda m, h, b: (b, h, m, 0)
     mask, indices, counts = pl.pallas_call(
         kernel,
         grid=(M, N, B),
         in_specs=[
-            pl.BlockSpec((1,), lambda m, h, b: (0,)),
+            pl.BlockSpec((1,), (lambda m, h, b: (m,)) if per_row else (lambda m, h, b: (0,))),
             pl.BlockSpec((None, None, None, Cp, chunk), lambda m, h, b: (b, h, m, 0, 0)),
             pl.BlockSpec((None, None, None, Cp), row),
         ],
@@ -235,8 +280,32 @@ def select_blocks_fused(q, k, alpha, *, block_size: int, sink: int, window: int,
                    jax.ShapeDtypeStruct((B, N, M), jnp.int32)],
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
-        name="flashprefill_select",
-    )(jnp.asarray(alpha, jnp.float32).reshape(1), e, c)
+        name=f"flashprefill_select_{mode}",
+    )(param, e, c)
     # The kernel enforces from_dense's invariants (diagonal kept, causal), so no second pass.
     return BlockMask(mask.astype(bool), indices, counts, block_size=block_size,
                      seq_len=q.shape[1])
+
+
+def select_blocks_fused(q, k, alpha, *, block_size: int, sink: int, window: int,
+                        last_full: int, interpret: bool, tiles: MassTiles = MASS_TILES,
+                        num_warps: int = 4) -> BlockMask:
+    """select_blocks for impl="triton", share="none": the mass kernel, then the select kernel.
+    num_warps: the select kernel's (tiles are the mass kernel's)."""
+    return _select_fused(q, k, jnp.asarray(alpha, jnp.float32).reshape(1), per_row=False,
+                         mode="alpha", block_size=block_size, sink=sink, window=window,
+                         last_full=last_full, interpret=interpret, tiles=tiles,
+                         num_warps=num_warps)
+
+
+def select_blocks_fixed_density_fused(q, k, density, *, block_size: int, sink: int,
+                                      window: int, last_full: int, interpret: bool,
+                                      tiles: MassTiles = MASS_TILES,
+                                      num_warps: int = 4) -> BlockMask:
+    """select_blocks_fixed_density for impl="triton", share="none": the mass kernel, then the
+    select kernel with each row's budget (selection_common.density_budget, computed as the
+    unfused path does). num_warps: the select kernel's."""
+    budget = density_budget(density, -(-q.shape[1] // block_size))
+    return _select_fused(q, k, budget, per_row=True, mode="density", block_size=block_size,
+                         sink=sink, window=window, last_full=last_full, interpret=interpret,
+                         tiles=tiles, num_warps=num_warps)

@@ -238,6 +238,19 @@ def test_compress_empty_row():
     assert int(cnt[0]) == 0 and np.all(np.asarray(idx) == 0)
 
 
+def _assert_same_blockmask(got, exp, what):
+    """Every field equal; on failure: how many entries differ and where the first few are."""
+    for field in ("mask", "indices", "counts"):
+        a, b = np.asarray(getattr(got, field)), np.asarray(getattr(exp, field))
+        assert a.shape == b.shape and a.dtype == b.dtype, (
+            f"{what} {field}: {a.shape} {a.dtype} vs {b.shape} {b.dtype}")
+        bad = np.argwhere(a != b)
+        where = ", ".join(f"{tuple(int(i) for i in at)}: {a[tuple(at)]} vs {b[tuple(at)]}"
+                          for at in bad[:5])
+        assert not len(bad), (
+            f"{what} {field}: {len(bad)} of {a.size} entries differ (b, h, m[, n]) {where}")
+
+
 # S, block size, N, K, B, dtype, alpha, (sink, window, last_full)
 FUSED_CASES = [
     (20, 32, 4, 2, 1, jnp.float32, 0.05, (2, 4, 2)),  # one block
@@ -258,16 +271,13 @@ def test_fused_select_equals_unfused(S, bs, N, K, B, dtype, alpha, structural):
     kw = dict(alpha=alpha, block_size=bs, sink=sink, window=window, last_full=last_full,
               impl="triton", interpret=True)
     got = select_blocks(q, k, **kw)
-    exp = selection.select_blocks_unfused(q, k, **kw)
-    for field in ("mask", "indices", "counts"):
-        a, b = np.asarray(getattr(got, field)), np.asarray(getattr(exp, field))
-        assert a.shape == b.shape and a.dtype == b.dtype, f"{field}: {a.shape} {a.dtype}"
-        assert np.array_equal(a, b), f"{field}: {(a != b).sum()} of {a.size} entries differ"
+    _assert_same_blockmask(got, selection.select_blocks_unfused(q, k, **kw), f"alpha S={S}")
     assert S <= bs or float(got.density()) < 1, "all kept: the threshold was not exercised"
 
 
 def test_fused_select_lowers_for_cuda(monkeypatch):
-    """The Triton lowering of both kernels runs here for an abstract H100 (it needs a target
+    """The Triton lowering of the kernels (mass, then select in both modes) runs here for an
+    abstract H100 (it needs a target
     GPU), and every Triton module it builds must verify: lowering errors show up on the CPU,
     PTX compilation only on a GPU. M = 300 (not a power of two, three chunks padded to four)."""
     from jax._src.pallas.triton import pallas_call_registration as registration
@@ -286,11 +296,106 @@ def test_fused_select_lowers_for_cuda(monkeypatch):
     mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=dev)
     q = jax.ShapeDtypeStruct((1, 300 * 128 - 5, 4, 128), jnp.bfloat16)
     k = jax.ShapeDtypeStruct((1, 300 * 128 - 5, 2, 128), jnp.bfloat16)
-    f = jax.jit(lambda q, k: select_blocks(q, k, alpha=0.1, impl="triton", interpret=False))
+    alpha = jax.jit(lambda q, k: select_blocks(q, k, alpha=0.1, impl="triton"))
+    # density traced: the fused fixed-density path takes it at run time
+    fixed = jax.jit(lambda q, k, d: select_blocks_fixed_density(q, k, density=d, impl="triton"))
     with jax.sharding.use_abstract_mesh(mesh):
-        text = f.trace(q, k).lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count("__gpu$xla.gpu.triton") == 2
-    assert sorted(names) == ["flashprefill_block_mass", "flashprefill_select"]
+        for f, args in [(alpha, (q, k)), (fixed, (q, k, jax.ShapeDtypeStruct((), jnp.float32)))]:
+            text = f.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+            assert text.count("__gpu$xla.gpu.triton") == 2
+    assert sorted(names) == ["flashprefill_block_mass"] * 2 + [
+        "flashprefill_select_alpha", "flashprefill_select_density"]
+
+
+def np_budget(density, M):
+    """clip(ceil(density * (m + 1)), 1, m + 1) with the product in float32, as the paths do
+    (in float64, 0.3 * 10 rounds up past 3 and its ceil is 4; in float32 it is 3)."""
+    m1 = np.arange(1, M + 1)
+    return np.clip(np.ceil(np.float32(density) * m1.astype(np.float32)).astype(int), 1, m1)
+
+
+def np_fixed_ties(mass, budget, structural):
+    """Fixed-density rule with ties, on a given mass [B,N,M,M]: structural blocks, plus the
+    causal others whose mass >= the r-th largest of theirs, r = budget - #structural."""
+    M = mass.shape[-1]
+    cand = np.tri(M, dtype=bool) & ~structural
+    keep = np.broadcast_to(structural, mass.shape).copy()
+    for b, h, m in np.ndindex(mass.shape[:3]):
+        r = budget[m] - structural[m].sum()
+        if r > 0:
+            thr = np.sort(mass[b, h, m][cand[m]])[::-1][r - 1]
+            keep[b, h, m] |= cand[m] & (mass[b, h, m] >= thr)
+    return keep
+
+
+def _fixed_equals_unfused(q, k, density, bs, structural, what):
+    """The fused fixed-density path (interpreted) against select_blocks_fixed_density_unfused
+    (same mass kernel, then a sort per row and from_dense): exactly equal. Returns it."""
+    sink, window, last_full = structural
+    kw = dict(density=density, block_size=bs, sink=sink, window=window, last_full=last_full,
+              impl="triton", interpret=True)
+    got = select_blocks_fixed_density(q, k, **kw)
+    _assert_same_blockmask(got, selection.select_blocks_fixed_density_unfused(q, k, **kw), what)
+    return got
+
+
+# S, block size, N, K, B, dtype, density, (sink, window, last_full)
+FIXED_CASES = [
+    (20, 32, 2, 1, 1, jnp.float32, 0.5, (2, 4, 2)),  # one block
+    (500, 16, 4, 2, 2, jnp.bfloat16, 0.1, (1, 2, 1)),  # M = 32, partial last block, B = 2
+    (600, 16, 4, 1, 1, jnp.float32, 0.4, (2, 4, 2)),  # M = 38, G = 4
+    (510, 16, 2, 2, 1, jnp.float32, 1e-3, (1, 2, 1)),  # budget 1: structural blocks alone
+    (333, 16, 2, 1, 2, jnp.float32, 1.0, (0, 1, 0)),  # everything
+    (150 * 16 - 3, 16, 2, 1, 1, jnp.float32, 0.02, (0, 1, 0)),  # M = 150, two chunks; r 0..2
+]
+
+
+@pytest.mark.parametrize("S,bs,N,K,B,dtype,density,structural", FIXED_CASES)
+def test_fused_fixed_density_equals_unfused(S, bs, N, K, B, dtype, density, structural):
+    q, k = _qk(200 + S, S, N, K, B=B, scale=3.0)
+    q, k = q.astype(dtype), k.astype(dtype)
+    got = _fixed_equals_unfused(q, k, density, bs, structural, f"S={S} density={density}")
+    M = -(-S // bs)
+    st = np_structural(M, *structural)
+    mask = np.asarray(got.mask)
+    if density == 1.0:
+        assert float(got.density()) == 1.0
+    elif density * M <= 1:
+        assert np.array_equal(mask, np.broadcast_to(st, mask.shape)), "not structural alone"
+    else:  # some row keeps some but not all of its mass-decided blocks
+        cand = np.tri(M, dtype=bool) & ~st
+        kept = (mask & cand).sum(-1)
+        assert np.any((0 < kept) & (kept < cand.sum(-1))), "the rank was not exercised"
+
+
+@pytest.mark.parametrize("case", ["repeated_keys", "zero_mass"])
+def test_fused_fixed_density_ties(case):
+    """Ties at the budget's last place: both paths keep every tied block (the count can exceed
+    the budget), as np_fixed_ties does on the very mass they rank. repeated_keys: key block n
+    is one key, one of three (by n % 3), so a row's mass-decided blocks share three values
+    exactly (M = 40 < one chunk: one constant for all). zero_mass: logits in the thousands, so
+    most masses underflow to exactly 0 and a large budget's last place is a tie at 0."""
+    S, bs, N, K, density, structural = 640, 16, 2, 1, 0.3, (1, 2, 1)
+    M = S // bs
+    kq, kv = jax.random.split(jax.random.PRNGKey(17))
+    q = jax.random.normal(kq, (1, S, N, 32))
+    if case == "repeated_keys":
+        v = jax.random.normal(kv, (3, K, 32))
+        k = jnp.repeat(v[jnp.arange(M) % 3], bs, axis=0)[None]  # [1, S, K, 32]
+    else:
+        q, k = 400.0 * q, jax.random.normal(kv, (1, S, K, 32))
+        density = 0.5
+    got = _fixed_equals_unfused(q, k, density, bs, structural, case)
+    st = np_structural(M, *structural)
+    budget = np_budget(density, M)
+    mass = np.asarray(block_mass(q, k, block_size=bs, impl="triton", interpret=True))
+    exp = np_fixed_ties(mass, budget, st)
+    mask = np.asarray(got.mask)
+    assert np.array_equal(mask, exp), f"{(mask != exp).sum()} entries differ from np_fixed_ties"
+    over = np.asarray(got.counts) > np.maximum(budget, st.sum(-1))
+    assert over.any(), "no row's ties went past its budget: the ties were not exercised"
+    if case == "zero_mass":
+        assert (mass[..., np.tri(M, dtype=bool) & ~st] == 0).mean() > 0.5, "few zero masses"
 
 
 @pytest.mark.gpu
@@ -341,6 +446,44 @@ def test_gpu_fused_select_matches_unfused(S):
     edge = np.abs(mass - thr) <= 1e-5 * thr
     diff = np.asarray(got.mask) != np.asarray(exp.mask)
     assert not (diff & ~edge).any(), f"{(diff & ~edge).sum()} of {diff.size} mask entries differ"
+    idx, cnt = compress(got.mask)
+    assert np.array_equal(np.asarray(got.counts), np.asarray(cnt)), "counts differ"
+    assert np.array_equal(np.asarray(got.indices), np.asarray(idx)), (
+        f"{(np.asarray(got.indices) != np.asarray(idx)).sum()} indices differ")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("S,density", [(16000, 0.3), (40000, 0.1), (40000, 0.02)])
+def test_gpu_fused_fixed_density_matches_unfused(S, density):
+    """Compiled, the fused kernel's mass may round a few ulps away from the XLA epilogue's that
+    select_blocks_fixed_density_unfused ranks (per-chunk exp2 factor, row-sum order, division),
+    so masks may differ only within 1e-5 (relative) of the row's reference threshold (the
+    budget-th largest score); each row still keeps at least its budget, and the compressed
+    layout must be exactly that of the fused mask. S = 16000: M = 125, one chunk of 128;
+    S = 40000: M = 313, three chunks padded to 4 (density 0.02: r <= 1, mostly structural)."""
+    q, k = _qk(14, S, 4, 2, H=128, scale=3.0)
+    q, k = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
+    kw = dict(density=density, block_size=128, impl="triton")
+    got = select_blocks_fixed_density(q, k, **kw)
+    exp = selection.select_blocks_fixed_density_unfused(q, k, **kw)
+    mass = np.asarray(block_mass(q, k, block_size=128, impl="triton"))
+    M = mass.shape[-1]
+    st = np_structural(M, 2, 4, 2)
+    cand = np.tri(M, dtype=bool) & ~st
+    budget = np_budget(density, M)
+    thr = np.full(mass.shape[:3] + (1,), np.inf)  # r <= 0: structural alone, nothing is near
+    for b, h, m in np.ndindex(mass.shape[:3]):
+        r = budget[m] - st[m].sum()
+        if r > 0:
+            thr[b, h, m] = np.sort(mass[b, h, m][cand[m]])[::-1][r - 1]
+    edge = np.isfinite(thr) & (np.abs(mass - thr) <= 1e-5 * thr)  # inf <= inf would pass
+    diff = np.asarray(got.mask) != np.asarray(exp.mask)
+    bad = np.argwhere(diff & ~edge)
+    assert not len(bad), (f"{len(bad)} of {diff.size} mask entries differ away from the "
+                          f"threshold ({diff.sum()} in all), first at {bad[:5].tolist()}")
+    assert np.all(np.asarray(got.counts) >= np.maximum(budget, st.sum(-1))), "under budget"
+    kept = (np.asarray(got.mask) & cand).sum(-1)
+    assert np.any((0 < kept) & (kept < cand.sum(-1))), "the rank was not exercised"
     idx, cnt = compress(got.mask)
     assert np.array_equal(np.asarray(got.counts), np.asarray(cnt)), "counts differ"
     assert np.array_equal(np.asarray(got.indices), np.asarray(idx)), (
