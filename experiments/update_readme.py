@@ -31,7 +31,9 @@ from pflash_jax.report import ROWS, load_rows, read_compact, write_report  # noq
 # at a new sweep's compact folder (report.py OUTPUTS --out results/NAME --compact).
 QUALITY = "quality_tiny_h200"
 # folders under results/ whose tables.md and plots are regenerated from their rows.jsonl
+LATEST_SPEED = "speedup_h200_fused_select"  # the newest 128K rows (issue 17), README's speed section
 REPORTS = ["speedup", "speedup_h200_triton", "speedup_h200_check", "speedup_h200_inside",
+           LATEST_SPEED,
            QUALITY, "rtx3090_h200", "quality_quant_tiny_h200"]
 SPAN, KEEP = 32, 0.05  # the speed rows' setting, at which the quality headline is read
 
@@ -69,7 +71,33 @@ def speed_section() -> str:
                      f"{r['pflash_target_prefill_s']:.3f} | {r['kept_frac']:.1%} | "
                      f"**{r['speedup']:.2f}x** |")
     lines.append("\nFull table with every stage: `results/speedup/tables.md`.")
-    return "\n".join(lines)
+    return "\n".join(lines + latest_speed_lines())
+
+
+def latest_speed_lines() -> list[str]:
+    """The newest 128K rows (results/LATEST_SPEED), each beside its roofline floor."""
+    from pflash_jax.roofline import floor
+
+    rows = [r for r in load_rows([str(RESULTS / LATEST_SPEED)]) if r["repeats"] > 0]
+    if not rows:
+        return []
+    t = rows[0]
+    out = ["", f"Latest rows at {t['S']:,} tokens (commit {t['commit']}, {t['device']}, "
+           f"`results/{LATEST_SPEED}`), each beside its arithmetic floor on that card "
+           f"(`roofline.floor`: every FLOP at the measured matmul rate, a bound no kernel "
+           f"reaches):", "",
+           "| drafter scoring | full prefill (s) | PFlash (s) | drafter (s) | target prefill (s) "
+           "| speedup | floor: PFlash / full (s), speedup |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        f = floor(r)
+        fl = "-" if f is None else (f"{f['pflash_ttft_s']:.3f} / {f['full_ttft_s']:.2f}, "
+                                    f"{f['speedup']:.1f}x")
+        label = (f"first {r['score_layers']} layers (early exit)" if r.get("score_layers")
+                 else "all layers")
+        out.append(f"| {label} | {r['full_ttft_s']:.2f} | {r['pflash_ttft_s']:.3f} | "
+                   f"{r['pflash_drafter_forward_s']:.3f} | {r['pflash_target_prefill_s']:.3f} | "
+                   f"**{r['speedup']:.2f}x** | {fl} |")
+    return out + [""]
 
 
 CARD24 = "rtx3090_h200"  # device_profile=rtx3090 rows (the 24 GiB setting on an H200)

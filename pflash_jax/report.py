@@ -395,8 +395,8 @@ def speed_table(rows: list[dict]) -> str:
                  f"{_fmt(r.get('pflash_target_prefill_s'), '.4g')} | "
                  f"{_fmt(r.get('pflash_first_token_s'), '.2g')} | **{r['speedup']:.2f}x** | "
                  f"{floor_cell(r)} | {projected_cell(r)} | "
-                 f"{_fmt(r.get('full_compile_s'), '.3g')} / "
-                 f"{_fmt(r.get('pflash_compile_s'), '.3g')} | "
+                 f"{compile_cell(r.get('full_compile_s'))} / "
+                 f"{compile_cell(r.get('pflash_compile_s'))} | "
                  f"{_fmt(r['peak_memory_gib'], '.3g')} |\n")
     body += ("\nRoofline floor: the row's work (GEMM and attention FLOPs at the measured block "
              "density, weights and activations once) at the card's measured matmul rate and "
@@ -411,6 +411,14 @@ def speed_table(rows: list[dict]) -> str:
         body += ("\nRandom-init weights attend diffusely, so their drafter block density is fixed "
                  "(not alpha-selected) and these rows measure speed only, not quality.\n")
     return head + body
+
+
+def compile_cell(v) -> str:
+    """Compile time = first call - warm median; about 0 or below when an earlier job of the
+    same process compiled that path already."""
+    if v is None:
+        return "-"
+    return f"{v:.3g}" if v > 0.05 else "~0 (compiled by an earlier job)"
 
 
 def floor_cell(r: dict) -> str:

@@ -11,7 +11,8 @@ The model, per stage (drafter forward, the target's prefill of the kept tokens, 
 - Work: FLOPs and HBM bytes from the stage's shapes (Qwen3 presets, `models.config`).
   FLOPs = GEMMs 2 x (q, k, v, o, gate, up, down parameters) per token and layer, plus causal
   attention 2 T^2 H per query head and layer (QK^T and PV over half the square), times the
-  measured block density for the drafter's block-sparse attention (1 for dense). The LM head
+  measured block density for the drafter's block-sparse attention (1 for dense); an early-exit
+  row (score_layers k) counts the drafter's first k layers only. The LM head
   runs on the last token only (the "first token" stage) and is left out, as in section 1.3.
   Bytes = every weight once per forward (in the row's dtype, or int8 / int4 storage when the
   row records a quantized model) + activations: each GEMM and the attention read their inputs
@@ -174,6 +175,9 @@ def stage_work(row: dict) -> dict[str, Work] | None:
     if m is None or row.get("kept_frac") is None or row.get("block_density") is None:
         return None
     d, t, itemsize, dq, tq = m
+    if row.get("score_layers"):  # early exit: the drafter runs its first k layers only
+        d = dataclasses.replace(d, num_hidden_layers=min(row["score_layers"],
+                                                         d.num_hidden_layers))
     S = row["S"]
     kept = max(1, round(row["kept_frac"] * S))
     return {"pflash_drafter_forward": forward_work(d, S, itemsize, density=row["block_density"],

@@ -159,3 +159,17 @@ def test_floor_is_the_stage_work_on_the_measuring_card():
     table = speed_table(rows)
     assert "roofline floor, this card" in table
     assert f"{fl['pflash_ttft_s']:.3g} / {fl['full_ttft_s']:.3g}, {fl['speedup']:.1f}x" in table
+
+
+def test_early_exit_rows_count_the_drafter_layers_that_ran():
+    """score_layers k: the drafter's work is its first k layers' (the row's floor falls with it);
+    rows without it keep every layer."""
+    import dataclasses
+
+    d = model_preset("qwen3-0.6b")
+    full, ee = R.stage_work(_row()), R.stage_work(_row(score_layers=14))
+    half = dataclasses.replace(d, num_hidden_layers=14)
+    assert ee["pflash_drafter_forward"] == R.forward_work(half, 32768, 2, density=0.2)
+    assert full["pflash_drafter_forward"] == R.forward_work(d, 32768, 2, density=0.2)
+    assert ee["full_target_prefill"] == full["full_target_prefill"]
+    assert R.floor(_row(score_layers=14))["pflash_ttft_s"] < R.floor(_row())["pflash_ttft_s"]
