@@ -31,7 +31,7 @@ from pflash_jax.report import ROWS, load_rows, read_compact, write_report  # noq
 # at a new sweep's compact folder (report.py OUTPUTS --out results/NAME --compact).
 QUALITY = "quality_tiny_h200"
 # folders under results/ whose tables.md and plots are regenerated from their rows.jsonl
-LATEST_SPEED = "speedup_h200_fused_select"  # the newest 128K rows (issue 17), README's speed section
+LATEST_SPEED = "speedup_h200_fused_select"  # the newest 128K rows (issue 17): the speed section
 REPORTS = ["speedup", "speedup_h200_triton", "speedup_h200_check", "speedup_h200_inside",
            LATEST_SPEED,
            QUALITY, "rtx3090_h200", "quality_quant_tiny_h200"]
@@ -87,7 +87,7 @@ def latest_speed_lines() -> list[str]:
            f"(`roofline.floor`: every FLOP at the measured matmul rate, a bound no kernel "
            f"reaches):", "",
            "| drafter scoring | full prefill (s) | PFlash (s) | drafter (s) | target prefill (s) "
-           "| speedup | floor: PFlash / full (s), speedup |", "| --- | --- | --- | --- | --- | --- | --- |"]
+           "| speedup | floor: PFlash / full (s), speedup |", "|" + " --- |" * 7]
     for r in rows:
         f = floor(r)
         fl = "-" if f is None else (f"{f['pflash_ttft_s']:.3f} / {f['full_ttft_s']:.2f}, "

@@ -70,3 +70,19 @@ def test_kinds_from_names_and_hlo():
 def test_a_trace_without_a_device_plane_is_refused():
     with pytest.raises(ValueError, match="no device plane: profile on a GPU"):
         pd.device_ops(_profile('planes { id: 1 name: "/host:CPU" }'))
+
+
+def test_rekind_rederives_top_ops_and_keeps_the_rest():
+    """--rekind: the top ops take today's kinds; what a recorded kind held outside the top list
+    stays under that kind, marked; no time is created or lost."""
+
+    b = {"kinds": {"other": 30.0, "other fusion": 5.0},
+         "top_ops": [{"op": "nvjet_sm90_x", "kind": "other", "ms": 20.0, "count": 2},
+                     {"op": "sort_7_1", "kind": "other", "ms": 6.0, "count": 1},
+                     {"op": "loop_add_fusion", "kind": "other fusion", "ms": 5.0, "count": 1}]}
+    r = pd.rekind(b)
+    assert r["kinds"]["GEMM"] == 20.0 and r["kinds"]["sort (block selection's top-k)"] == 6.0
+    assert r["kinds"]["other (ops outside the top 3, as recorded)"] == 4.0
+    assert r["kinds"]["other fusion"] == 5.0
+    assert not any(k.startswith("other fusion (") for k in r["kinds"])  # nothing left there
+    assert sum(r["kinds"].values()) == sum(b["kinds"].values())
