@@ -96,20 +96,29 @@ def stage_at_fraction(frac: float, curriculum) -> tuple[int, int]:
 
 
 class Pace:
-    """How far the run is, 0..1: by step (step / steps) or, with curriculum_by=time, by the
-    training clock against max_minutes (so a time-boxed run reaches its last, longest stage
-    whatever its step rate; the step count is then only an upper bound). The clock carries over
-    a resume (it is saved with the state). The learning rate warms up linearly over `warmup`
-    steps, then follows a cosine from lr to 0.05 lr over the rest of the run's progress."""
+    """How far the run is, 0..1, and each step's [seq_len, batch] stage:
+    - step: progress step / steps, stages in order over the steps;
+    - time: progress by the training clock against max_minutes (so a time-boxed run reaches its
+      last, longest stage whatever its step rate; the step count is then only an upper bound);
+    - mixed: each step draws its stage uniformly (a pure function of seed and step), so no
+      length is trained last and left to drift; progress by the clock when max_minutes is set,
+      else by step.
+    The clock carries over a resume (it is saved with the state). The learning rate warms up
+    linearly over `warmup` steps, then follows a cosine from lr to 0.05 lr over the rest of the
+    run's progress."""
+
+    MODES = ("step", "time", "mixed")
 
     def __init__(self, c: DictConfig, elapsed: float = 0.0):
-        self.by_time = c.get("curriculum_by", "step") == "time"
-        if self.by_time and not c.max_minutes:
+        self.mode = c.get("curriculum_by", "step")
+        if self.mode not in self.MODES:
+            raise ValueError(f"curriculum_by must be one of {list(self.MODES)}, got "
+                             f"{self.mode!r}")
+        if self.mode == "time" and not c.max_minutes:
             raise ValueError("curriculum_by=time needs max_minutes (the run's length)")
-        if c.get("curriculum_by", "step") not in ("step", "time"):
-            raise ValueError(f"curriculum_by must be 'step' or 'time', got {c.curriculum_by!r}")
+        self.by_time = self.mode == "time" or (self.mode == "mixed" and bool(c.max_minutes))
         self.c, self.offset, self.t0 = c, elapsed, time.perf_counter()
-        self.warm_end = None  # progress when warmup ended (time mode)
+        self.warm_end = None  # progress when warmup ended (clocked runs)
 
     def elapsed(self) -> float:
         return self.offset + time.perf_counter() - self.t0
@@ -120,7 +129,10 @@ class Pace:
         return min(step / max(self.c.steps, 1), 1.0)
 
     def stage(self, step: int) -> tuple[int, int]:
-        if self.by_time:
+        if self.mode == "mixed":
+            rng = np.random.default_rng([self.c.seed, step, 1])
+            return tuple(self.c.curriculum[int(rng.integers(len(self.c.curriculum)))])
+        if self.mode == "time":
             return stage_at_fraction(self.progress(step), self.c.curriculum)
         return stage_at(step, self.c.steps, self.c.curriculum)
 

@@ -160,3 +160,22 @@ def test_pace_by_time(monkeypatch):
     assert by_step.lr(100) == pytest.approx(0.05e-3)
     with pytest.raises(ValueError, match="needs max_minutes"):
         tt.Pace(OmegaConf.merge(c, {"max_minutes": None}))
+
+
+def test_pace_mixed_draws_every_stage_reproducibly():
+    """curriculum_by=mixed: each step's stage is drawn (every stage turns up, the same for the
+    same seed and step, whatever the clock); the rate follows the clock with max_minutes."""
+    from omegaconf import OmegaConf
+
+    tt = _train_tiny()
+    stages = [[512, 8], [1024, 4], [2048, 2]]
+    c = OmegaConf.create({"curriculum_by": "mixed", "max_minutes": None, "steps": 300,
+                          "warmup": 0, "lr": 1e-3, "seed": 3, "curriculum": stages})
+    a, b = tt.Pace(c), tt.Pace(c)
+    drawn = [a.stage(s) for s in range(300)]
+    assert set(drawn) == {tuple(x) for x in stages}
+    assert drawn == [b.stage(s) for s in range(300)]
+    assert not a.by_time and a.lr(300) == pytest.approx(0.05e-3)  # by step without a clock
+    assert tt.Pace(OmegaConf.merge(c, {"max_minutes": 5})).by_time
+    with pytest.raises(ValueError, match="curriculum_by must be one of"):
+        tt.Pace(OmegaConf.merge(c, {"curriculum_by": "random"}))
