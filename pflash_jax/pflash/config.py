@@ -45,6 +45,7 @@ TAIL_MODES = ("tail", "lookahead")
 ROPE_MODES = ("post", "nope")
 POOLING_MODES = ("per_row", "after_mean", "max_after_mean")
 TAIL_WEIGHTS = ("uniform", "linear")
+TAIL_ROWS = ("last", "question")
 ROUNDING_MODES = ("ceil", "floor")
 POSITION_MODES = ("original", "renumbered")
 FORCED_MODES = ("inside", "on_top")
@@ -94,6 +95,13 @@ class ScoringConfig:
         weights its tail rows).
     pooling "max_after_mean": a centred max over pool_width tokens of the importance (token
         max-pooling: a span is as good as its best neighbourhood) instead of the mean.
+    tail_rows: which of the n_tail tail rows vote: "last" (all of them) or "question" (only
+        the rows from the start of the question on: the prompt's last `question_lines`
+        non-blank lines, found from the drafter tokenizer's line breaks; n_tail then caps the
+        question's length, e.g. 64). Question-aware tail queries: a question longer than 8
+        tokens votes with every token; a shorter one does not let haystack rows vote. Tail
+        mode only.
+    question_lines: lines the question spans (2: the tasks' question and answer-prefix lines).
     """
 
     n_tail: int = 8
@@ -104,6 +112,8 @@ class ScoringConfig:
     score_layers: int | None = None
     skip_layers: int = 0
     tail_weights: str = "uniform"
+    tail_rows: str = "last"
+    question_lines: int = 2
 
     def __post_init__(self):
         _check_int("ScoringConfig", "n_tail", self.n_tail, 1)
@@ -113,6 +123,11 @@ class ScoringConfig:
         _check_int("ScoringConfig", "pool_width", self.pool_width, 1)
         _check_choice("ScoringConfig", "tail_weights", self.tail_weights, TAIL_WEIGHTS)
         _check_int("ScoringConfig", "skip_layers", self.skip_layers, 0)
+        _check_choice("ScoringConfig", "tail_rows", self.tail_rows, TAIL_ROWS)
+        _check_int("ScoringConfig", "question_lines", self.question_lines, 1)
+        if self.tail_rows == "question" and self.tail_mode != "tail":
+            raise ValueError(f"ScoringConfig.tail_rows='question' needs tail_mode='tail', got "
+                             f"tail_mode={self.tail_mode!r}")
         if self.skip_layers and self.tail_mode != "tail":
             raise ValueError(f"ScoringConfig.skip_layers={self.skip_layers} needs "
                              f"tail_mode='tail', got tail_mode={self.tail_mode!r}")
@@ -251,6 +266,8 @@ PRESETS: dict[str, dict] = {
         score_layers=None,
         skip_layers=0,
         tail_weights="uniform",
+        tail_rows="last",
+        question_lines=2,
         span_size=32,
         keep_ratio=0.05,
         rounding="floor",
@@ -276,6 +293,8 @@ PRESETS: dict[str, dict] = {
         score_layers=None,
         skip_layers=0,
         tail_weights="uniform",
+        tail_rows="last",
+        question_lines=2,
         span_size=32,
         keep_ratio=0.1,
         rounding="ceil",

@@ -200,6 +200,39 @@ def lookahead_running_max(drafter, ids: np.ndarray, cfg: PFlashConfig, *, chunk=
     return jnp.concatenate([rmax_gen, rmax_last], axis=0), dens, Sb
 
 
+# ---------------------------------------------------------------- question-aware tail rows
+def question_first_row(tail_ids: np.ndarray, tokenizer, lines: int) -> int:
+    """The first of the tail rows (tokens `tail_ids`, the prompt's last ones) that belongs to the
+    question: the prompt's last `lines` non-blank lines. A token that holds the line break and
+    the question's first characters counts as the question's. 0 when the tail holds fewer line
+    breaks (the question is at least as long as the tail: every row votes)."""
+    texts = [tokenizer.decode([int(i)]) for i in tail_ids]
+    text = "".join(texts)
+    ends = np.cumsum([len(t) for t in texts])  # ends[i]: end of token i in text
+    seen, pos = 0, len(text.rstrip())  # the trailing blank is not a line
+    while seen < lines:
+        nl = text.rfind("\n", 0, pos)
+        if nl < 0:
+            return 0
+        if text[nl + 1:pos].strip():  # a non-blank line starts at nl + 1
+            seen += 1
+        pos = nl
+    start = pos + 1  # the first character of the question's first line
+    return int(np.searchsorted(ends, start, side="right"))
+
+
+def tail_first_row(drafter, ids: np.ndarray, cfg: PFlashConfig):
+    """The first voting tail row for `importance` (None: every row votes)."""
+    scfg = cfg.scoring
+    if scfg.tail_rows != "question":
+        return None
+    if drafter.tokenizer is None:
+        raise ValueError("scoring tail_rows='question' needs the drafter's tokenizer "
+                         "(tokenizer.json beside its checkpoint) to find the question's lines")
+    T = scfg.n_tail
+    return jnp.int32(question_first_row(ids[-T:], drafter.tokenizer, scfg.question_lines))
+
+
 # ---------------------------------------------------------------- the stage
 @dataclasses.dataclass
 class DrafterPass:
@@ -226,7 +259,8 @@ def drafter_pass(drafter, ids, cfg: PFlashConfig, *, chunk: int | None = None) -
                                        jnp.int32(S), cfg, chunk=chunk)
     jax.block_until_ready(rmax)
     t1 = time.perf_counter()
-    imp = np.asarray(_importance(rmax, cfg.scoring, length=jnp.int32(S)))[:S]
+    imp = np.asarray(_importance(rmax, cfg.scoring, length=jnp.int32(S),
+                                 first_row=tail_first_row(drafter, ids, cfg)))[:S]
     t2 = time.perf_counter()
     # None when no layer ran block-sparse attention: a dense drafter, or a 1-layer drafter
     # (its only layer contributes Q/K to the scores and runs no attention at all).

@@ -167,13 +167,21 @@ def fold_layer(
     return lax.fori_loop(0, K // kv_chunk, body, running_max)
 
 
-def importance(running_max: jax.Array, cfg: ScoringConfig, length=None) -> jax.Array:
+def importance(running_max: jax.Array, cfg: ScoringConfig, length=None,
+               first_row=None) -> jax.Array:
     """[S] importance: mean over tail rows, then after-mean pooling (truncated edges) if set.
 
-    Entries at index >= length (bucket padding) are 0, so they can never win a span.
+    first_row: the first tail row that votes (tail_rows="question"; traced, so no recompile
+    per prompt); rows before it weigh 0. Entries at index >= length (bucket padding) are 0, so
+    they can never win a span.
     """
-    if cfg.tail_weights == "linear":  # row t of T weighs t + 1 (the rows nearest the answer)
-        w = jnp.arange(1, running_max.shape[0] + 1, dtype=running_max.dtype)
+    T = running_max.shape[0]
+    t = jnp.arange(T, dtype=running_max.dtype)
+    # row t of T weighs t + 1 under "linear" (the rows nearest the answer)
+    w = t + 1 if cfg.tail_weights == "linear" else jnp.ones_like(t)
+    if first_row is not None:
+        w = jnp.where(t >= first_row, w, 0.0)
+    if cfg.tail_weights == "linear" or first_row is not None:
         imp = (w[:, None] * running_max).sum(axis=0) / w.sum()
     else:
         imp = running_max.mean(axis=0)

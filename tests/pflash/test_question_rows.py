@@ -1,0 +1,77 @@
+"""Question-aware tail rows (scoring tail_rows="question"): the question's first row is found
+from the tokenizer's line breaks, only rows from it vote, and the option is checked."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pflash_jax.embedded import tiny_pair
+from pflash_jax.pflash import importance as imp_mod
+from pflash_jax.pflash.config import preset
+from pflash_jax.pflash.drafter import drafter_pass, drafter_scores, question_first_row
+from pflash_jax.tasks import make_cases
+from pflash_jax.tasks.task_tokenizer import TINY_TOKENIZER_PATH
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_pair()
+
+
+@pytest.mark.parametrize("task", ["niah_single", "niah_multiquery", "variable_tracking"])
+def test_first_row_is_the_question_start(pair, task):
+    """The rows from first_row decode to the question's two lines; the row before it ends the
+    haystack line (its text holds no question character)."""
+    tok = pair[1].tokenizer
+    case = make_cases(task, 1, 1024, TINY_TOKENIZER_PATH)[0]
+    tail = case.ids[-64:]
+    f = question_first_row(tail, tok, 2)
+    question = tok.decode(tail[f:]).lstrip("\n")
+    assert question.count("\n") == 1, repr(question)  # the question line, then "Answer: ..."
+    assert question.split("\n")[1].startswith("Answer:"), repr(question)
+    assert "\n" not in tok.decode(tail[f - 1:f]).rstrip("\n"), repr(tok.decode(tail[f - 1:f]))
+    assert question_first_row(tail, tok, 1) > f  # one line: the answer prefix alone
+    assert question_first_row(tail[-3:], tok, 2) == 0  # no line break in the tail: every row
+
+
+def test_question_rows_vote_alone(pair):
+    """importance with first_row = the mean over rows >= first_row (uniform and linear), and
+    drafter_pass applies it: equal to the running max of the same prompt weighted by hand."""
+    drafter = pair[0]
+    case = make_cases("niah_multiquery", 1, 2048, TINY_TOKENIZER_PATH)[0]
+    cfg = preset("pflash", n_tail=64, tail_rows="question", attention_impl="reference")
+    S = case.ids.shape[0]
+    Sb = -(-S // cfg.block_size) * cfg.block_size
+    ids_p = np.zeros(Sb, np.int32)
+    ids_p[:S] = case.ids
+    rmax = np.asarray(drafter_scores(drafter.params, drafter.config, jnp.asarray(ids_p)[None],
+                                     jnp.int32(S), cfg)[0])
+    f = question_first_row(case.ids[-64:], drafter.tokenizer, 2)
+    assert 0 < f < 64
+    for weights in ("uniform", "linear"):
+        c = dataclasses.replace(cfg.scoring, tail_weights=weights, pooling="per_row")
+        w = np.where(np.arange(64) >= f, np.arange(1, 65) if weights == "linear" else 1.0, 0.0)
+        got = np.asarray(imp_mod.importance(jnp.asarray(rmax), c, first_row=jnp.int32(f)))
+        np.testing.assert_allclose(got, (w[:, None] * rmax).sum(0) / w.sum(), rtol=1e-5,
+                                   atol=1e-9)
+    got = drafter_pass(drafter, case.ids, cfg).importance
+    ref = np.asarray(imp_mod.importance(jnp.asarray(rmax), cfg.scoring, length=jnp.int32(S),
+                                        first_row=jnp.int32(f)))[:S]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-9)
+    last = drafter_pass(drafter, case.ids, preset("pflash", n_tail=64,
+                                                 attention_impl="reference")).importance
+    assert not np.allclose(got, last)  # the haystack rows no longer vote
+
+
+def test_question_rows_are_checked(pair):
+    with pytest.raises(ValueError, match="tail_rows='question' needs tail_mode='tail'"):
+        preset("specprefill", tail_rows="question")
+    with pytest.raises(ValueError, match="tail_rows must be one of"):
+        preset("pflash", tail_rows="first")
+    no_tok = dataclasses.replace(pair[0], tokenizer=None)
+    ids = make_cases("niah_single", 1, 1024, TINY_TOKENIZER_PATH)[0].ids
+    with pytest.raises(ValueError, match="needs the drafter's tokenizer"):
+        drafter_pass(no_tok, ids, preset("pflash", tail_rows="question",
+                                         attention_impl="reference"))
