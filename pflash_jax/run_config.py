@@ -68,7 +68,7 @@ class SelectionSpec:
     pool_width: int | None = None
     score_layers: int | None = None  # early exit: score from the drafter's first k layers
     skip_layers: int | None = None  # the first j scoring layers do not vote (SpecPC)
-    tail_weights: str | None = None  # uniform | linear (later tail rows weigh more)
+    tail_weights: str | None = None  # uniform | linear (later rows weigh more) | rarity
     tail_rows: str | None = None  # last | question (only the question's tail rows vote)
     question_lines: int | None = None  # lines the question spans (2)
 

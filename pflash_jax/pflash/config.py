@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 TAIL_MODES = ("tail", "lookahead")
 ROPE_MODES = ("post", "nope")
 POOLING_MODES = ("per_row", "after_mean", "max_after_mean")
-TAIL_WEIGHTS = ("uniform", "linear")
+TAIL_WEIGHTS = ("uniform", "linear", "rarity")
 TAIL_ROWS = ("last", "question")
 ROUNDING_MODES = ("ceil", "floor")
 POSITION_MODES = ("original", "renumbered")
@@ -90,9 +90,11 @@ class ScoringConfig:
         Tail mode only (look-ahead generates tokens, which needs the whole drafter).
     skip_layers: the first j drafter layers do not vote in the max (SpecPC: early layers
         attend broadly); they still run. 0: every scoring layer votes. Tail mode only.
-    tail_weights: how the tail rows are averaged into importance: "uniform" (the mean) or
+    tail_weights: how the tail rows are averaged into importance: "uniform" (the mean),
         "linear" (row t of T weighs t + 1: the rows nearest the answer count most; SpecPC
-        weights its tail rows).
+        weights its tail rows) or "rarity" (row t weighs log(1 + S / c_t), c_t the count of
+        its token in the prompt: rare tokens such as a question's key count most). Rarity
+        needs tail mode.
     pooling "max_after_mean": a centred max over pool_width tokens of the importance (token
         max-pooling: a span is as good as its best neighbourhood) instead of the mean.
     tail_rows: which of the n_tail tail rows vote: "last" (all of them) or "question" (only
@@ -125,6 +127,9 @@ class ScoringConfig:
         _check_int("ScoringConfig", "skip_layers", self.skip_layers, 0)
         _check_choice("ScoringConfig", "tail_rows", self.tail_rows, TAIL_ROWS)
         _check_int("ScoringConfig", "question_lines", self.question_lines, 1)
+        if self.tail_weights == "rarity" and self.tail_mode != "tail":
+            raise ValueError(f"ScoringConfig.tail_weights='rarity' needs tail_mode='tail', got "
+                             f"tail_mode={self.tail_mode!r}")
         if self.tail_rows == "question" and self.tail_mode != "tail":
             raise ValueError(f"ScoringConfig.tail_rows='question' needs tail_mode='tail', got "
                              f"tail_mode={self.tail_mode!r}")

@@ -221,16 +221,30 @@ def question_first_row(tail_ids: np.ndarray, tokenizer, lines: int) -> int:
     return int(np.searchsorted(ends, start, side="right"))
 
 
-def tail_first_row(drafter, ids: np.ndarray, cfg: PFlashConfig):
-    """The first voting tail row for `importance` (None: every row votes)."""
+def tail_row_weights(drafter, ids: np.ndarray, cfg: PFlashConfig):
+    """The tail rows' weights for `importance` when they depend on the prompt, float32 [T]; None
+    when they do not (uniform or linear rows, weighted inside the jit):
+    - tail_rows="question": rows before the question's first row weigh 0;
+    - tail_weights="rarity": row t weighs log(1 + S / c_t), c_t = how often its token occurs in
+      the prompt (a question's key is rare, its template words recur in every needle);
+    - "linear" with question rows: t + 1 on the rows that vote."""
     scfg = cfg.scoring
-    if scfg.tail_rows != "question":
+    if scfg.tail_rows == "last" and scfg.tail_weights != "rarity":
         return None
-    if drafter.tokenizer is None:
-        raise ValueError("scoring tail_rows='question' needs the drafter's tokenizer "
-                         "(tokenizer.json beside its checkpoint) to find the question's lines")
-    T = scfg.n_tail
-    return jnp.int32(question_first_row(ids[-T:], drafter.tokenizer, scfg.question_lines))
+    T, S = scfg.n_tail, ids.shape[0]
+    tail = ids[S - T:]
+    w = (np.arange(1, T + 1, dtype=np.float64) if scfg.tail_weights == "linear"
+         else np.ones(T))
+    if scfg.tail_weights == "rarity":
+        vals, counts = np.unique(ids, return_counts=True)
+        w *= np.log1p(S / counts[np.searchsorted(vals, tail)])
+    if scfg.tail_rows == "question":
+        if drafter.tokenizer is None:
+            raise ValueError("scoring tail_rows='question' needs the drafter's tokenizer "
+                             "(tokenizer.json beside its checkpoint) to find the question's "
+                             "lines")
+        w[:question_first_row(tail, drafter.tokenizer, scfg.question_lines)] = 0.0
+    return jnp.asarray(w, jnp.float32)
 
 
 # ---------------------------------------------------------------- the stage
@@ -260,7 +274,7 @@ def drafter_pass(drafter, ids, cfg: PFlashConfig, *, chunk: int | None = None) -
     jax.block_until_ready(rmax)
     t1 = time.perf_counter()
     imp = np.asarray(_importance(rmax, cfg.scoring, length=jnp.int32(S),
-                                 first_row=tail_first_row(drafter, ids, cfg)))[:S]
+                                 row_weights=tail_row_weights(drafter, ids, cfg)))[:S]
     t2 = time.perf_counter()
     # None when no layer ran block-sparse attention: a dense drafter, or a 1-layer drafter
     # (its only layer contributes Q/K to the scores and runs no attention at all).

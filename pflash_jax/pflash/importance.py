@@ -168,20 +168,19 @@ def fold_layer(
 
 
 def importance(running_max: jax.Array, cfg: ScoringConfig, length=None,
-               first_row=None) -> jax.Array:
+               row_weights=None) -> jax.Array:
     """[S] importance: mean over tail rows, then after-mean pooling (truncated edges) if set.
 
-    first_row: the first tail row that votes (tail_rows="question"; traced, so no recompile
-    per prompt); rows before it weigh 0. Entries at index >= length (bucket padding) are 0, so
-    they can never win a span.
+    row_weights: float [T], the tail rows' weights when they depend on the prompt (question
+    rows, token rarity: `drafter.tail_row_weights`; traced, so no recompile per prompt); None:
+    cfg.tail_weights' uniform or linear weights. Entries at index >= length (bucket padding)
+    are 0, so they can never win a span.
     """
-    T = running_max.shape[0]
-    t = jnp.arange(T, dtype=running_max.dtype)
-    # row t of T weighs t + 1 under "linear" (the rows nearest the answer)
-    w = t + 1 if cfg.tail_weights == "linear" else jnp.ones_like(t)
-    if first_row is not None:
-        w = jnp.where(t >= first_row, w, 0.0)
-    if cfg.tail_weights == "linear" or first_row is not None:
+    if row_weights is not None:
+        w = row_weights.astype(running_max.dtype)
+        imp = (w[:, None] * running_max).sum(axis=0) / w.sum()
+    elif cfg.tail_weights == "linear":  # row t of T weighs t + 1 (the rows nearest the answer)
+        w = jnp.arange(1, running_max.shape[0] + 1, dtype=running_max.dtype)
         imp = (w[:, None] * running_max).sum(axis=0) / w.sum()
     else:
         imp = running_max.mean(axis=0)

@@ -33,3 +33,28 @@ def test_eval_tiny_bad_override_is_one_line(tmp_path):
     assert p.returncode != 0
     assert "eval_tiny: overrides=" in p.stderr and "no_such_option" in p.stderr
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
+
+
+def test_compare_evals_table(tmp_path):
+    """compare_evals: a column per run, a row per (task, S), '-' where a run lacks the row; a
+    folder without metrics.json is named in a one-line error."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ce", REPO / "experiments/compare_evals.py")
+    ce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ce)
+    prov = {"device": "cpu", "commit": "abcdef123"}
+    for name, rows in (("a", [("niah_single", 0.9, 0.8), ("niah_multikey", 0.3, 0.35)]),
+                       ("b", [("niah_single", 1.0, 0.98)])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({
+            "provenance": prov, "config": {"overrides": {"n_tail": 64}},
+            "rows": [{"task": t, "S": 4096, "pflash_acc": acc, "recall": rec, "full_acc": None}
+                     for t, acc, rec in rows]}))
+    text = ce.compare([tmp_path / "a", tmp_path / "b"])
+    assert "| task | S | a | b |" in text
+    assert "| niah_single | 4096 | 0.90 / 0.80 | 1.00 / 0.98 |" in text
+    assert "| niah_multikey | 4096 | 0.30 / 0.35 | - |" in text
+    p = subprocess.run([sys.executable, "experiments/compare_evals.py", str(tmp_path / "none")],
+                       cwd=REPO, capture_output=True, text=True)
+    assert p.returncode != 0 and "does not exist" in p.stderr and "Traceback" not in p.stderr

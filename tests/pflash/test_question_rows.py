@@ -10,7 +10,12 @@ import pytest
 from pflash_jax.embedded import tiny_pair
 from pflash_jax.pflash import importance as imp_mod
 from pflash_jax.pflash.config import preset
-from pflash_jax.pflash.drafter import drafter_pass, drafter_scores, question_first_row
+from pflash_jax.pflash.drafter import (
+    drafter_pass,
+    drafter_scores,
+    question_first_row,
+    tail_row_weights,
+)
 from pflash_jax.tasks import make_cases
 from pflash_jax.tasks.task_tokenizer import TINY_TOKENIZER_PATH
 
@@ -37,8 +42,9 @@ def test_first_row_is_the_question_start(pair, task):
 
 
 def test_question_rows_vote_alone(pair):
-    """importance with first_row = the mean over rows >= first_row (uniform and linear), and
-    drafter_pass applies it: equal to the running max of the same prompt weighted by hand."""
+    """tail_row_weights: 0 before the question's first row, then uniform, linear or rarity
+    weights; importance with them = the weighted mean of the running max by hand; drafter_pass
+    applies them."""
     drafter = pair[0]
     case = make_cases("niah_multiquery", 1, 2048, TINY_TOKENIZER_PATH)[0]
     cfg = preset("pflash", n_tail=64, tail_rows="question", attention_impl="reference")
@@ -50,15 +56,27 @@ def test_question_rows_vote_alone(pair):
                                      jnp.int32(S), cfg)[0])
     f = question_first_row(case.ids[-64:], drafter.tokenizer, 2)
     assert 0 < f < 64
-    for weights in ("uniform", "linear"):
-        c = dataclasses.replace(cfg.scoring, tail_weights=weights, pooling="per_row")
-        w = np.where(np.arange(64) >= f, np.arange(1, 65) if weights == "linear" else 1.0, 0.0)
-        got = np.asarray(imp_mod.importance(jnp.asarray(rmax), c, first_row=jnp.int32(f)))
+    tail = case.ids[-64:]
+    vals, counts = np.unique(case.ids, return_counts=True)
+    rarity = np.log1p(S / counts[np.searchsorted(vals, tail)])
+    for weights, base in (("uniform", np.ones(64)), ("linear", np.arange(1, 65.0)),
+                          ("rarity", rarity)):
+        c = dataclasses.replace(cfg, scoring=dataclasses.replace(
+            cfg.scoring, tail_weights=weights, pooling="per_row"))
+        w = np.where(np.arange(64) >= f, base, 0.0)
+        rw = tail_row_weights(drafter, case.ids, c)
+        np.testing.assert_allclose(np.asarray(rw), w, rtol=1e-6)
+        got = np.asarray(imp_mod.importance(jnp.asarray(rmax), c.scoring, row_weights=rw))
         np.testing.assert_allclose(got, (w[:, None] * rmax).sum(0) / w.sum(), rtol=1e-5,
                                    atol=1e-9)
+    # rarity alone, every row voting: a question's key (rare) outweighs its template words
+    r = tail_row_weights(drafter, case.ids, preset("pflash", n_tail=64, tail_weights="rarity"))
+    np.testing.assert_allclose(np.asarray(r), rarity, rtol=1e-6)
+    assert tail_row_weights(drafter, case.ids, preset("pflash", n_tail=64)) is None
     got = drafter_pass(drafter, case.ids, cfg).importance
     ref = np.asarray(imp_mod.importance(jnp.asarray(rmax), cfg.scoring, length=jnp.int32(S),
-                                        first_row=jnp.int32(f)))[:S]
+                                        row_weights=jnp.asarray(np.arange(64) >= f,
+                                                                jnp.float32)))[:S]
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-9)
     last = drafter_pass(drafter, case.ids, preset("pflash", n_tail=64,
                                                  attention_impl="reference")).importance
@@ -68,6 +86,8 @@ def test_question_rows_vote_alone(pair):
 def test_question_rows_are_checked(pair):
     with pytest.raises(ValueError, match="tail_rows='question' needs tail_mode='tail'"):
         preset("specprefill", tail_rows="question")
+    with pytest.raises(ValueError, match="tail_weights='rarity' needs tail_mode='tail'"):
+        preset("specprefill", tail_weights="rarity")
     with pytest.raises(ValueError, match="tail_rows must be one of"):
         preset("pflash", tail_rows="first")
     no_tok = dataclasses.replace(pair[0], tokenizer=None)
