@@ -21,6 +21,11 @@ def _cell(r: dict | None) -> str:
     return f"{f(r.get('pflash_acc'))} / {f(r['recall'])}{full}"
 
 
+def _weights(m: dict) -> str:
+    w = m.get("weights")  # absent in runs made before eval_tiny recorded it
+    return "" if not w else f"weights drafter {w['drafter']} / target {w['target']}, "
+
+
 def compare(dirs: list[Path]) -> str:
     runs = {}
     for d in dirs:
@@ -36,6 +41,7 @@ def compare(dirs: list[Path]) -> str:
                    for t, S in keys)
     notes = "".join(
         f"- `{name}`: {m['provenance']['device']}, commit {m['provenance']['commit'][:7]}, "
+        f"{_weights(m)}"
         f"overrides {m['config'].get('overrides') or {}}, "
         f"{'complete' if m.get('complete', True) else 'partial'}\n"
         for name, (_, m) in runs.items())

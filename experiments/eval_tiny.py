@@ -14,11 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pflash_jax.bench import provenance, write_metrics
+from pflash_jax.embedded import TINY_DIR
 from pflash_jax.models.qwen3 import greedy_generate
 from pflash_jax.pflash.config import preset
 from pflash_jax.pflash.pipeline import speculative_prefill
 from pflash_jax.pflash.spans import needle_recall
-from pflash_jax.run import load
+from pflash_jax.run import load, weights_fingerprint
 from pflash_jax.run_config import ModelSpec
 from pflash_jax.tasks import make_cases, score
 
@@ -84,9 +85,14 @@ def main(c: DictConfig) -> None:
     out = REPO / c.out_dir
     cfg = OmegaConf.to_container(c, resolve=True)
 
+    # which weights: the tables outlive a replaced or retrained folder (run.weights_fingerprint)
+    weights = {role: weights_fingerprint(Path(c.models_dir) / role if c.models_dir
+                                         else TINY_DIR / role) for role in ("drafter", "target")}
+
     def save(complete: bool):  # after every row: a time-boxed run keeps what it finished
         write_metrics(out / "metrics.json", {"config": cfg, "pflash_config": pcfg.to_dict(),
-                                             "complete": complete, "rows": rows})
+                                             "weights": weights, "complete": complete,
+                                             "rows": rows})
         (out / "table.md").write_text(render(rows, provenance(), cfg)
                                       + ("" if complete else "\n(partial: the run stopped "
                                          "before its last row)\n"))

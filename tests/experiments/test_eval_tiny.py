@@ -23,6 +23,9 @@ def test_eval_tiny_overrides_and_recall_only(tmp_path):
     assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
     m = json.loads((tmp_path / "out/metrics.json").read_text())
     assert m["complete"] is True and m["pflash_config"]["score_layers"] == 1
+    from pflash_jax.embedded import TINY_DIR
+    from pflash_jax.run import weights_fingerprint
+    assert m["weights"] == {r: weights_fingerprint(TINY_DIR / r) for r in ("drafter", "target")}
     (row,) = m["rows"]
     assert row["full_acc"] is None and 0.0 <= row["recall"] <= 1.0
     assert "score_layers=1" in (tmp_path / "out/table.md").read_text()
