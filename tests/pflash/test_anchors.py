@@ -1,5 +1,6 @@
 """Question n-gram anchors (spans.anchor_spans) and how select_spans budgets them."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -121,14 +122,7 @@ def test_budget_inside_never_exceeded_and_on_top_adds_them():
         room, wanted = k - forced.size, np.setdiff1d(anchors, forced).size
         got = np.setdiff1d(np.intersect1d(kept, anchors), forced).size
         assert got >= (wanted if wanted <= room else -(-room // 2)), info
-        on_top = SelectionConfig(
-            span_size=span,
-            keep_ratio=keep,
-            forced_head_spans=head,
-            forced_tail_spans=tail,
-            forced_spans="on_top",
-            anchors="ngram",
-        )
+        on_top = dataclasses.replace(inside, forced_spans="on_top")
         plain = select_spans(scores, on_top)
         top = select_spans(scores, on_top, anchors)
         assert set(top.tolist()) == set(plain.tolist()) | set(anchors.tolist()), info
