@@ -260,6 +260,10 @@ def main(c: DictConfig) -> None:
         print(f"resumed from {ckpt_dir} at step {start}")
 
     pace = Pace(c, float(state["clock"]))
+
+    def save(step: int, force: bool = False):  # the clock goes in with the state, read here
+        state["clock"] = jnp.float32(pace.elapsed())
+        mgr.save(step, args=ocp.args.StandardSave(state), force=force)
     history, t0, last = [], time.perf_counter(), c.steps
     bar = tqdm(prefetch(c, start, pace), total=None if pace.by_time else c.steps, initial=start,
                desc="train_tiny")
@@ -279,15 +283,14 @@ def main(c: DictConfig) -> None:
                 for n in train})
             if (step + 1) % c.log_every == 0:
                 tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
-        state["clock"] = jnp.float32(pace.elapsed())
         if c.max_minutes and pace.elapsed() > 60 * c.max_minutes:
             print(f"stopping at step {step + 1}: max_minutes={c.max_minutes} reached")
             last = step + 1
             break
         if (step + 1) % c.checkpoint_every == 0:
-            mgr.save(step + 1, args=ocp.args.StandardSave(state))
+            save(step + 1)
     if mgr.latest_step() != last:
-        mgr.save(last, args=ocp.args.StandardSave(state), force=True)
+        save(last, force=True)
     mgr.wait_until_finished()
     train_s = time.perf_counter() - t0
 
