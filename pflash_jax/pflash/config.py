@@ -127,15 +127,13 @@ class ScoringConfig:
         _check_int("ScoringConfig", "skip_layers", self.skip_layers, 0)
         _check_choice("ScoringConfig", "tail_rows", self.tail_rows, TAIL_ROWS)
         _check_int("ScoringConfig", "question_lines", self.question_lines, 1)
-        if self.tail_weights == "rarity" and self.tail_mode != "tail":
-            raise ValueError(f"ScoringConfig.tail_weights='rarity' needs tail_mode='tail', got "
-                             f"tail_mode={self.tail_mode!r}")
-        if self.tail_rows == "question" and self.tail_mode != "tail":
-            raise ValueError(f"ScoringConfig.tail_rows='question' needs tail_mode='tail', got "
-                             f"tail_mode={self.tail_mode!r}")
-        if self.skip_layers and self.tail_mode != "tail":
-            raise ValueError(f"ScoringConfig.skip_layers={self.skip_layers} needs "
-                             f"tail_mode='tail', got tail_mode={self.tail_mode!r}")
+        # options that read the prompt's own tail rows (look-ahead rows are generated tokens)
+        tail_only = {"tail_weights": self.tail_weights == "rarity",
+                     "tail_rows": self.tail_rows == "question", "skip_layers": self.skip_layers}
+        for name, on in tail_only.items():
+            if on and self.tail_mode != "tail":
+                raise ValueError(f"ScoringConfig.{name}={getattr(self, name)!r} needs "
+                                 f"tail_mode='tail', got tail_mode={self.tail_mode!r}")
         if self.score_layers is not None and self.skip_layers >= self.score_layers:
             raise ValueError(f"ScoringConfig.skip_layers={self.skip_layers} must be below "
                              f"score_layers={self.score_layers} (some layer must vote)")
