@@ -127,7 +127,7 @@ def fixed_density_threshold(mass, density: float):
     M = mass.shape[-1]
     structural = np.asarray(selection.structural_mask(M, sink=2, window=4, last_full=2))
     cand = np.tri(M, dtype=bool) & ~structural
-    r = np.asarray(density_budget(density, M)) - structural.sum(-1)  # [M]
+    r = np.asarray(density_budget(density, M, sink=2, window=4, last_full=2)) - structural.sum(-1)
     ranked = -np.sort(-np.where(cand, mass, -np.inf), axis=-1)
     nth = np.broadcast_to(np.clip(r - 1, 0, M - 1)[:, None], mass.shape[:-1] + (1,))
     return np.where(r[:, None] > 0, np.take_along_axis(ranked, nth, axis=-1), np.inf)
@@ -144,7 +144,8 @@ def check_fixed_fused(fused, base, mass, *, density: float) -> None:
           f"from the threshold (of {diff.size})")
     assert not far.any()
     M = mass.shape[-1]
-    assert np.all(np.asarray(fused.counts) >= np.asarray(density_budget(density, M)))
+    assert np.all(np.asarray(fused.counts) >= np.asarray(
+        density_budget(density, M, sink=2, window=4, last_full=2)))
     idx, cnt = jax.jit(blockmask.compress)(fused.mask)
     np.testing.assert_array_equal(np.asarray(fused.counts), np.asarray(cnt))
     np.testing.assert_array_equal(np.asarray(fused.indices), np.asarray(idx))

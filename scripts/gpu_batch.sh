@@ -10,6 +10,7 @@
 #   kb:IMPL:H the same grid for impl IMPL (triton|mosaic|mosaic3|mosaic_smem|mosaic_persistent[3]), H query heads
 #             (16 = Qwen3-0.6B, 32 = Qwen3-8B; 8 kv heads), 3 repeats      (~1 min)
 #   mtests    the `gpu`-marked tests of the Mosaic kernel only             (~1 min)
+#   stests    the `gpu`-marked tests of block selection only               (~1 min)
 #   prefillm  the prefill baselines with the Mosaic kernel as dense attention (~2 min)
 #   probe     experiments/probe_selection.py at 128K, 16/8 heads           (~30 s)
 #   speedup   experiment=speedup (0.6B -> 8B and 14B, 16K-128K)          (~7 min)
@@ -65,6 +66,8 @@ for s in "$@"; do
     tests) stage tests "${TESTS_LIMIT:-300}" env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q tests ;;
     mtests) stage mtests 200 env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q -x \
         tests/attention/test_block_sparse_mosaic.py ;;
+    stests) stage stests 200 env PFLASH_TEST_GPU=1 python3 -m pytest -m gpu -q -x \
+        tests/attention/test_selection.py ;;
     kb:*:*)
       IFS=: read -r _ impl heads <<< "$s"
       stage "kb_${impl}_$heads" 90 python3 experiments/kernel_bench.py impl="$impl" \

@@ -25,7 +25,7 @@ from pflash_jax.models.config import Qwen3Config
 from pflash_jax.models.params import init_params
 from pflash_jax.models.quant import quantize_params
 from pflash_jax.pflash.config import preset
-from pflash_jax.pflash.pipeline import prefill_at
+from pflash_jax.pflash.pipeline import bucket, prefill_at
 
 # 8 kv heads (N in {2, 4, 8} divide them), G = 2; F = 256 gives int4's down_proj 2 groups of
 # 128 inputs (o_proj: 16 x 16 = 256 inputs, 2 groups too); untied, so the head is split too.
@@ -141,7 +141,7 @@ def check_memory_plan(params) -> dict:
                     target_attn=attn, drafter_params=params, target_params=sp, fuse_qkv=False)
     one = plan_run(CFG, jnp.float32, CFG, jnp.float32, S, pc, max_new_tokens=new,
                    drafter_params=params, target_params=params)
-    Sb = 512  # pipeline.bucket(300)
+    Sb = bucket(S)  # the pipeline's padded length
     ids = jnp.asarray(np.random.default_rng(3).integers(0, CFG.vocab_size, (1, Sb)), jnp.int32)
     _, cache = prefill_at(sp, CFG, ids, jnp.arange(Sb, dtype=jnp.int32)[None], jnp.int32(S),
                           attn=attn, cache_len=Sb + new - 1, fuse_qkv=False)

@@ -10,8 +10,9 @@ FlashAttention-3 layout of jax's `ops/gpu/attention_mgpu.py`:
 - two compute warpgroups each own block_size / 2 query rows of the block (64 in production, the
   wgmma M tile). Both walk the same kept list, so one K/V copy feeds both. Per kept block:
   S = Q K^T by wgmma (Q, K from shared memory), online softmax in float32 (exp2 of
-  log2(e) * scale prescaled logits), then acc += P V by wgmma. A "schedule" barrier ping-pongs
-  the two warpgroups so one's softmax overlaps the other's matmuls (as attention_mgpu).
+  s * log2(e) * scale - max * log2(e) * scale, one FMA a logit), then acc += P V by wgmma.
+  A "schedule" barrier ping-pongs the two warpgroups so one's softmax overlaps the other's
+  matmuls (as attention_mgpu).
 The causal diagonal block is the LAST kept entry of a causal row (BlockMask invariant): all
 earlier entries run unmasked, the last one gets the exact per-token mask (key position <= query
 position and < S). Padded keys sit only in the last block, which is always a row's last entry
@@ -192,7 +193,9 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
 
             s = pl.run_scoped(qk, plgpu.ACC((bq, cfg.block), jnp.float32))
             plgpu.barrier_arrive(r.k_consumed.at[slot])
-            s = s * qk_scale  # float32 logits in log2 units
+            # Raw logits; the running max m_i is kept in raw units too (scale > 0 commutes
+            # with max), so the scale enters once, as one FMA per element inside exp2's
+            # argument: s * c - m * c, instead of a multiply of every logit, then a subtract.
             if masked:
                 rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
                 cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
@@ -202,8 +205,9 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
                     ok = ok & (k_pos <= rows + q0)
                 s = jnp.where(ok, s, MASK_VALUE)
             m_new = jnp.maximum(m_i, s.max(axis=1))
-            corr = jnp.exp2(m_i - m_new)
-            p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
+            corr = jnp.exp2((m_i - m_new) * qk_scale)
+            m_scaled = m_new * qk_scale
+            p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(m_scaled, s.shape, [0]))
             l_i = l_i * corr + p.sum(axis=1)
             acc = acc * lax.broadcast_in_dim(corr, acc.shape, [0])
             p16 = p.astype(dtype)

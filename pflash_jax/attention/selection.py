@@ -13,10 +13,14 @@ With block size b and M = ceil(S / b) blocks, per batch row and query head:
 4. alpha mode (`select_blocks`): keep n if mass[m, n] >= alpha * max_n' mass[m, n'] (alpha on this
    NORMALISED scale, FlashPrefill's 0.08-0.18; not the unnormalised 0.7-0.85 of other systems).
    Fixed-density mode (`select_blocks_fixed_density`): row m's budget is
-   clip(ceil(density * (m + 1)), 1, m + 1) blocks; structural ones score +inf, the others their
+   clip(ceil(d * (m + 1)), 1, m + 1) blocks; structural ones score +inf, the others their
    mass, and every causal block scoring >= the budget-th largest score is kept (so structural
-   ones first, even past the budget, then highest mass; ties at the last place all kept). For
-   controlled timing on random weights.
+   ones first, even past the budget, then highest mass; ties at the last place all kept). The
+   rate d <= density is set so that the structural excess (short rows, the last_full rows)
+   counts inside `density`: the kept fraction of all causal blocks is `density`
+   (selection_common.density_budget; structural_in_budget=False keeps d = density, the rule
+   before 2026-12-01, 0.105 kept at density 0.1 and 128K). For controlled timing on random
+   weights.
 5. Structural blocks are always kept: sinks (n < sink), the local window (m - window < n <= m, the
    diagonal included), and every block of the last `last_full` query blocks. Then AND causal.
 
@@ -148,28 +152,36 @@ def select_blocks_unfused(q, k, *, alpha: float, block_size: int = 128, sink: in
     return BlockMask.from_dense(keep, block_size=block_size, seq_len=S, causal=True)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@functools.partial(jax.jit, static_argnames=_STATIC + ("structural_in_budget",))
 def select_blocks_fixed_density(q, k, *, density: float, block_size: int = 128, sink: int = 2,
                                 window: int = 4, last_full: int = 2, share: str = "none",
-                                impl: str = "auto", interpret: bool = False) -> BlockMask:
-    """Keep ceil(density * (m + 1)) causal blocks in query block m: structural blocks first
-    (always, even past the budget), then the highest-mass ones (ties at the last place all
-    kept). density=1 keeps everything."""
+                                impl: str = "auto", interpret: bool = False,
+                                structural_in_budget: bool = True) -> BlockMask:
+    """Keep a `density` fraction of the causal blocks: each query block m keeps its budget
+    (selection_common.density_budget, about density * (m + 1)) of blocks, structural blocks
+    first (always, even past the budget), then the highest-mass ones (ties at the last place
+    all kept). structural_in_budget (default): the structural blocks count inside `density`
+    overall, so BlockMask.density() comes out at `density` (not above it); False: the rule
+    before 2026-12-01, ceil(density * (m + 1)) a row with structural excess on top.
+    density=1 keeps everything."""
     _check(q, k, share)
     if resolve_mass(impl, interpret) == "triton" and share == "none":
         return select_blocks_fixed_density_fused(q, k, density, block_size=block_size,
                                                  sink=sink, window=window,
-                                                 last_full=last_full, interpret=interpret)
+                                                 last_full=last_full, interpret=interpret,
+                                                 structural_in_budget=structural_in_budget)
     return select_blocks_fixed_density_unfused(q, k, density=density, block_size=block_size,
                                                sink=sink, window=window, last_full=last_full,
-                                               share=share, impl=impl, interpret=interpret)
+                                               share=share, impl=impl, interpret=interpret,
+                                               structural_in_budget=structural_in_budget)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@functools.partial(jax.jit, static_argnames=_STATIC + ("structural_in_budget",))
 def select_blocks_fixed_density_unfused(q, k, *, density: float, block_size: int = 128,
                                         sink: int = 2, window: int = 4, last_full: int = 2,
                                         share: str = "none", impl: str = "auto",
-                                        interpret: bool = False) -> BlockMask:
+                                        interpret: bool = False,
+                                        structural_in_budget: bool = True) -> BlockMask:
     """select_blocks_fixed_density through the dense mass, a sort per row and
     BlockMask.from_dense: every impl and share mode, and the fused path's reference."""
     _check(q, k, share)
@@ -182,7 +194,8 @@ def select_blocks_fixed_density_unfused(q, k, *, density: float, block_size: int
     structural = structural_mask(M, sink=sink, window=window, last_full=last_full)
     causal = m[None, :] <= m[:, None]
     score = jnp.where(structural, jnp.inf, jnp.where(causal, mass, -jnp.inf))
-    budget = density_budget(density, M)  # [M]
+    budget = density_budget(density, M, sink=sink, window=window, last_full=last_full,
+                            structural_in_budget=structural_in_budget)  # [M]
     ranked = -jnp.sort(-score, axis=-1)  # descending
     nth = jnp.broadcast_to(budget[:, None] - 1, ranked.shape[:-1] + (1,))
     thr = jnp.take_along_axis(ranked, nth, axis=-1)  # the budget-th largest score of the row

@@ -301,11 +301,13 @@ def select_blocks_fused(q, k, alpha, *, block_size: int, sink: int, window: int,
 def select_blocks_fixed_density_fused(q, k, density, *, block_size: int, sink: int,
                                       window: int, last_full: int, interpret: bool,
                                       tiles: MassTiles = MASS_TILES,
-                                      num_warps: int = 4) -> BlockMask:
+                                      num_warps: int = 4,
+                                      structural_in_budget: bool = True) -> BlockMask:
     """select_blocks_fixed_density for impl="triton", share="none": the mass kernel, then the
     select kernel with each row's budget (selection_common.density_budget, computed as the
     unfused path does). num_warps: the select kernel's."""
-    budget = density_budget(density, -(-q.shape[1] // block_size))
+    budget = density_budget(density, -(-q.shape[1] // block_size), sink=sink, window=window,
+                            last_full=last_full, structural_in_budget=structural_in_budget)
     return _select_fused(q, k, budget, per_row=True, mode="density", block_size=block_size,
                          sink=sink, window=window, last_full=last_full, interpret=interpret,
                          tiles=tiles, num_warps=num_warps)

@@ -8,6 +8,7 @@ import pytest
 from pflash_jax.attention import BlockMask, select_blocks, select_blocks_fixed_density, selection
 from pflash_jax.attention.blockmask import compress
 from pflash_jax.attention.selection import block_mass
+from pflash_jax.attention.selection_common import density_budget
 from pflash_jax.attention.selection_xla import block_mass_xla
 from tests.tolerances import assert_close
 
@@ -58,18 +59,19 @@ def np_select(mass, alpha, sink, window, last_full):
     return (keep | np_structural(M, sink, window, last_full)) & np.tri(M, dtype=bool)
 
 
-def np_fixed(mass, density, sink, window, last_full):
+def np_fixed(mass, budget, sink, window, last_full):
+    """The fixed-density rule, one row at a time, on given row budgets (density_budget's,
+    tested on its own in test_density_budget_*)."""
     B, N, M, _ = mass.shape
     st = np_structural(M, sink, window, last_full)
     keep = np.zeros(mass.shape, bool)
     for b in range(B):
         for h in range(N):
             for m in range(M):
-                budget = min(m + 1, max(1, int(np.ceil(density * (m + 1)))))
                 row = st[m].copy()
                 others = sorted((n for n in range(m + 1) if not row[n]),
                                 key=lambda n: -mass[b, h, m, n])
-                for n in others[:max(0, budget - row.sum())]:
+                for n in others[:max(0, budget[m] - row.sum())]:
                     row[n] = True
                 keep[b, h, m] = row
     return keep
@@ -192,12 +194,65 @@ def test_fixed_density_matches_numpy(density):
     S, bs = 320, 16
     q, k = _qk(8, S, 2, 1, scale=2.0)
     mass = np_mass(q, k, bs)
-    exp = np_fixed(mass, density, 2, 2, 1)
-    got = select_blocks_fixed_density(q, k, density=density, block_size=bs, sink=2, window=2,
-                                      last_full=1)
-    assert np.array_equal(np.asarray(got.mask), exp), "fixed-density mask differs"
-    if density == 1.0:
-        assert float(got.density()) == 1.0
+    M = -(-S // bs)
+    for inside in (True, False):
+        budget = np.asarray(density_budget(density, M, sink=2, window=2, last_full=1,
+                                           structural_in_budget=inside))
+        exp = np_fixed(mass, budget, 2, 2, 1)
+        got = select_blocks_fixed_density(q, k, density=density, block_size=bs, sink=2,
+                                          window=2, last_full=1, structural_in_budget=inside)
+        assert np.array_equal(np.asarray(got.mask), exp), f"fixed-density mask differs ({inside})"
+        if density == 1.0:
+            assert float(got.density()) == 1.0
+        elif inside:  # the kept fraction of causal blocks is density, not more, unless the
+            # structural blocks alone (one block a row at least) are more
+            floor = np.maximum(1, np_structural(M, 2, 2, 1).sum(-1)).sum() / (M * (M + 1) / 2)
+            assert float(got.density()) <= max(density, floor) + 1e-6, float(got.density())
+
+
+def np_budget_search(density, M, st_counts):
+    """An independent search for density_budget's rule: binary search over the exact
+    breakpoints k / (m + 1) of the row budgets for the largest rate whose total
+    sum max(budget, structural) fits density * M (M + 1) / 2."""
+    target = np.float32(density) * np.float32(M * (M + 1) / 2)
+    total = lambda r: np.maximum(np_budget(r, M), st_counts).sum()  # noqa: E731
+    if total(density) <= target:
+        return np_budget(density, M)
+    cands = np.unique(np.concatenate([np.arange(m + 2) / (m + 1) for m in range(M)]))
+    cands = cands[cands < density]
+    if total(cands[0]) > target:
+        return np_budget(0.0, M)
+    lo, hi = 0, len(cands) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if total(cands[mid]) <= target else (lo, mid - 1)
+    return np_budget(cands[lo], M)
+
+
+@pytest.mark.parametrize("M", [1, 8, 20, 38, 150, 313, 1024])
+@pytest.mark.parametrize("density", [1e-3, 0.05, 0.1, 0.3, 0.6, 1.0])
+@pytest.mark.parametrize("structural", [(2, 4, 2), (1, 2, 1), (0, 1, 0)])
+def test_density_budget_counts_structural_inside(M, density, structural):
+    """structural_in_budget: the rows' kept counts max(budget, structural) total at most
+    density * M (M + 1) / 2 (unless the structural blocks alone exceed it: then exactly those),
+    at least as many as the independent breakpoint search finds, and the budgets are one
+    rate's ceil(rate * (m + 1)) (non-decreasing, steps of at most one block)."""
+    st = np_structural(M, *structural).sum(-1)
+    got = np.asarray(density_budget(density, M, sink=structural[0], window=structural[1],
+                                    last_full=structural[2]))
+    ref = np_budget_search(density, M, st)
+    target = np.float32(density) * np.float32(M * (M + 1) / 2)
+    kept, kept_ref = np.maximum(got, st).sum(), np.maximum(ref, st).sum()
+    floor = np.maximum(1, st).sum()
+    print(f"M={M} density={density} {structural}: kept {kept}, search {kept_ref}, "
+          f"target {target:.1f}, structural floor {floor}")
+    assert kept <= max(target, floor)
+    assert kept >= kept_ref
+    assert np.all(np.diff(got) >= 0) and np.all(np.diff(got) <= 1)
+    assert np.all((got >= 1) & (got <= np.arange(1, M + 1)))
+    if M == 1024 and density == 0.1 and structural == (2, 4, 2):
+        # the production case: within 0.1% of the target (it was 0.1046 counted on top)
+        assert kept / (M * (M + 1) / 2) > 0.0999
 
 
 @pytest.mark.parametrize("share", ["union", "mean"])
@@ -308,7 +363,7 @@ def test_fused_select_lowers_for_cuda(monkeypatch):
 
 
 def np_budget(density, M):
-    """clip(ceil(density * (m + 1)), 1, m + 1) with the product in float32, as the paths do
+    """clip(ceil(density * (m + 1)), 1, m + 1) with the product in float32, as row_budget does
     (in float64, 0.3 * 10 rounds up past 3 and its ceil is 4; in float32 it is 3)."""
     m1 = np.arange(1, M + 1)
     return np.clip(np.ceil(np.float32(density) * m1.astype(np.float32)).astype(int), 1, m1)
@@ -328,12 +383,12 @@ def np_fixed_ties(mass, budget, structural):
     return keep
 
 
-def _fixed_equals_unfused(q, k, density, bs, structural, what):
+def _fixed_equals_unfused(q, k, density, bs, structural, what, inside=True):
     """The fused fixed-density path (interpreted) against select_blocks_fixed_density_unfused
     (same mass kernel, then a sort per row and from_dense): exactly equal. Returns it."""
     sink, window, last_full = structural
     kw = dict(density=density, block_size=bs, sink=sink, window=window, last_full=last_full,
-              impl="triton", interpret=True)
+              impl="triton", interpret=True, structural_in_budget=inside)
     got = select_blocks_fixed_density(q, k, **kw)
     _assert_same_blockmask(got, selection.select_blocks_fixed_density_unfused(q, k, **kw), what)
     return got
@@ -350,11 +405,14 @@ FIXED_CASES = [
 ]
 
 
+@pytest.mark.parametrize("inside", [True, False], ids=["inside", "on_top"])
 @pytest.mark.parametrize("S,bs,N,K,B,dtype,density,structural", FIXED_CASES)
-def test_fused_fixed_density_equals_unfused(S, bs, N, K, B, dtype, density, structural):
+def test_fused_fixed_density_equals_unfused(S, bs, N, K, B, dtype, density, structural, inside):
+    """Both budget rules (structural blocks inside the density, or on top of it)."""
     q, k = _qk(200 + S, S, N, K, B=B, scale=3.0)
     q, k = q.astype(dtype), k.astype(dtype)
-    got = _fixed_equals_unfused(q, k, density, bs, structural, f"S={S} density={density}")
+    got = _fixed_equals_unfused(q, k, density, bs, structural, f"S={S} density={density}",
+                                inside)
     M = -(-S // bs)
     st = np_structural(M, *structural)
     mask = np.asarray(got.mask)
@@ -362,6 +420,9 @@ def test_fused_fixed_density_equals_unfused(S, bs, N, K, B, dtype, density, stru
         assert float(got.density()) == 1.0
     elif density * M <= 1:
         assert np.array_equal(mask, np.broadcast_to(st, mask.shape)), "not structural alone"
+    elif inside and np.array_equal(mask, np.broadcast_to(st, mask.shape)):
+        # inside the budget the structural blocks alone may already fill it (M = 32 at 0.1)
+        assert np.maximum(1, st.sum(-1)).sum() >= density * M * (M + 1) / 2
     else:  # some row keeps some but not all of its mass-decided blocks
         cand = np.tri(M, dtype=bool) & ~st
         kept = (mask & cand).sum(-1)
@@ -387,7 +448,8 @@ def test_fused_fixed_density_ties(case):
         density = 0.5
     got = _fixed_equals_unfused(q, k, density, bs, structural, case)
     st = np_structural(M, *structural)
-    budget = np_budget(density, M)
+    budget = np.asarray(density_budget(density, M, sink=structural[0], window=structural[1],
+                                       last_full=structural[2]))
     mass = np.asarray(block_mass(q, k, block_size=bs, impl="triton", interpret=True))
     exp = np_fixed_ties(mass, budget, st)
     mask = np.asarray(got.mask)
@@ -470,7 +532,7 @@ def test_gpu_fused_fixed_density_matches_unfused(S, density):
     M = mass.shape[-1]
     st = np_structural(M, 2, 4, 2)
     cand = np.tri(M, dtype=bool) & ~st
-    budget = np_budget(density, M)
+    budget = np.asarray(density_budget(density, M, sink=2, window=4, last_full=2))
     thr = np.full(mass.shape[:3] + (1,), np.inf)  # r <= 0: structural alone, nothing is near
     for b, h, m in np.ndindex(mass.shape[:3]):
         r = budget[m] - st[m].sum()

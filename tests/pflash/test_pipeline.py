@@ -121,10 +121,10 @@ def test_kept_positions_sorted_unique_and_budgeted(pair, name):
 
 def test_bucket():
     assert bucket(1) == 256 and bucket(256) == 256
-    for n in (257, 1000, 5000, 131072, 100_000):
+    for n in (257, 1000, 5000, 7296, 131072, 100_000, 77_777):
         b = bucket(n)
-        assert b >= n and (b - n) <= max(256, b // 8), (n, b)
-    assert bucket(131072) == 131072
+        assert b >= n and b % 128 == 0 and (b - n) < max(128, b // 32), (n, b)
+    assert bucket(131072) == 131072 and bucket(7296) == 7296  # 7,296 = 57 x 128
 
 
 @pytest.mark.parametrize("kw,needle", [
