@@ -36,6 +36,8 @@
 #             accuracy, EVAL_CASES cases, EVAL_LENGTHS, EE_TASKS), one run per K
 #   speedupee experiment=speedup at 131072, selection.score_layers=EE_LAYERS (null,14) in one
 #             process, full prefill beside each row
+#   speedupx:TAG  experiment=speedup at 131072 with the overrides in $SPEEDUPX_TAG (a multirun,
+#             e.g. SPEEDUPX_q="drafter.quantize=fp8 selection.score_layers=null,14")
 #   quality@S1,S2  the same for these lengths only (e.g. quality@4096,8192 then quality@16384
 #             separately: ~8-10 min each on an H100, first job compiling ~1.5-2.5 min);
 #             QUALITY_TASKS=a,b,c limits the tasks (default: the experiment file's eight)
@@ -148,6 +150,12 @@ for s in "$@"; do
     speedupee) stage speedupee "${SPEEDUP_LIMIT:-240}" python3 experiments/run.py -m \
         experiment=speedup task.seq_len=131072 "selection.score_layers=${EE_LAYERS:-null,14}" \
         hydra.sweep.dir="$OUT/speedupee" ;;
+    speedupx:*)  # speedupx:TAG: experiment=speedup at 131072 with the overrides in $SPEEDUPX_TAG
+      tag=${s#speedupx:}
+      var="SPEEDUPX_$tag"
+      # shellcheck disable=SC2086
+      stage "speedupx_$tag" "${SPEEDUP_LIMIT:-240}" python3 experiments/run.py -m \
+        experiment=speedup task.seq_len=131072 ${!var:-} hydra.sweep.dir="$OUT/speedupx_$tag" ;;
     trainv2) stage trainv2 "${TRAIN_LIMIT:-560}" env OUT="$OUT/trainv2" bash scripts/train_v2.sh ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
