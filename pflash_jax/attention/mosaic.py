@@ -19,9 +19,14 @@ position and < S). Padded keys sit only in the last block, which is always a row
 when kept, so the same mask hides them. causal=False masks the last entry for padding only.
 
 Layout: q/o [B, S, N, H], k/v [B, S, K, H] (S padded inside to a multiple of block_size). Query
-head h reads kv head h // G (GQA, G = N // K). CTAs are ordered heads fastest (the G heads of a
-kv group run side by side and share K/V blocks in L2), then query blocks heaviest first (the
-last query blocks keep the most blocks), then batch.
+head h reads kv head h // G (GQA, G = N // K). CTAs are ordered (BlockSizes.order, default
+"kv_group") the G heads of a kv group fastest (side by side, sharing K/V blocks in L2), then
+query blocks heaviest first (the last query blocks keep the most blocks), then kv heads, then
+batch: the CTAs in flight read one kv head's K/V, which mostly fits the L2. At density 0.1 and
+128K a layer's kept blocks are ~54 GB of K/V tile reads (16 heads): from HBM alone that is
+~11 ms a layer on an H200, above the ~9.6 ms its FLOPs take at the GEMM rate, so where the
+tiles come from decides the kernel's speed. order="heads" (query heads fastest, then query
+blocks) was the order before 2026-12-01.
 
 Persistent variant (BlockSizes(persistent=True), opt-in, measured slower): mosaic_persistent.py,
 one CTA per SM walking these same work items with the K/V ring running on across them. It is
@@ -81,6 +86,12 @@ class BlockSizes:
     # mosaic_persistent.py's kernel instead: one CTA per SM walking the work items round-robin
     # with the K/V ring running on across them (opt-in, measured slower; see that file).
     persistent: bool = False
+    # CTA launch order (non-persistent grid): "kv_group" runs every query block of one kv
+    # head's group before the next kv head (the concurrent CTAs then read one kv head's K/V,
+    # 64 MB at 128K, H 128, which mostly stays in the 50 MB L2); "heads": query heads fastest
+    # (the order before 2026-12-01: the concurrent CTAs read every kv head's K/V, 512 MB at
+    # 128K, so a sparse row's scattered blocks mostly come from HBM).
+    order: Literal["kv_group", "heads"] = "kv_group"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,10 +283,16 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
     return ItemOps(split, row, compute, issue, wait_consumed, drain, slot_of)
 
 
-def _kernel(*refs, cfg: KernelParams):
-    """One CTA per (query block, head, batch) item; refs: Refs' fields, in order."""
-    b = lax.axis_index("batch")
-    h = lax.axis_index("heads")
+def _kernel(*refs, cfg: KernelParams, order: str, n_kv: int):
+    """One CTA per (query block, head, batch) item; refs: Refs' fields, in order. The grid's
+    first axis is the fastest (see BlockSizes.order)."""
+    if order == "heads":  # grid (N, M, B)
+        b = lax.axis_index("batch")
+        h = lax.axis_index("heads")
+    else:  # "kv_group": grid (G, M, K * B), a kv head's G query heads side by side
+        kb = lax.axis_index("kv_batch")
+        b = lax.div(kb, jnp.int32(n_kv))
+        h = lax.rem(kb, jnp.int32(n_kv)) * cfg.heads_per_kv + lax.axis_index("group_head")
     m = cfg.n_blocks - 1 - lax.axis_index("q_blocks")  # heaviest query blocks first
     wg = lax.axis_index("wg")
     ops = item_ops(refs, wg, cfg)
@@ -395,9 +412,15 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
             mosaic_persistent.kernel, item_ops=functools.partial(item_ops, cfg=cfg),
             n_ctas=n_ctas, n_heads=N, n_blocks=M, n_batch=B, heads_per_kv=N // K, stages=stages)
         grid, grid_names = (n_ctas,), ("cta",)
-    else:
-        kernel = functools.partial(_kernel, cfg=cfg)
+    elif block_sizes.order == "heads":
+        kernel = functools.partial(_kernel, cfg=cfg, order="heads", n_kv=K)
         grid, grid_names = (N, M, B), ("heads", "q_blocks", "batch")
+    elif block_sizes.order == "kv_group":
+        kernel = functools.partial(_kernel, cfg=cfg, order="kv_group", n_kv=K)
+        grid, grid_names = (N // K, M, K * B), ("group_head", "q_blocks", "kv_batch")
+    else:
+        raise ValueError(f"BlockSizes.order must be 'kv_group' or 'heads', got "
+                         f"{block_sizes.order!r}")
     out = plgpu.kernel(
         kernel,
         out_type=jax.ShapeDtypeStruct((B, S_pad, N, H), dtype),

@@ -42,11 +42,11 @@ class MosaicBase(BlockSparseBase):
             dtype = self.kernel_dtype
         assert_close(out, exp, dtype=jnp.dtype(dtype).name, what=what)
 
-    def _check_variant(self, sizes, seed=90, S=None, causal=True, N=4, K=2, H=128):
+    def _check_variant(self, sizes, seed=90, S=None, causal=True, N=4, K=2, H=128, B=1):
         """Dense-ish masks (p=0.8) so some rows keep more blocks than the ring has slots."""
         S = S or self.S
-        q, k, v = _qkv(seed, S, N, K, H, jnp.bfloat16)
-        mask = _random_mask(seed, 1, N, self.blocks(S), p=0.8)
+        q, k, v = _qkv(seed, S, N, K, H, jnp.bfloat16, B=B)
+        mask = _random_mask(seed, B, N, self.blocks(S), p=0.8)
         bm = BlockMask.from_dense(mask, block_size=self.block_size, seq_len=S, causal=causal)
         assert int(bm.counts.max()) > 3, "no row wraps the K/V ring"
         exp = reference.block_sparse_attention(*(x.astype(jnp.float32) for x in (q, k, v)),
@@ -99,12 +99,19 @@ class TestMosaicInterpret(SharedMaskCases, MosaicBase):
     @pytest.mark.parametrize("sizes", [BlockSizes(stages=3),
                                        BlockSizes(stages=1, schedule_barrier=False),
                                        BlockSizes(persistent=True),
-                                       BlockSizes(persistent=True, stages=3)])
+                                       BlockSizes(persistent=True, stages=3),
+                                       BlockSizes(order="heads")])
     def test_pipeline_variants(self, sizes):
-        """Ring depth, the ping-pong barrier and persistent CTAs (3 CTAs over 8 items here:
-        uneven item counts, the K/V ring running across items) change the schedule, never
-        the answer."""
+        """Ring depth, the ping-pong barrier, persistent CTAs (3 CTAs over 8 items here:
+        uneven item counts, the K/V ring running across items) and the CTA order change the
+        schedule, never the answer."""
         self._check_variant(sizes, S=400, N=2, K=1, H=64)
+
+    @pytest.mark.parametrize("order", ["kv_group", "heads"])
+    def test_orders_heads_and_batches(self, order):
+        """Both CTA orders against the reference with G = 3, K = 2, B = 2 and per-head masks:
+        "kv_group" decomposes its (G, M, K * B) grid into (head, block, batch)."""
+        self._check_variant(BlockSizes(order=order), S=520, N=6, K=2, H=64, B=2)
 
     def test_persistent_no_races(self):
         from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call as ipc
@@ -202,7 +209,8 @@ class TestMosaicGPU(SharedMaskCases, MosaicBase):
     @pytest.mark.parametrize("sizes", [BlockSizes(pv="smem"), BlockSizes(schedule_barrier=False),
                                        BlockSizes(pv="smem", stages=1, schedule_barrier=False),
                                        BlockSizes(persistent=True),
-                                       BlockSizes(persistent=True, pv="smem")])
+                                       BlockSizes(persistent=True, pv="smem"),
+                                       BlockSizes(order="heads")])
     def test_pipeline_variants(self, sizes):
         self._check_variant(sizes, S=1000)
 

@@ -515,8 +515,9 @@ def test_gpu_fused_select_matches_unfused(S):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("S,density", [(16000, 0.3), (40000, 0.1), (40000, 0.02)])
-def test_gpu_fused_fixed_density_matches_unfused(S, density):
+@pytest.mark.parametrize("S,density,inside", [(16000, 0.3, True), (40000, 0.1, True),
+                                              (40000, 0.02, False), (40000, 0.1, False)])
+def test_gpu_fused_fixed_density_matches_unfused(S, density, inside):
     """Compiled, the fused kernel's mass may round a few ulps away from the XLA epilogue's that
     select_blocks_fixed_density_unfused ranks (per-chunk exp2 factor, row-sum order, division),
     so masks may differ only within 1e-5 (relative) of the row's reference threshold (the
@@ -525,14 +526,15 @@ def test_gpu_fused_fixed_density_matches_unfused(S, density):
     S = 40000: M = 313, three chunks padded to 4 (density 0.02: r <= 1, mostly structural)."""
     q, k = _qk(14, S, 4, 2, H=128, scale=3.0)
     q, k = q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
-    kw = dict(density=density, block_size=128, impl="triton")
+    kw = dict(density=density, block_size=128, impl="triton", structural_in_budget=inside)
     got = select_blocks_fixed_density(q, k, **kw)
     exp = selection.select_blocks_fixed_density_unfused(q, k, **kw)
     mass = np.asarray(block_mass(q, k, block_size=128, impl="triton"))
     M = mass.shape[-1]
     st = np_structural(M, 2, 4, 2)
     cand = np.tri(M, dtype=bool) & ~st
-    budget = np.asarray(density_budget(density, M, sink=2, window=4, last_full=2))
+    budget = np.asarray(density_budget(density, M, sink=2, window=4, last_full=2,
+                                       structural_in_budget=inside))
     thr = np.full(mass.shape[:3] + (1,), np.inf)  # r <= 0: structural alone, nothing is near
     for b, h, m in np.ndindex(mass.shape[:3]):
         r = budget[m] - st[m].sum()
