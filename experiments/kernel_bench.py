@@ -63,13 +63,14 @@ IMPL = "triton"  # set from cfg.impl in main: triton | mosaic | mosaic3 | mosaic
 # Mosaic kernel knobs per impl name; "mosaic_smem" is its P-through-shared-memory variant,
 # "mosaic3" its three-slot K/V ring (224 of 227 KB of shared memory at H=128),
 # "mosaic_persistent" one CTA per SM with the K/V ring running across work items
-# ("mosaic_persistent3": with the three-slot ring), "mosaic_heads" the query-heads-fastest
-# CTA order (BlockSizes.order="heads", the default before 2026-12-01).
+# ("mosaic_persistent3": with the three-slot ring); "mosaic" takes BlockSizes.order="auto",
+# "mosaic_heads" / "mosaic_kvgroup" force one CTA order (results/kernel_bench/order_h200).
 MOSAIC = {"mosaic": mg.BlockSizes(), "mosaic3": mg.BlockSizes(stages=3),
           "mosaic_persistent": mg.BlockSizes(persistent=True),
           "mosaic_persistent3": mg.BlockSizes(persistent=True, stages=3),
           "mosaic_smem": mg.BlockSizes(pv="smem"),
-          "mosaic_heads": mg.BlockSizes(order="heads")}
+          "mosaic_heads": mg.BlockSizes(order="heads"),
+          "mosaic_kvgroup": mg.BlockSizes(order="kv_group")}
 
 
 def sparse_fn(sizes):

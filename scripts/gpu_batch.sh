@@ -7,7 +7,7 @@
 #   tests     every `gpu`-marked test                                   (~2 min)
 #   prefill   full-prefill baselines, Qwen3-0.6B and -8B at 131072      (~2 min)
 #   kernel    kernel bench at 32K/128K x density 1.0/0.1 (triton)       (~1 min)
-#   kb:IMPL:H the same grid for impl IMPL (triton|mosaic|mosaic3|mosaic_smem|mosaic_heads|
+#   kb:IMPL:H the same grid for impl IMPL (triton|mosaic|mosaic3|mosaic_smem|mosaic_heads|mosaic_kvgroup|
 #             mosaic_persistent[3]), H query heads
 #             (16 = Qwen3-0.6B, 32 = Qwen3-8B; 8 kv heads), 3 repeats      (~1 min)
 #   mtests    the `gpu`-marked tests of the Mosaic kernel only             (~1 min)

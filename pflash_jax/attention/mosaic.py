@@ -19,14 +19,15 @@ position and < S). Padded keys sit only in the last block, which is always a row
 when kept, so the same mask hides them. causal=False masks the last entry for padding only.
 
 Layout: q/o [B, S, N, H], k/v [B, S, K, H] (S padded inside to a multiple of block_size). Query
-head h reads kv head h // G (GQA, G = N // K). CTAs are ordered (BlockSizes.order, default
-"kv_group") the G heads of a kv group fastest (side by side, sharing K/V blocks in L2), then
-query blocks heaviest first (the last query blocks keep the most blocks), then kv heads, then
-batch: the CTAs in flight read one kv head's K/V, which mostly fits the L2. At density 0.1 and
-128K a layer's kept blocks are ~54 GB of K/V tile reads (16 heads): from HBM alone that is
-~11 ms a layer on an H200, above the ~9.6 ms its FLOPs take at the GEMM rate, so where the
-tiles come from decides the kernel's speed. order="heads" (query heads fastest, then query
-blocks) was the order before 2026-12-01.
+head h reads kv head h // G (GQA, G = N // K). CTA order (BlockSizes.order): "heads" runs query
+heads fastest (the G heads of a kv group side by side, sharing K/V blocks in L2), then query
+blocks heaviest first (the last query blocks keep the most blocks), then batch; "kv_group" runs
+a group's G heads fastest, then query blocks heaviest first, then kv heads, then batch, so the
+CTAs in flight read one kv head's K/V. A sparse row's kept blocks are scattered: at density 0.1
+and 128K a layer reads ~54 GB of K/V tiles (16 heads), ~11 ms from HBM alone on an H200, so
+where the tiles come from matters. "auto" (default) takes kv_group where one kv head's K/V
+fits half the L2 and the mask is per head (32K: 1.02 vs 1.29 ms), heads otherwise (128K:
+12.12 vs 12.52 ms; dense, one shared mask: 2% faster).
 
 Persistent variant (BlockSizes(persistent=True), opt-in, measured slower): mosaic_persistent.py,
 one CTA per SM walking these same work items with the K/V ring running on across them. It is
@@ -70,6 +71,8 @@ from pflash_jax.attention.blockmask import BlockMask
 from pflash_jax.numerics import MASK_VALUE
 
 LOG2E = math.log2(math.e)
+KV_GROUP_BYTES = 24 << 20  # order="auto": kv_group while one kv head's K + V is at most this
+#                            (about half the 50 MB L2 of an H100 / H200)
 COMPUTE_WGS = 2  # compute warpgroups per CTA (FA3 ping-pong); a third one issues the TMA copies
 
 
@@ -87,11 +90,13 @@ class BlockSizes:
     # with the K/V ring running on across them (opt-in, measured slower; see that file).
     persistent: bool = False
     # CTA launch order (non-persistent grid): "kv_group" runs every query block of one kv
-    # head's group before the next kv head (the concurrent CTAs then read one kv head's K/V,
-    # 64 MB at 128K, H 128, which mostly stays in the 50 MB L2); "heads": query heads fastest
-    # (the order before 2026-12-01: the concurrent CTAs read every kv head's K/V, 512 MB at
-    # 128K, so a sparse row's scattered blocks mostly come from HBM).
-    order: Literal["kv_group", "heads"] = "kv_group"
+    # head's group before the next kv head (the CTAs in flight read one kv head's K/V);
+    # "heads": query heads fastest (the CTAs in flight read every kv head's K/V). "auto":
+    # kv_group for per-head masks whose one kv head's K/V fits half the L2 (KV_GROUP_BYTES),
+    # else heads. Measured (results/kernel_bench/order_h200, H200, 16/8 heads, density 0.1):
+    # 32K (16 MiB a kv head) 1.02 vs 1.29 ms; 128K (64 MiB) 12.52 vs 12.12 ms; dense
+    # (one shared mask) 2% slower with kv_group at both lengths.
+    order: Literal["auto", "kv_group", "heads"] = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,6 +319,16 @@ def _kernel(*refs, cfg: KernelParams, order: str, n_kv: int):
     ops.split(functools.partial(ops.compute, b, h, m, hm, count), memory)
 
 
+def resolve_order(order: str, seq_len: int, head_dim: int, itemsize: int,
+                  shared_mask: bool) -> str:
+    """BlockSizes.order with "auto" decided: "kv_group" for a per-head mask whose one kv head's
+    K and V (2 * seq_len * head_dim * itemsize bytes) fit KV_GROUP_BYTES, else "heads"."""
+    if order != "auto":
+        return order
+    fits = 2 * seq_len * head_dim * itemsize <= KV_GROUP_BYTES
+    return "kv_group" if fits and not shared_mask else "heads"
+
+
 def _and(cond, flag):
     """cond & flag, where flag is True (static: no extra op) or a traced bool."""
     return cond if flag is True else cond & flag
@@ -406,20 +421,21 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         heads_per_kv=N // K, stages=stages, pv=pv, schedule_barrier=block_sizes.schedule_barrier,
         compute_registers=block_sizes.compute_registers,
         memory_registers=block_sizes.memory_registers, shared_mask=shared_mask)
+    order = resolve_order(block_sizes.order, S_pad, H, dtype.itemsize, shared_mask)
     if block_sizes.persistent:
         n_ctas = mosaic_persistent.num_ctas(N * M * B, interpret=interpret is not None)
         kernel = functools.partial(
             mosaic_persistent.kernel, item_ops=functools.partial(item_ops, cfg=cfg),
             n_ctas=n_ctas, n_heads=N, n_blocks=M, n_batch=B, heads_per_kv=N // K, stages=stages)
         grid, grid_names = (n_ctas,), ("cta",)
-    elif block_sizes.order == "heads":
+    elif order == "heads":
         kernel = functools.partial(_kernel, cfg=cfg, order="heads", n_kv=K)
         grid, grid_names = (N, M, B), ("heads", "q_blocks", "batch")
-    elif block_sizes.order == "kv_group":
+    elif order == "kv_group":
         kernel = functools.partial(_kernel, cfg=cfg, order="kv_group", n_kv=K)
         grid, grid_names = (N // K, M, K * B), ("group_head", "q_blocks", "kv_batch")
     else:
-        raise ValueError(f"BlockSizes.order must be 'kv_group' or 'heads', got "
+        raise ValueError(f"BlockSizes.order must be 'auto', 'kv_group' or 'heads', got "
                          f"{block_sizes.order!r}")
     out = plgpu.kernel(
         kernel,

@@ -17,7 +17,7 @@ import pytest
 
 from pflash_jax.attention import BlockMask, block_sparse_attention, dense_attention, reference
 from pflash_jax.attention.api import is_hopper
-from pflash_jax.attention.mosaic import BlockSizes
+from pflash_jax.attention.mosaic import BlockSizes, resolve_order
 from tests.attention.test_block_sparse import BlockSparseBase, _qkv, _random_mask
 from tests.tolerances import assert_close
 
@@ -234,3 +234,14 @@ class TestMosaicGPU(SharedMaskCases, MosaicBase):
                                          impl="mosaic", block_size=128, interpret=True)
         assert_close(np.asarray(gpu, np.float32), np.asarray(cpu, np.float32),
                      dtype="bfloat16", what="GPU vs interpreter")
+
+
+@pytest.mark.parametrize("S,shared,want", [(32768, False, "kv_group"), (49152, False, "kv_group"),
+                                           (65536, False, "heads"), (131072, False, "heads"),
+                                           (32768, True, "heads")])
+def test_auto_order(S, shared, want):
+    """order="auto": kv_group while one kv head's K/V (bf16, H 128) fits 24 MiB and the mask is
+    per head (measured faster at 32K, slower at 128K and for dense masks); explicit orders stay."""
+    assert resolve_order("auto", S, 128, 2, shared) == want
+    assert resolve_order("heads", S, 128, 2, shared) == "heads"
+    assert resolve_order("kv_group", S, 128, 2, shared) == "kv_group"
