@@ -31,9 +31,10 @@ from pflash_jax.report import ROWS, load_rows, read_compact, write_report  # noq
 # at a new sweep's compact folder (report.py OUTPUTS --out results/NAME --compact).
 QUALITY = "quality_tiny_h200"
 # folders under results/ whose tables.md and plots are regenerated from their rows.jsonl
-LATEST_SPEED = "speedup_h200_fused_select"  # the newest 128K rows (issue 17): the speed section
+# the newest 128K rows (issue 17), newest folder first: the speed section's "latest rows"
+LATEST_SPEED = ("speedup_h200_exact_density", "speedup_h200_fused_select")
 REPORTS = ["speedup", "speedup_h200_triton", "speedup_h200_check", "speedup_h200_inside",
-           LATEST_SPEED,
+           *LATEST_SPEED,
            QUALITY, "rtx3090_h200", "quality_quant_tiny_h200"]
 SPAN, KEEP = 32, 0.05  # the speed rows' setting, at which the quality headline is read
 
@@ -75,28 +76,30 @@ def speed_section() -> str:
 
 
 def latest_speed_lines() -> list[str]:
-    """The newest 128K rows (results/LATEST_SPEED), each beside its roofline floor."""
+    """The newest 128K rows (results/LATEST_SPEED's folders), each beside its roofline floor."""
     from pflash_jax.roofline import floor
 
-    rows = [r for r in load_rows([str(RESULTS / LATEST_SPEED)]) if r["repeats"] > 0]
+    rows = [(folder, r) for folder in LATEST_SPEED
+            for r in load_rows([str(RESULTS / folder)]) if r["repeats"] > 0]
     if not rows:
         return []
-    t = rows[0]
-    out = ["", f"Latest rows at {t['S']:,} tokens (commit {t['commit']}, {t['device']}, "
-           f"`results/{LATEST_SPEED}`), each beside its arithmetic floor on that card "
-           f"(`roofline.floor`: every FLOP at the measured matmul rate, a bound no kernel "
-           f"reaches):", "",
-           "| drafter scoring | full prefill (s) | PFlash (s) | drafter (s) | target prefill (s) "
-           "| speedup | floor: PFlash / full (s), speedup |", "|" + " --- |" * 7]
-    for r in rows:
+    t = rows[0][1]
+    out = ["", f"Latest rows at {t['S']:,} tokens ({t['device']}; newest first), each beside its "
+           f"arithmetic floor on that card (`roofline.floor`: every FLOP at the measured matmul "
+           f"rate, a bound no kernel reaches):", "",
+           "| drafter scoring | blocks kept | full prefill (s) | PFlash (s) | drafter (s) | "
+           "target prefill (s) | speedup | floor: PFlash / full (s), speedup | commit, folder |",
+           "|" + " --- |" * 9]
+    for folder, r in rows:
         f = floor(r)
         fl = "-" if f is None else (f"{f['pflash_ttft_s']:.3f} / {f['full_ttft_s']:.2f}, "
                                     f"{f['speedup']:.1f}x")
         label = (f"first {r['score_layers']} layers (early exit)" if r.get("score_layers")
                  else "all layers")
-        out.append(f"| {label} | {r['full_ttft_s']:.2f} | {r['pflash_ttft_s']:.3f} | "
+        kept = "-" if r.get("block_density") is None else f"{r['block_density']:.3f}"
+        out.append(f"| {label} | {kept} | {r['full_ttft_s']:.2f} | {r['pflash_ttft_s']:.3f} | "
                    f"{r['pflash_drafter_forward_s']:.3f} | {r['pflash_target_prefill_s']:.3f} | "
-                   f"**{r['speedup']:.2f}x** | {fl} |")
+                   f"**{r['speedup']:.2f}x** | {fl} | {r['commit']}, `results/{folder}` |")
     return out + [""]
 
 
