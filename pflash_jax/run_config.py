@@ -38,7 +38,8 @@ class AttentionSpec:
 
     impl: str | None = None  # auto | reference | triton | mosaic | dense
     alpha: float | None = None  # normalised-mass threshold (docs/design.md 1.1); presets: 0.12
-    density: float | None = None  # fixed block density (random weights) instead of alpha
+    density: float | None = None  # fixed block density (random weights) instead of alpha:
+    #                               the kept fraction of causal blocks, structural ones included
     block_size: int | None = None  # presets: 128
     # The target's dense attention, for its PFlash prefill and the full-prefill baseline alike:
     # auto (mosaic on Hopper, cudnn on other GPUs, reference on CPU) | cudnn | mosaic | reference

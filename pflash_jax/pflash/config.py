@@ -218,7 +218,9 @@ class PFlashConfig:
         (docs/design.md 1.1, 0.08-0.18 in the paper's configs; not comparable with unnormalised
         0.7-0.85 values).
     block_density: None = alpha-driven dynamic selection; a fraction in (0, 1] = keep that
-        fraction of blocks per query-block row (fixed-density mode for timing random weights).
+        fraction of the causal blocks, the structural ones (sinks, local window, last rows)
+        included, about that fraction of each query-block row (fixed-density mode for timing
+        random weights; attention.selection_common.density_budget).
     block_size: attention block size in tokens.
     preset: the name of the preset this config was built from ("custom" otherwise); results
         record it next to every option value.
