@@ -54,8 +54,9 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 def render(rows: list[dict], head: str) -> str:
     lines = [head, "",
-             "| task | S | cases | recall, unquantized | recall, quantized | kept Jaccard | importance "
-             "Spearman | top-5% overlap |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| task | S | cases | recall, unquantized | recall, quantized | kept Jaccard | "
+             "importance Spearman | top-5% overlap |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['S']} | {r['n_cases']} | {r['recall_ref']:.3f} | "
                      f"{r['recall_quant']:.3f} | {r['kept_jaccard']:.3f} | "
