@@ -9,8 +9,10 @@ from selection.py would close an import cycle.
 
 from __future__ import annotations
 
-import jax
+import functools
+
 import jax.numpy as jnp
+import numpy as np
 
 
 def block_means(k, block_size: int):
@@ -32,17 +34,8 @@ def is_structural(m, n, *, n_blocks: int, sink: int, window: int, last_full: int
 
 def row_budget(density, n_blocks: int):
     """int32 [M]: clip(ceil(density * (m + 1)), 1, m + 1), the product in float32."""
-    m1 = jnp.arange(1, n_blocks + 1, dtype=jnp.int32)
-    d = jnp.asarray(density, jnp.float32)
-    return jnp.clip(jnp.ceil(d * m1.astype(jnp.float32)).astype(jnp.int32), 1, m1)
-
-
-def structural_counts(n_blocks: int, *, sink: int, window: int, last_full: int):
-    """int32 [M]: how many causal blocks of query block m are structural (always kept)."""
-    m = jnp.arange(n_blocks)[:, None]
-    n = jnp.arange(n_blocks)[None, :]
-    st = is_structural(m, n, n_blocks=n_blocks, sink=sink, window=window, last_full=last_full)
-    return jnp.sum(st & (n <= m), axis=1).astype(jnp.int32)
+    xp = np if isinstance(density, (int, float, np.floating)) else jnp
+    return jnp.asarray(_row_budget(xp, density, n_blocks))
 
 
 def density_budget(density, n_blocks: int, *, sink: int, window: int, last_full: int,
@@ -52,29 +45,49 @@ def density_budget(density, n_blocks: int, *, sink: int, window: int, last_full:
     and the fused path, which must agree on it to the block; density may be traced.
 
     structural_in_budget=True (default): `density` is the kept fraction of ALL causal blocks,
-    the structural ones included (what BlockMask.density() measures): rows get
-    row_budget(d') with d' <= density the largest rate (24 halvings) whose total
-    sum_m max(row_budget(d')[m], structural[m]) stays within density * M (M + 1) / 2. Where the
-    structural blocks alone exceed that (tiny density, short prompts), d' = 0: they are kept.
-    False: row_budget(density) as given, the structural blocks counted on top where they exceed
-    a row's budget (the rule before 2026-12-01; at 128K and density 0.1 it keeps 0.105).
+    the structural ones included (what BlockMask.density() measures): rows get row_budget(d')
+    with d' <= density the largest rate, to 64^-4 of density (four rounds of 64 candidates,
+    unrolled: no device loop), whose total sum_m max(row_budget(d')[m], structural[m]) stays
+    within density * M (M + 1) / 2. Where the structural blocks alone exceed that (tiny
+    density, short prompts), d' = 0: they are kept. False: row_budget(density) as given, the
+    structural blocks counted on top where they exceed a row's budget (the rule before
+    2026-12-01; at 128K and density 0.1 it keeps 0.105).
     """
     if not structural_in_budget:
         return row_budget(density, n_blocks)
-    st = structural_counts(n_blocks, sink=sink, window=window, last_full=last_full)
-    d = jnp.asarray(density, jnp.float32)
-    target = d * jnp.float32(n_blocks * (n_blocks + 1) / 2)
+    # numpy for a Python density, jnp for a traced one: the same float32 arithmetic
+    xp = np if isinstance(density, (int, float)) else jnp
+    st = _structural_counts_np(n_blocks, sink, window, last_full)  # [M], static
+    d = xp.asarray(density, xp.float32)
+    target = d * xp.float32(n_blocks * (n_blocks + 1) / 2)
+    m1 = xp.arange(1, n_blocks + 1, dtype=xp.int32)
 
-    def total(rate):
-        return jnp.sum(jnp.maximum(row_budget(rate, n_blocks), st)).astype(jnp.float32)
+    def totals(rates):  # [C] rates -> [C] kept blocks in all
+        b = xp.clip(xp.ceil(rates[:, None] * m1.astype(xp.float32)).astype(xp.int32), 1, m1)
+        return xp.sum(xp.maximum(b, xp.asarray(st)), axis=1).astype(xp.float32)
 
-    def halve(_, lo_hi):
-        lo, hi = lo_hi
-        mid = 0.5 * (lo + hi)
-        fits = total(mid) <= target
-        return jnp.where(fits, mid, lo), jnp.where(fits, hi, mid)
+    steps = xp.arange(65, dtype=xp.float32) / xp.float32(64)  # 0, 1/64, ..., 1
+    lo, width = xp.float32(0.0), d
+    for _ in range(4):
+        cand = xp.minimum(lo + width * steps, d)  # [65]; cand[0] = lo fits (or is 0)
+        fits = totals(cand) <= target
+        j = xp.maximum(xp.sum(xp.cumprod(fits.astype(xp.int32))) - 1, 0)  # last of the prefix
+        lo, width = cand[j], width / xp.float32(64)
+    return row_budget(lo, n_blocks)
 
-    lo, hi = jnp.float32(0.0), d
-    lo, hi = jax.lax.fori_loop(0, 24, halve, (lo, hi))
-    rate = jnp.where(total(hi) <= target, hi, lo)  # density itself when it already fits
-    return row_budget(rate, n_blocks)
+
+def _row_budget(xp, density, n_blocks: int):
+    """row_budget in numpy or jnp (the same float32 product)."""
+    m1 = xp.arange(1, n_blocks + 1, dtype=xp.int32)
+    d = xp.asarray(density, xp.float32)
+    return xp.clip(xp.ceil(d * m1.astype(xp.float32)).astype(xp.int32), 1, m1)
+
+
+@functools.lru_cache(maxsize=64)
+def _structural_counts_np(n_blocks: int, sink: int, window: int, last_full: int) -> np.ndarray:
+    """int32 [M]: how many causal blocks of query block m are structural (always kept); numpy,
+    so a constant even inside a trace."""
+    m = np.arange(n_blocks)[:, None]
+    n = np.arange(n_blocks)[None, :]
+    st = is_structural(m, n, n_blocks=n_blocks, sink=sink, window=window, last_full=last_full)
+    return np.sum(st & (n <= m), axis=1).astype(np.int32)
