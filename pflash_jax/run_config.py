@@ -72,6 +72,7 @@ class SelectionSpec:
     tail_weights: str | None = None  # uniform | linear (later rows weigh more) | rarity
     tail_rows: str | None = None  # last | question (only the question's tail rows vote)
     question_lines: int | None = None  # lines the question spans (2)
+    fold_impl: str | None = None  # auto | xla | triton: the scoring fold's kernel
 
 
 PROMPT_FORMATS = ("raw", "chat")

@@ -25,6 +25,7 @@ Preset values ("pflash" / "specprefill") and where they come from:
   reference on CPU) / "dense":
   PFlash's drafter is block-sparse, SpecPrefill's dense.
   "reference", "triton" and "mosaic" are the same block-sparse math; on a GPU pick a kernel.
+- fold_impl: "auto" for both (the kernel of the scoring fold, not a result-changing option).
 - alpha 0.12, block_density None, block_size 128 for both (only read by block-sparse impls).
 - anchors "none" for both for now (the original PFlash has question n-gram anchors, 4-grams of
   the last 96 tokens, +-2 spans; the default gets chosen from an ablation), anchor_ngram 4,
@@ -51,6 +52,7 @@ POSITION_MODES = ("original", "renumbered")
 FORCED_MODES = ("inside", "on_top")
 ANCHOR_MODES = ("none", "ngram")
 ATTENTION_IMPLS = ("auto", "reference", "triton", "mosaic", "dense")
+FOLD_IMPLS = ("auto", "xla", "triton")
 
 
 def _check_int(owner: str, name: str, value, minimum: int) -> None:
@@ -104,6 +106,13 @@ class ScoringConfig:
         tokens votes with every token; a shorter one does not let haystack rows vote. Tail
         mode only.
     question_lines: lines the question spans (2: the tasks' question and answer-prefix lines).
+    fold_impl: how each layer's tail probabilities are folded into the running max
+        (importance.fold_layer): "xla" = plain jnp, the reference (it materialises [N, T, S]
+        float32 logits); "triton" = the fused Pallas kernels of pflash/fold_triton.py (logits
+        in registers, k read twice; interpret mode without a GPU), not for pooling "per_row",
+        which pools each row before the max; "auto" = "triton" when JAX's default backend is a
+        GPU, pooling is not "per_row" and the kernels take the shapes, else "xla". The same
+        fold up to float32 rounding, so not a result-changing option.
     """
 
     n_tail: int = 8
@@ -116,6 +125,7 @@ class ScoringConfig:
     tail_weights: str = "uniform"
     tail_rows: str = "last"
     question_lines: int = 2
+    fold_impl: str = "auto"
 
     def __post_init__(self):
         _check_int("ScoringConfig", "n_tail", self.n_tail, 1)
@@ -127,6 +137,10 @@ class ScoringConfig:
         _check_int("ScoringConfig", "skip_layers", self.skip_layers, 0)
         _check_choice("ScoringConfig", "tail_rows", self.tail_rows, TAIL_ROWS)
         _check_int("ScoringConfig", "question_lines", self.question_lines, 1)
+        _check_choice("ScoringConfig", "fold_impl", self.fold_impl, FOLD_IMPLS)
+        if self.fold_impl == "triton" and self.pooling == "per_row":
+            raise ValueError("ScoringConfig.fold_impl='triton' needs pooling other than "
+                             "'per_row' (per-row pooling runs before the max: XLA path only)")
         # options that read the prompt's own tail rows (look-ahead rows are generated tokens)
         tail_only = {"tail_weights": self.tail_weights == "rarity",
                      "tail_rows": self.tail_rows == "question", "skip_layers": self.skip_layers}
@@ -273,6 +287,7 @@ PRESETS: dict[str, dict] = {
         tail_weights="uniform",
         tail_rows="last",
         question_lines=2,
+        fold_impl="auto",
         span_size=32,
         keep_ratio=0.05,
         rounding="floor",
@@ -300,6 +315,7 @@ PRESETS: dict[str, dict] = {
         tail_weights="uniform",
         tail_rows="last",
         question_lines=2,
+        fold_impl="auto",
         span_size=32,
         keep_ratio=0.1,
         rounding="ceil",

@@ -8,6 +8,14 @@ Design choices:
   its [N, T, S] probabilities and immediately folds their max over heads into a running max
   [T, S]. Max is associative, so the fused fold equals the unfused max over (layer, head) that
   `importance_unfused` computes from every layer's keys; no per-layer K/V is ever kept.
+- Two implementations of the fold, picked by ScoringConfig.fold_impl ("auto": the kernels on a
+  GPU): "xla" (`_head_max`, the reference) builds the layer's [N, T, S] float32 logits and
+  makes several passes over them; "triton" (pflash/fold_triton.py, every pooling but per_row)
+  keeps the logits in registers, one key tile at a time: pass 1 writes per tile and (head, row)
+  the max logit and sum of exp, combined in jnp into each row's max and normaliser; pass 2
+  recomputes the logits, normalises, takes the max over all heads and folds it into the running
+  max tile. It reads k twice and writes no [N, T, S] array. Equal to the reference up to
+  float32 summation order (tested to 1e-5 relative in interpret mode); not yet timed on a GPU.
 - Per-row pooling (SpecPrefill) commutes with nothing, so it is applied to each probability row
   *before* the max, inside the fold; after-mean pooling (PFlash) runs once in `importance`.
 - float32 softmax: probabilities of single tokens at S = 128K are ~1e-5, below bf16's resolution
@@ -31,6 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pflash_jax.numerics import MASK_VALUE, SOFTMAX_DTYPE
+from pflash_jax.pflash import fold_triton
 from pflash_jax.pflash.config import ScoringConfig
 
 EDGE_MODES = ("zero", "truncate")
@@ -133,6 +142,23 @@ def _head_max(q_tail, k, q_pos, k_pos, cfg: ScoringConfig) -> jax.Array:
     return p.max(axis=0)
 
 
+def resolve_fold(cfg: ScoringConfig, q_tail, k) -> str:
+    """The fold implementation cfg.fold_impl means for these shapes: "auto" -> "triton" on a
+    GPU when pooling is not per_row and the kernels take the shapes (fold_triton.supports),
+    else "xla"; an explicit "triton" the kernels cannot take is a ValueError saying why."""
+    if cfg.fold_impl == "xla" or cfg.pooling == "per_row":  # config rejects per_row + triton
+        return "xla"
+    try:
+        fold_triton.supports(q_tail, k)
+    except NotImplementedError as e:
+        if cfg.fold_impl == "triton":
+            raise ValueError(f"ScoringConfig.fold_impl='triton': {e}") from None
+        return "xla"
+    if cfg.fold_impl == "auto" and jax.default_backend() != "gpu":
+        return "xla"
+    return "triton"
+
+
 def fold_layer(
     running_max: jax.Array,
     q_tail: jax.Array,
@@ -144,13 +170,21 @@ def fold_layer(
 ) -> jax.Array:
     """One layer's contribution to the running max [T, S] (called inside the drafter's scan).
 
-    q_tail [T, N, H], k [S, K, H]. Peak extra memory is one [N, T, S] float32 block; with
-    `kv_chunk` (a divisor of K) the heads are processed kv_chunk kv-heads at a time in a loop,
-    so the block shrinks to [kv_chunk * G, T, S] at the price of a short sequential loop.
-    Measured (H200, jax 0.11.2, Qwen3-0.6B shapes N=16 K=8 H=128, T=8, bf16 q/k, 28 layers):
-    S=128K costs 11.7 ms in all ("after_mean") or 15.4 ms ("per_row"); kv_chunk=2 was ~45%
-    slower and saved little memory, so the default is no chunking.
+    q_tail [T, N, H], k [S, K, H]. cfg.fold_impl picks the implementation (resolve_fold):
+    "triton" runs the fused kernels of fold_triton.py (interpreted without a GPU), which never
+    build an [N, T, S] block, so `kv_chunk` does not apply to it; "xla" is the reference.
+    On the XLA path peak extra memory is one [N, T, S] float32 block; with `kv_chunk` (a divisor
+    of K) the heads are processed kv_chunk kv-heads at a time in a loop, so the block shrinks
+    to [kv_chunk * G, T, S] at the price of a short sequential loop.
+    Measured, XLA path (H200, jax 0.11.2, Qwen3-0.6B shapes N=16 K=8 H=128, T=8, bf16 q/k,
+    28 layers): S=128K costs 11.7 ms in all ("after_mean") or 15.4 ms ("per_row"); kv_chunk=2
+    was ~45% slower and saved little memory, so the default is no chunking. Reading k once a
+    layer would take ~1.5 ms for the 28 layers at the H200's bandwidth (an estimate from k's
+    bytes); the Triton path reads it twice and is not yet timed on a GPU.
     """
+    if resolve_fold(cfg, q_tail, k) == "triton":
+        return fold_triton.fold_max_triton(running_max, q_tail, k, q_pos, k_pos,
+                                           interpret=jax.default_backend() != "gpu")
     T, N, H = q_tail.shape
     K = k.shape[1]
     if kv_chunk is None or kv_chunk >= K:
