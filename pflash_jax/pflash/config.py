@@ -25,7 +25,9 @@ Preset values ("pflash" / "specprefill") and where they come from:
   reference on CPU) / "dense":
   PFlash's drafter is block-sparse, SpecPrefill's dense.
   "reference", "triton" and "mosaic" are the same block-sparse math; on a GPU pick a kernel.
-- fold_impl: "auto" for both (the kernel of the scoring fold, not a result-changing option).
+- fold_impl: "xla" for both (the kernel of the scoring fold, not a result-changing option):
+  the fused "triton" fold has run only in interpret mode (2026-12-01); "auto" picks it on a
+  GPU, to become the default once its gpu test passes and it measures faster.
 - alpha 0.12, block_density None, block_size 128 for both (only read by block-sparse impls).
 - anchors "none" for both for now (the original PFlash has question n-gram anchors, 4-grams of
   the last 96 tokens, +-2 spans; the default gets chosen from an ablation), anchor_ngram 4,
@@ -112,7 +114,8 @@ class ScoringConfig:
         in registers, k read twice; interpret mode without a GPU), not for pooling "per_row",
         which pools each row before the max; "auto" = "triton" when JAX's default backend is a
         GPU, pooling is not "per_row" and the kernels take the shapes, else "xla". The same
-        fold up to float32 rounding, so not a result-changing option.
+        fold up to float32 rounding, so not a result-changing option. Default "xla": the
+        triton fold is not yet compiled or timed on a GPU.
     """
 
     n_tail: int = 8
@@ -125,7 +128,7 @@ class ScoringConfig:
     tail_weights: str = "uniform"
     tail_rows: str = "last"
     question_lines: int = 2
-    fold_impl: str = "auto"
+    fold_impl: str = "xla"
 
     def __post_init__(self):
         _check_int("ScoringConfig", "n_tail", self.n_tail, 1)
@@ -287,7 +290,7 @@ PRESETS: dict[str, dict] = {
         tail_weights="uniform",
         tail_rows="last",
         question_lines=2,
-        fold_impl="auto",
+        fold_impl="xla",
         span_size=32,
         keep_ratio=0.05,
         rounding="floor",
@@ -315,7 +318,7 @@ PRESETS: dict[str, dict] = {
         tail_weights="uniform",
         tail_rows="last",
         question_lines=2,
-        fold_impl="auto",
+        fold_impl="xla",
         span_size=32,
         keep_ratio=0.1,
         rounding="ceil",

@@ -8,14 +8,15 @@ Design choices:
   its [N, T, S] probabilities and immediately folds their max over heads into a running max
   [T, S]. Max is associative, so the fused fold equals the unfused max over (layer, head) that
   `importance_unfused` computes from every layer's keys; no per-layer K/V is ever kept.
-- Two implementations of the fold, picked by ScoringConfig.fold_impl ("auto": the kernels on a
-  GPU): "xla" (`_head_max`, the reference) builds the layer's [N, T, S] float32 logits and
-  makes several passes over them; "triton" (pflash/fold_triton.py, every pooling but per_row)
-  keeps the logits in registers, one key tile at a time: pass 1 writes per tile and (head, row)
-  the max logit and sum of exp, combined in jnp into each row's max and normaliser; pass 2
-  recomputes the logits, normalises, takes the max over all heads and folds it into the running
-  max tile. It reads k twice and writes no [N, T, S] array. Equal to the reference up to
-  float32 summation order (tested to 1e-5 relative in interpret mode); not yet timed on a GPU.
+- Two implementations of the fold, picked by ScoringConfig.fold_impl (default "xla"; "auto":
+  the kernels on a GPU): "xla" (`_head_max`, the reference) builds the layer's [N, T, S]
+  float32 logits and makes several passes over them; "triton" (pflash/fold_triton.py, every
+  pooling but per_row) keeps the logits in registers, one key tile at a time: pass 1 writes per
+  tile and (head, row) the max logit and sum of exp, combined in jnp into each row's max and
+  normaliser; pass 2 recomputes the logits, normalises, takes the max over all heads and folds
+  it into the running max tile. It reads k twice and writes no [N, T, S] array. Equal to the
+  reference up to float32 summation order (tested to 1e-5 relative in interpret mode); not yet
+  compiled or timed on a GPU.
 - Per-row pooling (SpecPrefill) commutes with nothing, so it is applied to each probability row
   *before* the max, inside the fold; after-mean pooling (PFlash) runs once in `importance`.
 - float32 softmax: probabilities of single tokens at S = 128K are ~1e-5, below bf16's resolution

@@ -130,7 +130,8 @@ def test_resolve_fold(monkeypatch):
     q = jnp.zeros((8, 16, 128), jnp.bfloat16)
     k = jnp.zeros((64, 8, 128), jnp.bfloat16)
     k8 = jnp.zeros((64, 2, 128), jnp.bfloat16)  # G = 8: supported
-    auto = ScoringConfig()
+    assert resolve_fold(ScoringConfig(), q, k) == "xla"  # the default until measured on a GPU
+    auto = ScoringConfig(fold_impl="auto")
     assert resolve_fold(auto, q, k) == "xla"  # no GPU here
     monkeypatch.setattr(importance.jax, "default_backend", lambda: "gpu")
     assert resolve_fold(auto, q, k) == "triton"
