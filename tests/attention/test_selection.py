@@ -11,6 +11,7 @@ from pflash_jax.attention.selection import block_mass
 from pflash_jax.attention.selection_common import density_budget
 from pflash_jax.attention.selection_xla import block_mass_xla
 from tests.tolerances import assert_close
+from tests.triton_lowering import lower_for_cuda, verify_triton_lowering
 
 
 @pytest.fixture(autouse=True)
@@ -335,20 +336,7 @@ def test_fused_select_lowers_for_cuda(monkeypatch):
     abstract H100 (it needs a target
     GPU), and every Triton module it builds must verify: lowering errors show up on the CPU,
     PTX compilation only on a GPU. M = 300 (not a power of two, three chunks padded to four)."""
-    from jax._src.pallas.triton import pallas_call_registration as registration
-
-    lower = registration.lowering.lower_jaxpr_to_triton_module
-    names = []
-
-    def lower_and_verify(*args, **kwargs):
-        result = lower(*args, **kwargs)
-        assert result.module.operation.verify()
-        names.append(result.module.operation.attributes["sym_name"].value)
-        return result
-
-    monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", lower_and_verify)
-    dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
-    mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=dev)
+    names, mesh = verify_triton_lowering(monkeypatch)
     q = jax.ShapeDtypeStruct((1, 300 * 128 - 5, 4, 128), jnp.bfloat16)
     k = jax.ShapeDtypeStruct((1, 300 * 128 - 5, 2, 128), jnp.bfloat16)
     alpha = jax.jit(lambda q, k: select_blocks(q, k, alpha=0.1, impl="triton"))
@@ -356,7 +344,7 @@ def test_fused_select_lowers_for_cuda(monkeypatch):
     fixed = jax.jit(lambda q, k, d: select_blocks_fixed_density(q, k, density=d, impl="triton"))
     with jax.sharding.use_abstract_mesh(mesh):
         for f, args in [(alpha, (q, k)), (fixed, (q, k, jax.ShapeDtypeStruct((), jnp.float32)))]:
-            text = f.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+            text = lower_for_cuda(f, *args)
             assert text.count("__gpu$xla.gpu.triton") == 2
     assert sorted(names) == ["flashprefill_block_mass"] * 2 + [
         "flashprefill_select_alpha", "flashprefill_select_density"]

@@ -13,6 +13,7 @@ from pflash_jax.pflash.config import ScoringConfig
 from pflash_jax.pflash.drafter import PAD_POSITION
 from pflash_jax.pflash.fold_triton import fold_max_triton
 from pflash_jax.pflash.importance import _head_max, fold_layer, init_running_max, resolve_fold
+from tests.triton_lowering import lower_for_cuda, verify_triton_lowering
 
 # Relative tolerance of the fold per input dtype. Both paths accumulate the H-term logit dot in
 # float32 (bf16 x bf16 products are exact there), in different orders: the logits differ by a
@@ -151,20 +152,7 @@ def test_fold_kernels_lower_for_cuda(monkeypatch):
     """The Triton lowering of both kernels runs here for an abstract H100 and every module it
     builds verifies: lowering errors show up on the CPU, PTX compilation only on a GPU.
     Qwen3-0.6B shapes with a ragged S, and G = 4, T = 64 (the 3D max over a group's heads)."""
-    from jax._src.pallas.triton import pallas_call_registration as registration
-
-    lower = registration.lowering.lower_jaxpr_to_triton_module
-    names = []
-
-    def lower_and_verify(*args, **kwargs):
-        result = lower(*args, **kwargs)
-        assert result.module.operation.verify()
-        names.append(result.module.operation.attributes["sym_name"].value)
-        return result
-
-    monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", lower_and_verify)
-    dev = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
-    mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=dev)
+    names, mesh = verify_triton_lowering(monkeypatch)
     f = jax.jit(lambda r, q, k, qp, kp: fold_max_triton(r, q, k, qp, kp))
     shapes = [(8, 16, 8, 128, 131072 - 5), (64, 16, 4, 128, 4096)]
     with jax.sharding.use_abstract_mesh(mesh):
@@ -173,7 +161,7 @@ def test_fold_kernels_lower_for_cuda(monkeypatch):
                     jax.ShapeDtypeStruct((T, N, H), jnp.bfloat16),
                     jax.ShapeDtypeStruct((S, K, H), jnp.bfloat16),
                     jax.ShapeDtypeStruct((T,), jnp.int32), jax.ShapeDtypeStruct((S,), jnp.int32))
-            text = f.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+            text = lower_for_cuda(f, *args)
             assert text.count("__gpu$xla.gpu.triton") == 2
     assert names == ["pflash_fold_stats", "pflash_fold_max"] * len(shapes)
 
