@@ -34,8 +34,7 @@ def is_structural(m, n, *, n_blocks: int, sink: int, window: int, last_full: int
 
 def row_budget(density, n_blocks: int):
     """int32 [M]: clip(ceil(density * (m + 1)), 1, m + 1), the product in float32."""
-    xp = np if isinstance(density, (int, float, np.floating)) else jnp
-    return jnp.asarray(_row_budget(xp, density, n_blocks))
+    return jnp.asarray(_row_budget(_xp(density), density, n_blocks))
 
 
 def density_budget(density, n_blocks: int, *, sink: int, window: int, last_full: int,
@@ -55,16 +54,14 @@ def density_budget(density, n_blocks: int, *, sink: int, window: int, last_full:
     """
     if not structural_in_budget:
         return row_budget(density, n_blocks)
-    # numpy for a Python density, jnp for a traced one: the same float32 arithmetic
-    xp = np if isinstance(density, (int, float)) else jnp
-    st = _structural_counts_np(n_blocks, sink, window, last_full)  # [M], static
+    xp = _xp(density)
+    st = xp.asarray(_structural_counts_np(n_blocks, sink, window, last_full))  # [M], static
     d = xp.asarray(density, xp.float32)
     target = d * xp.float32(n_blocks * (n_blocks + 1) / 2)
-    m1 = xp.arange(1, n_blocks + 1, dtype=xp.int32)
 
     def totals(rates):  # [C] rates -> [C] kept blocks in all
-        b = xp.clip(xp.ceil(rates[:, None] * m1.astype(xp.float32)).astype(xp.int32), 1, m1)
-        return xp.sum(xp.maximum(b, xp.asarray(st)), axis=1).astype(xp.float32)
+        b = _row_budget(xp, rates[:, None], n_blocks)  # [C, M]
+        return xp.sum(xp.maximum(b, st), axis=1).astype(xp.float32)
 
     steps = xp.arange(65, dtype=xp.float32) / xp.float32(64)  # 0, 1/64, ..., 1
     lo, width = xp.float32(0.0), d
@@ -76,8 +73,15 @@ def density_budget(density, n_blocks: int, *, sink: int, window: int, last_full:
     return row_budget(lo, n_blocks)
 
 
+def _xp(density):
+    """numpy for a Python density (decided on the host: a constant even inside a jit), jnp
+    for a traced one; both run the same float32 arithmetic."""
+    return np if isinstance(density, (int, float, np.floating)) else jnp
+
+
 def _row_budget(xp, density, n_blocks: int):
-    """row_budget in numpy or jnp (the same float32 product)."""
+    """row_budget in numpy or jnp (the same float32 product); density may be a column of
+    rates [C, 1], giving [C, M]."""
     m1 = xp.arange(1, n_blocks + 1, dtype=xp.int32)
     d = xp.asarray(density, xp.float32)
     return xp.clip(xp.ceil(d * m1.astype(xp.float32)).astype(xp.int32), 1, m1)

@@ -76,8 +76,8 @@ class FullResult:
 def bucket(n: int, minimum: int = 256, granule: int = 128) -> int:
     """Round n up to a multiple of 2^(floor(log2 n) - 5), at least `granule` (the kernels'
     block): at most 1/32 of a bucket is padding from 4K tokens up (every padded token costs a
-    full target-prefill row: 1/8, the earlier rule, padded 7,296 kept tokens at 128K / keep
-    0.05 to 7,680, about 9 ms of the 8B target's 175 ms on an H200). Up to `minimum`: one
+    full target-prefill row; the earlier rule, up to 1/8, padded the 6,528 kept tokens of
+    128K / keep 0.05 to 6,656; 6,528 = 51 x 128 stays). Up to `minimum`: one
     bucket. 32 buckets an octave, so a sweep compiles at most that many target shapes per
     doubling of the kept count."""
     if n <= minimum:
