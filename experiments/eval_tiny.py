@@ -1,10 +1,16 @@
 """Held-out quality of the tiny pair (issue 5, docs/design.md section 5): per task and length, the
 target's exact-match accuracy with full prefill, the drafter's needle recall at keep_ratio,
 and (with_pflash) the PFlash accuracy on the same cases. Writes metrics.json + table.md.
+
+A task entry may carry options for its task function after a colon, e.g.
+`niah_multikey:n_distractors=7` (comma-separated key=value; values are Python literals, else
+strings; quote the entry on the command line: "tasks=['niah_multikey:n_distractors=7']");
+the table labels the row with the whole entry.
 """
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import hydra
@@ -24,6 +30,21 @@ from pflash_jax.run_config import ModelSpec
 from pflash_jax.tasks import make_cases, score
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_task(entry: str) -> tuple[str, dict]:
+    """'name' or 'name:key=value,key=value' -> (name, options for the task function)."""
+    name, _, rest = str(entry).partition(":")
+    opts = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"task entry {entry!r}: option {item!r} is not key=value")
+        try:
+            opts[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            opts[key.strip()] = value.strip()
+    return name.strip(), opts
 
 
 def answer_budget(cases, tok) -> int:
@@ -81,6 +102,12 @@ def main(c: DictConfig) -> None:
                       positions="original", **impl, **extra)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"eval_tiny: overrides={extra}: {e}") from None
+    try:  # every entry checked before the first (slow) row
+        tasks = [(entry, *parse_task(entry)) for entry in c.tasks]
+        for _, name, opts in tasks:
+            make_cases(name, 1, 1024, tok.path, **opts)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"eval_tiny: tasks: {e}") from None
     rows = []
     out = REPO / c.out_dir
     cfg = OmegaConf.to_container(c, resolve=True)
@@ -97,8 +124,8 @@ def main(c: DictConfig) -> None:
                                       + ("" if complete else "\n(partial: the run stopped "
                                          "before its last row)\n"))
     for S in c.lengths:
-        for task in tqdm(c.tasks, desc=f"S={S}"):
-            cases = make_cases(task, c.n_cases, S, tok.path)
+        for task, name, opts in tqdm(tasks, desc=f"S={S}"):
+            cases = make_cases(name, c.n_cases, S, tok.path, **opts)
             full = (full_accuracy(target, cases, tok, c.batch, attn)
                     if c.get("with_full", True) else [])
             recall, pf, kept = [], [], []

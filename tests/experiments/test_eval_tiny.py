@@ -38,6 +38,34 @@ def test_eval_tiny_bad_override_is_one_line(tmp_path):
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
 
 
+def test_parse_task_entries():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("eval_tiny", REPO / "experiments/eval_tiny.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_task("niah_single") == ("niah_single", {})
+    assert mod.parse_task("niah_multikey:n_distractors=7") == (
+        "niah_multikey", {"n_distractors": 7})
+    assert mod.parse_task("niah_single: depth=0.5, haystack=words") == (
+        "niah_single", {"depth": 0.5, "haystack": "words"})
+    try:
+        mod.parse_task("niah_multikey:n_distractors")
+    except ValueError as e:
+        assert "n_distractors" in str(e) and "key=value" in str(e)
+    else:
+        raise AssertionError("an option without '=' was accepted")
+
+
+def test_eval_tiny_task_options_label_rows(tmp_path):
+    p = _eval(tmp_path, "with_full=false", "tasks=['niah_multikey:n_distractors=5']")
+    assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+    (row,) = json.loads((tmp_path / "out/metrics.json").read_text())["rows"]
+    assert row["task"] == "niah_multikey:n_distractors=5"
+    bad = _eval(tmp_path, "with_full=false", "tasks=['niah_multikey:no_such_option=1']")
+    assert bad.returncode != 0 and "eval_tiny: tasks:" in bad.stderr
+    assert "Traceback" not in bad.stderr, bad.stderr[-2000:]
+
+
 def test_compare_evals_table(tmp_path):
     """compare_evals: a column per run, a row per (task, S), '-' where a run lacks the row; a
     folder without metrics.json is named in a one-line error."""
