@@ -58,9 +58,12 @@ def load_init(path: Path, cfg: Qwen3Config) -> Params:
     configured shapes with the padded vocab) exactly; every mismatch is reported at once."""
     problems: list[str] = []
     found = Qwen3Config.from_file(path / "config.json")
+    # max_position_embeddings shapes no tensor (RoPE is computed from positions): a fine-tune
+    # may train longer than its starting point was (scripts/train_v2.sh stage 5)
     problems += [f"{path}/config.json: {f.name}={getattr(found, f.name)!r}, configured "
                  f"{getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
-                 if getattr(found, f.name) != getattr(cfg, f.name)]
+                 if f.name != "max_position_embeddings"
+                 and getattr(found, f.name) != getattr(cfg, f.name)]
     if problems:  # every tensor would mismatch too: the config lines say it all
         raise CheckpointError([f"init_from: {p}" for p in problems])
     refs = read_hf_checkpoint(path, cfg, problems)

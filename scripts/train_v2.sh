@@ -10,6 +10,7 @@
 #   OUT=dir bash scripts/train_v2.sh      # -> $OUT/s{1,2,3}.log, $OUT/s3/{export,metrics.json}
 #   STAGES="3" TARGET_FROM=folder/target OUT=dir bash scripts/train_v2.sh   # stage 3 alone
 #   STAGES="4" PAIR_FROM=folder OUT=dir bash scripts/train_v2.sh   # stage 4 on a pair folder
+#   STAGES="5" PAIR_FROM=folder OUT=dir bash scripts/train_v2.sh   # stage 5 on stage 4's pair
 set -uo pipefail
 : "${OUT:?OUT must be set (the device tool sets it)}"
 WORK=${WORK:-/tmp/train_v2}
@@ -77,4 +78,21 @@ python3 experiments/train_tiny.py "${SHAPES[@]}" drafter.hidden_size=128 \
   checkpoint_dir="$WORK/s4/ckpt" export_dir="$OUT/s4/export" export_dtype=bfloat16 \
   metrics_path="$OUT/s4/metrics.json" hydra.run.dir="$WORK/s4/hydra" ${S4B_ARGS:-} \
   > "$OUT/s4.log" 2>&1 || { tail -30 "$OUT/s4.log"; exit 1; }; }
+# Stage 5: from stage 4's pair (PAIR_FROM), the target again at every length up to 32K drawn
+# per step (stage 4 stopped at 16K: at 32K its full-prefill multivalue was 0.68 and multiquery
+# 0.40), weighted towards the multi-needle tasks and variable tracking, half the rows
+# span-dropped. max_position_embeddings 65536 lets the 32K rows' span-dropped views come from
+# 64K cases at their original positions (sparse.stretch=2).
+MIX5='tasks={niah_single: 1, niah_pflash: 1, niah_multikey: 3, niah_multivalue: 3, niah_multiquery: 3, variable_tracking: 2, common_words: 0.5, frequent_words: 0.5}'
+run 5 && { mkdir -p "$OUT/s5"
+python3 experiments/train_tiny.py "${SHAPES[@]}" drafter.hidden_size=128 \
+  drafter.intermediate_size=384 "$OPTS" "$MIX5" 'train=[target]' \
+  "init_from={target: $PAIR_FROM/target, drafter: $PAIR_FROM/drafter}" curriculum_by=mixed \
+  max_minutes="${S5_MINUTES:-3}" steps=1000000 warmup=50 lr=5e-4 lm_weight=0.1 \
+  max_position_embeddings=65536 \
+  'curriculum=[[2048,16],[4096,8],[8192,4],[16384,2],[32768,1]]' sparse.prob=0.5 \
+  sparse.stretch=2 workers="${WORKERS:-14}" log_every=500 checkpoint_every=1000000 \
+  checkpoint_dir="$WORK/s5/ckpt" export_dir="$OUT/s5/export" export_dtype=bfloat16 \
+  metrics_path="$OUT/s5/metrics.json" hydra.run.dir="$WORK/s5/hydra" ${S5_ARGS:-} \
+  > "$OUT/s5.log" 2>&1 || { tail -30 "$OUT/s5.log"; exit 1; }; }
 tail -n 3 "$OUT"/s*.log
