@@ -5,8 +5,9 @@ README's results section from the recorded files (never edit any of them by hand
     python experiments/update_readme.py --no-reports
 
 Sweeps are read from their compact rows.jsonl (experiments/report.py --compact): results/speedup
-and the quality sweep named by QUALITY; the tiny-pair table from results/tiny_eval (eval_tiny
-metrics). A section whose folder is absent says so in one line or is left out: the README cites
+and the quality sweep named by QUALITY; the tiny-pair table from the eval_tiny runs in TINY_EVAL
+(their metrics.json), while their weights are the embedded pair's. A section whose folder is
+absent, or whose weights were replaced, says so in one line or is left out: the README cites
 only what results/ holds.
 
 The index lists every folder of results/ from that folder's own README.md: its first line
@@ -32,7 +33,7 @@ from pflash_jax.report import ROWS, load_rows, read_compact, write_report  # noq
 QUALITY = "quality_tiny_h200"
 # folders under results/ whose tables.md and plots are regenerated from their rows.jsonl
 # the newest 128K rows (issue 17), newest folder first: the speed section's "latest rows"
-LATEST_SPEED = ("speedup_h200_exact_density", "speedup_h200_fused_select")
+LATEST_SPEED = ("speedup_h200_fold", "speedup_h200_exact_density", "speedup_h200_fused_select")
 REPORTS = ["speedup", "speedup_h200_triton", "speedup_h200_check", "speedup_h200_inside",
            *LATEST_SPEED,
            QUALITY, "rtx3090_h200", "quality_quant_tiny_h200"]
@@ -96,6 +97,8 @@ def latest_speed_lines() -> list[str]:
                                     f"{f['speedup']:.1f}x")
         label = (f"first {r['score_layers']} layers (early exit)" if r.get("score_layers")
                  else "all layers")
+        if r.get("fold_impl", "xla") != "xla":  # the scoring fold's kernel, where not the default
+            label += f", {r['fold_impl']} fold"
         kept = "-" if r.get("block_density") is None else f"{r['block_density']:.3f}"
         out.append(f"| {label} | {kept} | {r['full_ttft_s']:.2f} | {r['pflash_ttft_s']:.3f} | "
                    f"{r['pflash_drafter_forward_s']:.3f} | {r['pflash_target_prefill_s']:.3f} | "
@@ -160,7 +163,14 @@ def card24_section() -> str:
                              f"{r['seq']:,} | {r['format']} | {1e3 * r['warm_median_s']:.1f} | "
                              f"{r['speed_vs_bf16']:.3f} | {r['gemm_kernel']} |")
     q = load_rows([str(RESULTS / QUANT_QUALITY)]) if (RESULTS / QUANT_QUALITY).exists() else []
-    if q:
+    stale = sorted({r.get("target_weights") or "not recorded" for r in q}) != [
+        embedded_target_weights()]
+    if q and stale:
+        was = sorted({r.get("target_weights") or "not recorded" for r in q})
+        lines += ["", f"Quantized targets on the tiny pair: `results/{QUANT_QUALITY}` measured "
+                  f"target weights {', '.join(was)}, since replaced; not re-run on the current "
+                  "pair yet."]
+    elif q:
         fmts = ["none", "int8", "int4", "fp8"]
         cell = {(r["task"], r.get("target_quantize") or "none"): r for r in q}
         tasks = sorted({r["task"] for r in q})
@@ -198,6 +208,12 @@ def quality_section() -> str:
     rows = [r for r in load_rows([str(folder)]) if r["span_size"] == SPAN]
     if not rows:
         return f"\n`results/{QUALITY}` has no span-{SPAN} cells: see its tables.md."
+    weights = sorted({r.get("target_weights") or "not recorded" for r in rows})
+    current = embedded_target_weights()
+    if weights != [current]:  # a grid of superseded weights says nothing about today's pair
+        return (f"\nThe quality grid (span x keep ratio, both presets) of the current tiny "
+                f"target ({current}) is not recorded yet: `results/{QUALITY}` measured target "
+                f"weights {', '.join(weights)}, since replaced (docs/design.md section 5).")
     head = []
     for pre in sorted({r["preset"] for r in rows}):
         g = [r for r in rows if r["preset"] == pre and r["keep_ratio"] == KEEP
@@ -209,12 +225,8 @@ def quality_section() -> str:
     out = ([f"\n**Accuracy at the speed rows' setting (keep {KEEP}, span {SPAN})**, single-needle "
             f"tasks (niah_single, niah_pflash) on the tiny pair: " + "; ".join(head) + "."]
            if head else [])
-    weights = sorted({r.get("target_weights") or "not recorded" for r in rows})
-    current = embedded_target_weights()
-    which = ", ".join(weights) + (", the embedded target's" if weights == [current] else
-                                  f"; the embedded target's is now {current}")
     out += [f"\nQuality on the tiny pair (trained here; docs/design.md section 5; target weights "
-            f"fingerprint {which}), "
+            f"fingerprint {current}, the embedded target's), "
             f"{', '.join(str(n) for n in sorted({r['n_cases'] for r in rows}))} held-out cases "
             f"per task and length, span {SPAN} (the speedup's), "
             f"{', '.join(sorted({r['device'] for r in rows}))}, commit(s) "
@@ -258,25 +270,47 @@ def keep_table(rows) -> list[str]:
     return out
 
 
+# eval_tiny runs of the embedded pair (results/<folder>/metrics.json), shown in the README only
+# while their recorded weights are the embedded pair's (a retrained pair supersedes them)
+TINY_EVAL = ("v2_organism_h200_s45/s5_4k16k", "v2_organism_h200_s45/s5_8k32k")
+
+
+def embedded_pair_weights() -> dict:
+    from pflash_jax.embedded import TINY_DIR
+    from pflash_jax.run import weights_fingerprint
+
+    return {role: weights_fingerprint(TINY_DIR / role) for role in ("drafter", "target")}
+
+
 def tiny_eval_section() -> str:
-    """results/tiny_eval/**/metrics.json (one eval_tiny run per length) as one table."""
-    files = sorted((RESULTS / "tiny_eval").rglob("metrics.json"))
-    if not files:
-        return ""
-    ms = [json.loads(p.read_text()) for p in files]
-    rows = [r for m in ms for r in m["rows"]]
+    """The TINY_EVAL runs of the current embedded pair as one table (task x length); runs of
+    other weights are named as superseded, not shown."""
+    current = embedded_pair_weights()
+    ms, stale = [], []
+    for name in TINY_EVAL:
+        f = RESULTS / name / "metrics.json"
+        if f.exists():
+            m = json.loads(f.read_text())
+            (ms if m.get("weights") == current else stale).append((name, m))
+    if not ms:
+        return (f"\nNo held-out eval of the current embedded pair (drafter {current['drafter']}, "
+                f"target {current['target']}) is recorded yet"
+                + (f"; {', '.join(f'`results/{n}`' for n, _ in stale)} measured other weights."
+                   if stale else "."))
+    rows = [r for _, m in ms for r in m["rows"]]
     lengths = sorted({r["S"] for r in rows})
-    m = ms[0]
-    pflash = any(r.get("pflash_acc") is not None for r in rows)
-    what = (f"full prefill / PFlash ({m['config']['preset']} preset, keep "
-            f"{m['config']['keep_ratio']}, span {m['config']['span_size']})" if pflash
-            else "full prefill")
-    commits = ", ".join(sorted({m["provenance"]["commit"] for m in ms}))
-    out = [f"\nTiny pair, {what} accuracy on {rows[0]['n_cases']} held-out cases per cell, "
-           f"drafter needle recall and the kept share of tokens at keep "
-           f"{m['config']['keep_ratio']} in brackets (forced spans on top of the budget, the "
-           f"rule when it ran) "
-           f"({m['provenance']['device']}, commit {commits}; `results/tiny_eval`):", "",
+    cfgs = {(m["config"]["preset"], m["config"]["keep_ratio"], m["config"]["span_size"],
+             m["pflash_config"].get("forced_spans", "on_top")) for _, m in ms}
+    where = {"inside": "inside the budget", "on_top": "on top of the budget"}
+    what = "; ".join(f"{p} preset, keep {k}, span {sp}, forced spans {where[fs]}"
+                     for p, k, sp, fs in sorted(cfgs))
+    devices = ", ".join(sorted({m["provenance"]["device"] for _, m in ms}))
+    commits = ", ".join(sorted({m["provenance"]["commit"] for _, m in ms}))
+    out = [f"\nThe embedded pair (drafter {current['drafter']}, target {current['target']}), "
+           f"held-out cases ({', '.join(sorted({str(r['n_cases']) for r in rows}))} per cell): "
+           f"full prefill / PFlash accuracy, then drafter needle recall and the kept share of "
+           f"the prompt in brackets; {what} ({devices}, commit {commits}; "
+           f"{', '.join(f'`results/{n}`' for n, _ in ms)}):", "",
            "| task | " + " | ".join(f"{s:,}" for s in lengths) + " |",
            "| --- |" + " --- |" * len(lengths)]
     for task in dict.fromkeys(r["task"] for r in rows):
@@ -286,11 +320,9 @@ def tiny_eval_section() -> str:
             if r is None:
                 cells.append("-")
                 continue
-            acc = f"{r['full_acc']:.2f}"
-            if r.get("pflash_acc") is not None:
-                acc += f" / {r['pflash_acc']:.2f}"
-            kept = f", {100 * r['kept_frac']:.0f}%" if r.get("kept_frac") is not None else ""
-            cells.append(f"{acc} ({r['recall']:.2f}{kept})")
+            full = "-" if r.get("full_acc") is None else f"{r['full_acc']:.2f}"
+            pf = "-" if r.get("pflash_acc") is None else f"{r['pflash_acc']:.2f}"
+            cells.append(f"{full} / {pf} ({r['recall']:.2f}, {100 * r['kept_frac']:.1f}%)")
         out.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 

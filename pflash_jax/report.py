@@ -108,6 +108,9 @@ def flat_row(m: dict, source: str) -> dict:
         "alpha": pc["alpha"], "density_cfg": pc["block_density"],
         # early-exit scoring: the drafter's first k layers (None: all; absent before it existed)
         "score_layers": pc.get("score_layers"),
+        # the scoring fold's kernel (speed only, not a result-changing variant; absent before
+        # the option existed: xla)
+        "fold_impl": pc.get("fold_impl", "xla"),
         "variant": variant_label(pc),
         # question n-gram anchors (absent before the option existed: none)
         "anchors": pc.get("anchors", "none"),

@@ -140,6 +140,10 @@ def test_readme_quality_section_and_index_from_compact_folders(sweep, tmp_path, 
     text = u.quality_section()
     assert "| niah_pflash | pflash | 1K |" in text and "`results/q/tables.md`" in text
     assert "single-needle tasks" in text  # the headline at (SPAN, KEEP)
+    monkeypatch.setattr(u, "embedded_target_weights", lambda: "0123456789ab")
+    stale = u.quality_section()  # a grid of replaced weights leaves the README
+    assert "0123456789ab" in stale and "since replaced" in stale and "| niah" not in stale
+    assert stale.strip().count("\n") == 0
     (tmp_path / "bare").mkdir()
     index = u.write_index().read_text()
     assert "| [`q/`](q/) | a grid | `run.py` | cpu |" in index
@@ -174,3 +178,32 @@ def test_memory_table_sets_plan_beside_measured_peak():
     skipped = report.memory_table([base | {"full_skipped": "does not fit: needs 30 GiB of 23",
                                            "full_ttft_s": None, "speedup": None}])
     assert "does not fit: needs 30 GiB of 23" in skipped and "20.00 / -" in skipped, skipped
+
+
+def test_readme_tiny_eval_section_shows_only_the_current_pair(tmp_path, monkeypatch):
+    """eval_tiny runs named in TINY_EVAL: a table while their recorded weights are the embedded
+    pair's (full / PFlash, recall and kept share per task x length), one line once replaced."""
+    from pflash_jax.bench import write_metrics
+
+    u = _module("update_readme")
+    monkeypatch.setattr(u, "RESULTS", tmp_path)
+    monkeypatch.setattr(u, "TINY_EVAL", ("a", "b"))
+    now = {"drafter": "d" * 12, "target": "t" * 12}
+    monkeypatch.setattr(u, "embedded_pair_weights", lambda: now)
+    cfg = {"preset": "pflash", "keep_ratio": 0.05, "span_size": 32}
+    row = {"task": "niah_single", "n_cases": 3, "full_acc": 1.0, "pflash_acc": 2 / 3,
+           "recall": 0.9, "kept_frac": 0.047}
+    prov = {"device": "cpu", "commit": "abc"}
+    write_metrics(tmp_path / "a" / "metrics.json",
+                  {"config": cfg, "pflash_config": {"forced_spans": "inside"}, "weights": now,
+                   "rows": [dict(row, S=4096)], "provenance": prov})
+    write_metrics(tmp_path / "b" / "metrics.json",
+                  {"config": cfg, "pflash_config": {"forced_spans": "inside"}, "weights": now,
+                   "rows": [dict(row, S=8192, task="niah_multikey")], "provenance": prov})
+    text = u.tiny_eval_section()
+    assert "| task | 4,096 | 8,192 |" in text, text
+    assert "| niah_single | 1.00 / 0.67 (0.90, 4.7%) | - |" in text, text
+    assert "forced spans inside the budget" in text and "`results/a`" in text, text
+    monkeypatch.setattr(u, "embedded_pair_weights", lambda: {"drafter": "x", "target": "y"})
+    gone = u.tiny_eval_section()
+    assert "| niah" not in gone and "`results/a`" in gone and "other weights" in gone, gone
