@@ -33,12 +33,53 @@ from pflash_jax.attention.selection_triton import block_mass_triton  # noqa: E40
 
 
 def inputs(S, cfg, seed=0):
+    if cfg.get("inputs", "random") == "drafter":
+        return drafter_inputs(S, cfg, seed)
     dt = jnp.dtype(cfg.dtype)
     ks = jax.random.split(jax.random.PRNGKey(seed + S), 3)
     q = jax.random.normal(ks[0], (cfg.batch, S, cfg.num_heads, cfg.head_dim), dt)
     k = jax.random.normal(ks[1], (cfg.batch, S, cfg.num_kv_heads, cfg.head_dim), dt)
     v = jax.random.normal(ks[2], (cfg.batch, S, cfg.num_kv_heads, cfg.head_dim), dt)
     return q, k, v
+
+
+def drafter_inputs(S, cfg, seed=0):
+    """q, k, v of layer `inputs_layer` of a random-init `inputs_model` (YaRN x4, as the speed
+    rows' drafter) on random ids: the kernel's inputs as the drafter makes them, whose
+    fixed-density masks differ from random q/k's (issue 17: the kernel runs ~10% slower inside
+    the drafter pass than on random inputs). Earlier layers run with dense attention."""
+    import dataclasses
+
+    from pflash_jax.models import qwen3
+    from pflash_jax.models.config import model_preset
+    from pflash_jax.models.params import init_params
+
+    mcfg = model_preset(cfg.inputs_model).with_yarn()
+    if (mcfg.num_attention_heads, mcfg.num_key_value_heads, mcfg.head_dim) != (
+            cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) or cfg.batch != 1:
+        raise ValueError(f"inputs=drafter: {cfg.inputs_model} has {mcfg.num_attention_heads} / "
+                         f"{mcfg.num_key_value_heads} heads of {mcfg.head_dim}; set num_heads, "
+                         f"num_kv_heads, head_dim to match and batch=1")
+    mcfg = dataclasses.replace(mcfg, num_hidden_layers=int(cfg.inputs_layer) + 1,
+                               vocab_size=cfg.get("inputs_vocab") or mcfg.vocab_size)
+    params = init_params(mcfg, jax.random.key(1), jnp.dtype(cfg.dtype))
+    ids = jax.random.randint(jax.random.key(seed + S), (1, S), 0, mcfg.vocab_size)
+    positions = jnp.arange(S, dtype=jnp.int32)[None]
+    shapes = [(1, S, n, mcfg.head_dim) for n in (mcfg.num_attention_heads,
+                                                  mcfg.num_key_value_heads,
+                                                  mcfg.num_key_value_heads)]
+
+    @jax.jit
+    def run(params, ids):
+        state = tuple(jnp.zeros(sh, jnp.dtype(cfg.dtype)) for sh in shapes)
+        out = qwen3.scan_layers(
+            params, mcfg, qwen3.embed(params, ids), positions,
+            lambda qkv, _: (dense_attention(qkv.q, qkv.k, qkv.v, impl="auto"), None),
+            hook=lambda st, qkv, _: ((qkv.q, qkv.k, qkv.v), None), state=state,
+            last_qkv_only=True)
+        return out.state
+
+    return run(params, ids)
 
 
 def kept_flops(bm, head_dim):

@@ -10,6 +10,8 @@
 #   kb:IMPL:H the same grid for impl IMPL (triton|mosaic|mosaic3|mosaic_smem|mosaic_heads|mosaic_kvgroup|
 #             mosaic_persistent[3]), H query heads
 #             (16 = Qwen3-0.6B, 32 = Qwen3-8B; 8 kv heads), 3 repeats      (~1 min)
+#   kbd:L     the Mosaic kernel at 128K / density 0.1 on the q, k, v of layer L of a random-init
+#             Qwen3-0.6B (the drafter's own inputs; kb's are random normal)  (~1 min)
 #   mtests    the `gpu`-marked tests of the Mosaic kernel only             (~1 min)
 #   stests    the `gpu`-marked tests of block selection only               (~1 min)
 #   prefillm  the prefill baselines with the Mosaic kernel as dense attention (~2 min)
@@ -77,6 +79,11 @@ for s in "$@"; do
         num_heads="$heads" 'seq_lens=[32768,131072]' 'densities=[1.0,0.1]' repeats=3 \
         tune.enabled=false gqa_share.enabled=false selection_breakdown=false \
         out_dir="$OUT/kb_${impl}_$heads" ;;
+    kbd:*)  # kbd:L: the Mosaic kernel on the q, k, v of layer L of a random-init Qwen3-0.6B
+      L=${s#kbd:}
+      stage "kbd_$L" 150 python3 experiments/kernel_bench.py impl=mosaic inputs=drafter \
+        inputs_layer="$L" 'seq_lens=[131072]' 'densities=[0.1]' repeats=3 tune.enabled=false \
+        gqa_share.enabled=false selection_breakdown=false out_dir="$OUT/kbd_$L" ;;
     prefill)
       mkdir -p "$OUT/prefill"
       stage prefill06 100 python3 experiments/bench_prefill.py --model qwen3-0.6b --out "$OUT/prefill"
