@@ -72,6 +72,8 @@ class SelectionSpec:
     tail_weights: str | None = None  # uniform | linear (later rows weigh more) | rarity
     tail_rows: str | None = None  # last | question (only the question's tail rows vote)
     question_lines: int | None = None  # lines the question spans (2)
+    trail_width: int | None = None  # trailing max: a token at least as important as the
+    # trail_width tokens before it (0: off)
     fold_impl: str | None = None  # auto | xla | triton: the scoring fold's kernel
 
 

@@ -108,6 +108,10 @@ class ScoringConfig:
         tokens votes with every token; a shorter one does not let haystack rows vote. Tail
         mode only.
     question_lines: lines the question spans (2: the tasks' question and answer-prefix lines).
+    trail_width: after pooling, every token's importance is raised to the largest importance
+        of the `trail_width` tokens before it (a trailing max): what follows an important
+        token is kept with it, e.g. a needle's value after the key the question matched,
+        which the probe found cut off at a span boundary (docs/LOG.md, 2026-12-02). 0: off.
     fold_impl: how each layer's tail probabilities are folded into the running max
         (importance.fold_layer): "xla" = plain jnp, the reference (it materialises [N, T, S]
         float32 logits); "triton" = the fused Pallas kernels of pflash/fold_triton.py (logits
@@ -128,6 +132,7 @@ class ScoringConfig:
     tail_weights: str = "uniform"
     tail_rows: str = "last"
     question_lines: int = 2
+    trail_width: int = 0
     fold_impl: str = "xla"
 
     def __post_init__(self):
@@ -140,6 +145,7 @@ class ScoringConfig:
         _check_int("ScoringConfig", "skip_layers", self.skip_layers, 0)
         _check_choice("ScoringConfig", "tail_rows", self.tail_rows, TAIL_ROWS)
         _check_int("ScoringConfig", "question_lines", self.question_lines, 1)
+        _check_int("ScoringConfig", "trail_width", self.trail_width, 0)
         _check_choice("ScoringConfig", "fold_impl", self.fold_impl, FOLD_IMPLS)
         if self.fold_impl == "triton" and self.pooling == "per_row":
             raise ValueError("ScoringConfig.fold_impl='triton' needs pooling other than "
@@ -290,6 +296,7 @@ PRESETS: dict[str, dict] = {
         tail_weights="uniform",
         tail_rows="last",
         question_lines=2,
+        trail_width=0,
         fold_impl="xla",
         span_size=32,
         keep_ratio=0.05,
@@ -318,6 +325,7 @@ PRESETS: dict[str, dict] = {
         tail_weights="uniform",
         tail_rows="last",
         question_lines=2,
+        trail_width=0,
         fold_impl="xla",
         span_size=32,
         keep_ratio=0.1,

@@ -112,6 +112,22 @@ def moving_average(x: jax.Array, width: int, edges: str, length=None) -> jax.Arr
     return jnp.where(valid, out, jnp.zeros((), x.dtype))
 
 
+def trailing_max(x: jax.Array, width: int, length=None) -> jax.Array:
+    """out[i] = max(x[i - width .. i]) along the last axis (the window cut at 0); entries at
+    index >= length (bucket padding) are 0 and never win."""
+    if width < 0:
+        raise ValueError(f"trail width must be >= 0, got {width}")
+    valid = jnp.arange(x.shape[-1]) < (x.shape[-1] if length is None else length)
+    x = jnp.where(valid, x, jnp.zeros((), x.dtype))
+    if width == 0:
+        return x
+    ones = (1,) * (x.ndim - 1)
+    out = lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max,
+                            window_dimensions=ones + (width + 1,), window_strides=ones + (1,),
+                            padding=[(0, 0)] * (x.ndim - 1) + [(width, 0)])
+    return jnp.where(valid, out, jnp.zeros((), x.dtype))
+
+
 def moving_max(x: jax.Array, width: int, length=None) -> jax.Array:
     """Centred max of odd `width` along the last axis; entries at index >= length are out of
     range (they neither win a window nor get a value: 0)."""
@@ -220,12 +236,12 @@ def importance(running_max: jax.Array, cfg: ScoringConfig, length=None,
     else:
         imp = running_max.mean(axis=0)
     if cfg.pooling == "after_mean":
-        return moving_average(imp, cfg.pool_width, "truncate", length)
-    if cfg.pooling == "max_after_mean":
-        return moving_max(imp, cfg.pool_width, length)
-    if length is not None:
+        imp = moving_average(imp, cfg.pool_width, "truncate", length)
+    elif cfg.pooling == "max_after_mean":
+        imp = moving_max(imp, cfg.pool_width, length)
+    elif length is not None:
         imp = jnp.where(jnp.arange(imp.shape[0]) < length, imp, 0.0)
-    return imp
+    return trailing_max(imp, cfg.trail_width, length) if cfg.trail_width else imp
 
 
 def importance_unfused(

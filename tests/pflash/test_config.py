@@ -17,7 +17,7 @@ from pflash_jax.pflash.config import (
 DOCUMENTED = {
     "pflash": dict(n_tail=8, tail_mode="tail", rope="nope", pooling="after_mean", pool_width=13,
                    score_layers=None, skip_layers=0, tail_weights="uniform",
-                   tail_rows="last", question_lines=2, fold_impl="xla",
+                   tail_rows="last", question_lines=2, trail_width=0, fold_impl="xla",
                    span_size=32, keep_ratio=0.05, rounding="floor",
                    forced_head_spans=8,
                    forced_tail_spans=24, forced_spans="inside", positions="renumbered",
@@ -27,7 +27,7 @@ DOCUMENTED = {
     "specprefill": dict(n_tail=8, tail_mode="lookahead", rope="post", pooling="per_row",
                         pool_width=13, score_layers=None, skip_layers=0,
                         tail_weights="uniform", tail_rows="last", question_lines=2,
-                        fold_impl="xla", span_size=32, keep_ratio=0.1,
+                        trail_width=0, fold_impl="xla", span_size=32, keep_ratio=0.1,
                         rounding="ceil",
                         forced_head_spans=0, forced_tail_spans=0, forced_spans="inside",
                         positions="original",

@@ -13,6 +13,7 @@ from pflash_jax.pflash.importance import (
     init_running_max,
     moving_average,
     tail_probs,
+    trailing_max,
 )
 from pflash_jax.pflash.spans import select_tokens
 from tests.pflash.test_spans import reference_kept
@@ -193,3 +194,28 @@ def test_preset_end_to_end_matches_numpy(name):
     _, tokens_ref = reference_kept(imp_ref, cfg.selection)
     tokens = select_tokens(imp, cfg.selection).tolist()
     assert tokens == tokens_ref, f"{name}: {len(set(tokens) ^ set(tokens_ref))} tokens differ"
+
+
+@pytest.mark.parametrize("width", [0, 1, 5, 40])
+def test_trailing_max_matches_numpy(width):
+    S, length = 37, 30
+    x = np.random.default_rng(width).random((2, S)).astype(np.float32)
+    want = np.zeros_like(x)
+    for i in range(length):  # the window [i - width, i], cut at 0; padding (>= length) is 0
+        want[:, i] = x[:, max(0, i - width):i + 1].max(axis=1)
+    got = np.asarray(trailing_max(jnp.asarray(x), width, length))
+    assert np.array_equal(got, want), f"width {width}: max |diff| {np.abs(got - want).max()}"
+    with pytest.raises(ValueError, match="trail width"):
+        trailing_max(jnp.asarray(x), -1)
+
+
+def test_trail_width_raises_what_follows_a_peak():
+    """importance with trail_width: the tokens after a peak (a needle's key) inherit it, the
+    tokens before it do not, and the option is checked by ScoringConfig."""
+    rmax = np.zeros((8, 64), np.float32)
+    rmax[:, 20] = 1.0
+    cfg = ScoringConfig(pool_width=1, trail_width=6)
+    imp = np.asarray(importance(jnp.asarray(rmax), cfg))
+    assert np.all(imp[20:27] == 1.0) and np.all(imp[:20] == 0.0) and np.all(imp[27:] == 0.0)
+    with pytest.raises(ValueError, match="trail_width"):
+        ScoringConfig(trail_width=-2)
