@@ -13,6 +13,7 @@ FLOP convention (the cuDNN baselines' in docs/LOG.md): a full block costs 4 b^2 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -213,6 +214,39 @@ def selection_breakdown(cfg):
     return out
 
 
+def rotated_lists(bm):
+    """bm with each row's off-diagonal kept blocks visited in a rotated order (start offset
+    (37 m + 11 h) mod (count - 1)); the diagonal stays last, as the kernels require. The same
+    blocks and values: a different order of K/V tile loads only (issue 17's mask probe: do rows
+    that keep the same columns slow each other down by loading them in lockstep?)."""
+    idx, counts = bm.indices, bm.counts
+    B, N, M, _ = idx.shape
+    off_n = jnp.maximum(counts - 1, 1)[..., None]  # [B, N, M, 1]
+    m = jnp.arange(M)[None, None, :, None]
+    h = jnp.arange(N)[None, :, None, None]
+    j = jnp.arange(M)[None, None, None, :]
+    src = jnp.where(j < counts[..., None] - 1, (j + 37 * m + 11 * h) % off_n, j)
+    return dataclasses.replace(bm, indices=jnp.take_along_axis(idx, src, axis=-1))
+
+
+def mask_probe(cfg, sparse, q, k, v, bm):
+    """Times the cell's kernel (a) on random normal q, k, v with the same mask and (b) on the
+    same inputs with rotated kept-block lists: separates the data's effect on the kernel's time
+    from the mask's (inputs=drafter runs slower than random inputs at equal density)."""
+    rq, rk, rv = inputs(int(q.shape[1]), OmegaConf.merge(cfg, {"inputs": "random"}), seed=3)
+    t_vals = bench.time_fn(sparse, rq, rk, rv, bm, repeats=cfg.repeats)
+    t_rot = bench.time_fn(sparse, q, k, v, bench.block(jax.jit(rotated_lists)(bm)),
+                          repeats=cfg.repeats)
+    # How alike the rows' lists are: the share of kept entries in each head's 5% most kept
+    # columns (random masks: about 0.05-0.1; vertical stripes: near 1).
+    per_col = jnp.sum(bm.mask, axis=-2)  # [B, N, M]
+    top = max(1, bm.num_blocks // 20)
+    share = jnp.sum(jax.lax.top_k(per_col, top)[0], axis=-1) / jnp.sum(per_col, axis=-1)
+    return {"sparse_ms_random_values": 1e3 * t_vals.median_s,
+            "sparse_ms_rotated_lists": 1e3 * t_rot.median_s,
+            "top5pct_column_share": float(jnp.mean(share))}
+
+
 def run_grid(cfg, sizes):
     rows = []
     dense = jax.jit(lambda q, k, v: dense_attention(q, k, v, impl=cfg.dense_impl))
@@ -250,6 +284,8 @@ def run_grid(cfg, sizes):
                                                                     + t_sel.median_s),
             }
             row["fraction_of_cudnn_throughput"] = row["sparse_tflops"] / row["cudnn_tflops"]
+            if cfg.get("mask_probe"):
+                row.update(mask_probe(cfg, sparse, q, k, v, bm))
             print({k_: round(v_, 3) if isinstance(v_, float) else v_ for k_, v_ in row.items()},
                   flush=True)
             rows.append(row)
@@ -287,6 +323,18 @@ def table(metrics) -> str:
             f"{r['sparse_tflops']:.0f} | {r['cudnn_tflops']:.0f} | "
             f"{r['fraction_of_cudnn_throughput']:.2f} | {r['speedup']:.2f} | "
             f"{r['speedup_incl_selection']:.2f} | {r['speedup_incl_fixed_selection']:.2f} |")
+    probed = [r for r in metrics["grid"] if "sparse_ms_rotated_lists" in r]
+    if probed:
+        lines += ["", "Mask probe (mask_probe=true): the same mask on random normal q/k/v, and "
+                  "the same inputs with each row's kept blocks visited in a rotated order; "
+                  "column share = kept entries in each head's 5% most kept columns.", "",
+                  "| S | density | sparse ms | random values ms | rotated lists ms | "
+                  "column share |", "|---|---|---|---|---|---|"]
+        for r in probed:
+            lines.append(f"| {r['seq_len']} | {r['density']:.3f} | {r['sparse_ms']:.2f} | "
+                         f"{r['sparse_ms_random_values']:.2f} | "
+                         f"{r['sparse_ms_rotated_lists']:.2f} | "
+                         f"{r['top5pct_column_share']:.2f} |")
     if metrics.get("gqa_share"):
         lines += ["", "GQA list sharing (alpha mode, structured random inputs):", "",
                   "| mode | S | density | kept own-head mass | selection ms | sparse ms |",

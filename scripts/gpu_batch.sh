@@ -83,7 +83,7 @@ for s in "$@"; do
       L=${s#kbd:}
       stage "kbd_$L" 150 python3 experiments/kernel_bench.py impl=mosaic inputs=drafter \
         inputs_layer="$L" 'seq_lens=[131072]' 'densities=[0.1]' repeats=3 tune.enabled=false \
-        gqa_share.enabled=false selection_breakdown=false out_dir="$OUT/kbd_$L" ;;
+        gqa_share.enabled=false selection_breakdown=false mask_probe=true out_dir="$OUT/kbd_$L" ;;
     prefill)
       mkdir -p "$OUT/prefill"
       stage prefill06 100 python3 experiments/bench_prefill.py --model qwen3-0.6b --out "$OUT/prefill"

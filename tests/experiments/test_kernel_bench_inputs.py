@@ -54,3 +54,32 @@ def test_drafter_inputs_are_the_layers_qkv():
 def test_drafter_inputs_refuse_other_head_shapes():
     with pytest.raises(ValueError, match="num_heads"):
         _bench().inputs(64, _cfg(num_heads=32))
+
+
+def test_rotated_lists_keep_the_blocks_and_the_output():
+    """mask_probe's rotated lists: each row keeps the same blocks, the diagonal still last, and
+    the Triton kernel (interpret mode) computes the same attention from them."""
+    from pflash_jax.attention import select_blocks_fixed_density
+    from pflash_jax.attention import triton as tr
+
+    bench = _bench()
+    S, N, K, H, b = 512, 4, 2, 32, 32
+    ks = jax.random.split(jax.random.key(5), 3)
+    q = jax.random.normal(ks[0], (1, S, N, H))
+    k = jax.random.normal(ks[1], (1, S, K, H))
+    v = jax.random.normal(ks[2], (1, S, K, H))
+    bm = select_blocks_fixed_density(q, k, density=0.4, block_size=b, sink=1, window=1,
+                                     last_full=1, impl="xla")
+    rot = bench.rotated_lists(bm)
+    idx, new, counts = map(np.asarray, (bm.indices, rot.indices, bm.counts))
+    assert (new != idx).any(), "no row was rotated: the probe would time the same order"
+    for row in np.ndindex(counts.shape):
+        c = counts[row]
+        assert sorted(new[row][:c]) == sorted(idx[row][:c]), f"row {row}: other blocks"
+        assert new[row][c - 1] == idx[row][c - 1], f"row {row}: the diagonal moved"
+        assert (new[row][c:] == idx[row][c:]).all(), f"row {row}: padding changed"
+    sizes = tr.BlockSizes(block_q=b, block_k=b, num_warps=4, num_stages=1)
+    want = tr.block_sparse_attention(q, k, v, bm, block_sizes=sizes, interpret=True)
+    got = tr.block_sparse_attention(q, k, v, rot, block_sizes=sizes, interpret=True)
+    err = float(jnp.max(jnp.abs(got - want)))
+    assert err < 1e-5, f"rotated lists change the output by {err:.2e}"
