@@ -112,20 +112,28 @@ def moving_average(x: jax.Array, width: int, edges: str, length=None) -> jax.Arr
     return jnp.where(valid, out, jnp.zeros((), x.dtype))
 
 
+def _window_max(x: jax.Array, left: int, right: int, length=None) -> jax.Array:
+    """out[i] = max(x[i - left .. i + right]) along the last axis, the window cut at the ends;
+    entries at index >= length (bucket padding) neither win a window nor get a value (0)."""
+    S = x.shape[-1]
+    valid = jnp.arange(S) < (S if length is None else length)
+    x = jnp.where(valid, x, jnp.zeros((), x.dtype))  # importance >= 0: 0 never wins a max
+    if left == right == 0:
+        return x
+    ones = (1,) * (x.ndim - 1)
+    out = lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max,
+                            window_dimensions=ones + (left + right + 1,),
+                            window_strides=ones + (1,),
+                            padding=[(0, 0)] * (x.ndim - 1) + [(left, right)])
+    return jnp.where(valid, out, jnp.zeros((), x.dtype))
+
+
 def trailing_max(x: jax.Array, width: int, length=None) -> jax.Array:
     """out[i] = max(x[i - width .. i]) along the last axis (the window cut at 0); entries at
     index >= length (bucket padding) are 0 and never win."""
     if width < 0:
         raise ValueError(f"trail width must be >= 0, got {width}")
-    valid = jnp.arange(x.shape[-1]) < (x.shape[-1] if length is None else length)
-    x = jnp.where(valid, x, jnp.zeros((), x.dtype))
-    if width == 0:
-        return x
-    ones = (1,) * (x.ndim - 1)
-    out = lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max,
-                            window_dimensions=ones + (width + 1,), window_strides=ones + (1,),
-                            padding=[(0, 0)] * (x.ndim - 1) + [(width, 0)])
-    return jnp.where(valid, out, jnp.zeros((), x.dtype))
+    return _window_max(x, width, 0, length)
 
 
 def moving_max(x: jax.Array, width: int, length=None) -> jax.Array:
@@ -133,17 +141,7 @@ def moving_max(x: jax.Array, width: int, length=None) -> jax.Array:
     range (they neither win a window nor get a value: 0)."""
     if width < 1 or width % 2 == 0:
         raise ValueError(f"pool width must be odd and >= 1, got {width}")
-    S = x.shape[-1]
-    valid = jnp.arange(S) < (S if length is None else length)
-    x = jnp.where(valid, x, jnp.zeros((), x.dtype))  # importance >= 0: 0 never wins a max
-    if width == 1:
-        return x
-    r = width // 2
-    ones = (1,) * (x.ndim - 1)
-    out = lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max,
-                            window_dimensions=ones + (width,), window_strides=ones + (1,),
-                            padding=[(0, 0)] * (x.ndim - 1) + [(r, r)])
-    return jnp.where(valid, out, jnp.zeros((), x.dtype))
+    return _window_max(x, width // 2, width // 2, length)
 
 
 def init_running_max(n_tail: int, S: int) -> jax.Array:
