@@ -163,10 +163,8 @@ def card24_section() -> str:
                              f"{r['seq']:,} | {r['format']} | {1e3 * r['warm_median_s']:.1f} | "
                              f"{r['speed_vs_bf16']:.3f} | {r['gemm_kernel']} |")
     q = load_rows([str(RESULTS / QUANT_QUALITY)]) if (RESULTS / QUANT_QUALITY).exists() else []
-    stale = sorted({r.get("target_weights") or "not recorded" for r in q}) != [
-        embedded_target_weights()]
-    if q and stale:
-        was = sorted({r.get("target_weights") or "not recorded" for r in q})
+    was = recorded_target_weights(q)
+    if q and was != [embedded_target_weights()]:
         lines += ["", f"Quantized targets on the tiny pair: `results/{QUANT_QUALITY}` measured "
                   f"target weights {', '.join(was)}, since replaced; not re-run on the current "
                   "pair yet."]
@@ -192,11 +190,12 @@ def card24_section() -> str:
 def embedded_target_weights() -> str | None:
     """The embedded tiny target's weights fingerprint (what a sweep's must equal to be said to
     measure the current target); None where the checkpoint is missing."""
-    from pflash_jax.embedded import TINY_DIR
-    from pflash_jax.run import weights_fingerprint
+    return embedded_pair_weights()["target"]
 
-    target = TINY_DIR / "target"
-    return weights_fingerprint(target) if any(target.glob("*.safetensors")) else None
+
+def recorded_target_weights(rows) -> list[str]:
+    """The target weights a table's rows measured, sorted ("not recorded" for old rows)."""
+    return sorted({r.get("target_weights") or "not recorded" for r in rows})
 
 
 def quality_section() -> str:
@@ -208,7 +207,7 @@ def quality_section() -> str:
     rows = [r for r in load_rows([str(folder)]) if r["span_size"] == SPAN]
     if not rows:
         return f"\n`results/{QUALITY}` has no span-{SPAN} cells: see its tables.md."
-    weights = sorted({r.get("target_weights") or "not recorded" for r in rows})
+    weights = recorded_target_weights(rows)
     current = embedded_target_weights()
     if weights != [current]:  # a grid of superseded weights says nothing about today's pair
         return (f"\nThe quality grid (span x keep ratio, both presets) of the current tiny "
@@ -276,10 +275,13 @@ TINY_EVAL = ("v2_organism_h200_s45/s5_4k16k", "v2_organism_h200_s45/s5_8k32k")
 
 
 def embedded_pair_weights() -> dict:
+    """The embedded pair's weights fingerprints by role; None where a checkpoint is missing."""
     from pflash_jax.embedded import TINY_DIR
     from pflash_jax.run import weights_fingerprint
 
-    return {role: weights_fingerprint(TINY_DIR / role) for role in ("drafter", "target")}
+    return {role: weights_fingerprint(TINY_DIR / role)
+            if any((TINY_DIR / role).glob("*.safetensors")) else None
+            for role in ("drafter", "target")}
 
 
 def tiny_eval_section() -> str:
