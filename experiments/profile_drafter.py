@@ -105,6 +105,16 @@ def table(b: dict, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _read_trace(trace_dir: Path):
+    """The newest profiler trace under trace_dir -> jax.profiler.ProfileData."""
+    import jax
+
+    files = sorted(trace_dir.rglob("*.xplane.pb"))
+    if not files:
+        raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
+    return jax.profiler.ProfileData.from_file(str(files[-1]))
+
+
 def trace_drafter(model: str, seq: int, density: float, impl: str, trace_dir: Path,
                   fold: str = "xla"):
     """One warm drafter pass of a random `model` under a profiler trace -> ProfileData."""
@@ -126,10 +136,7 @@ def trace_drafter(model: str, seq: int, density: float, impl: str, trace_dir: Pa
         drafter_pass(drafter, ids, pcfg)
     with jax.profiler.trace(str(trace_dir)):
         dp = drafter_pass(drafter, ids, pcfg)
-    files = sorted(trace_dir.rglob("*.xplane.pb"))
-    if not files:
-        raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
-    return jax.profiler.ProfileData.from_file(str(files[-1])), dp
+    return _read_trace(trace_dir), dp
 
 
 def trace_target(model: str, n_tokens: int, trace_dir: Path):
@@ -163,10 +170,7 @@ def trace_target(model: str, n_tokens: int, trace_dir: Path):
         t = time.perf_counter()
         call()
         wall = time.perf_counter() - t
-    files = sorted(trace_dir.rglob("*.xplane.pb"))
-    if not files:
-        raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
-    return jax.profiler.ProfileData.from_file(str(files[-1])), wall
+    return _read_trace(trace_dir), wall
 
 
 def header(args: dict, prov: dict, forward_s: float) -> str:
