@@ -34,7 +34,9 @@
 #   trainv2   scripts/train_v2.sh: the v2 organism, S1_MINUTES + S2_MINUTES of training
 #             (default 2.5 + 6) plus compiles; its bf16 export comes back in the archive
 #   evalv2    experiments/eval_tiny.py on V2_DIR (default: trainv2's export), EVAL_CASES cases
-#             per task and length (50), EVAL_LENGTHS ([4096,16384,32768]), EVAL_TASKS (all)
+#             per task and length (50), EVAL_LENGTHS ([4096,16384,32768]), EVAL_TASKS (all),
+#             EVAL_OVERRIDES (PFlashConfig options, e.g. "{trail_width: 16}"), EVAL_FULL
+#             (false: PFlash only)
 #   ee:K1,K2  early-exit scoring on V2_DIR: eval_tiny with score_layers=K (recall and PFlash
 #             accuracy, EVAL_CASES cases, EVAL_LENGTHS, EE_TASKS), one run per K
 #   speedupee experiment=speedup at 131072, selection.score_layers=EE_LAYERS (null,14) in one
@@ -140,11 +142,12 @@ for s in "$@"; do
         hydra.sweep.dir="$OUT/quality_${lens//,/_}" ;;
     profile)
       stage profile "${PROFILE_LIMIT:-240}" python3 experiments/profile_drafter.py --seq 131072 \
-        --density 0.1 --out "$OUT/profile"
+        --density 0.1 --norm-rope "${PROFILE_NORM_ROPE:-xla}" --out "$OUT/profile"
       rm -rf "$OUT"/profile/trace-* ;;
     evalv2) stage evalv2 "${EVAL_LIMIT:-300}" python3 experiments/eval_tiny.py \
         models_dir="${V2_DIR:-$OUT/trainv2/s3/export}" n_cases="${EVAL_CASES:-50}" \
         "lengths=${EVAL_LENGTHS:-[4096,16384,32768]}" ${EVAL_TASKS:+"tasks=$EVAL_TASKS"} \
+        ${EVAL_OVERRIDES:+"overrides=$EVAL_OVERRIDES"} ${EVAL_FULL:+with_full=$EVAL_FULL} \
         out_dir="$OUT/evalv2" \
         hydra.run.dir=/tmp/evalv2_hydra ;;
     ee:*)  # early-exit recall and accuracy on V2_DIR: one eval_tiny run per score_layers value
