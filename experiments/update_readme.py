@@ -99,8 +99,6 @@ def latest_speed_lines() -> list[str]:
                  else "all layers")
         if r.get("fold_impl", "xla") != "xla":  # the scoring fold's kernel, where not the default
             label += f", {r['fold_impl']} fold"
-        if r.get("norm_rope_impl", "xla") != "xla":  # the drafter's q/k norm + RoPE kernel
-            label += f", {r['norm_rope_impl']} norm+RoPE"
         kept = "-" if r.get("block_density") is None else f"{r['block_density']:.3f}"
         out.append(f"| {label} | {kept} | {r['full_ttft_s']:.2f} | {r['pflash_ttft_s']:.3f} | "
                    f"{r['pflash_drafter_forward_s']:.3f} | {r['pflash_target_prefill_s']:.3f} | "

@@ -111,8 +111,6 @@ def flat_row(m: dict, source: str) -> dict:
         # the scoring fold's kernel (speed only, not a result-changing variant; absent before
         # the option existed: xla)
         "fold_impl": pc.get("fold_impl", "xla"),
-        # the drafter's q/k norm + RoPE kernel (speed only, as fold_impl; absent before: xla)
-        "norm_rope_impl": pc.get("norm_rope_impl", "xla"),
         "variant": variant_label(pc),
         # question n-gram anchors (absent before the option existed: none)
         "anchors": pc.get("anchors", "none"),

@@ -75,7 +75,6 @@ class SelectionSpec:
     trail_width: int | None = None  # trailing max: a token at least as important as the
     # trail_width tokens before it (0: off)
     fold_impl: str | None = None  # auto | xla | triton: the scoring fold's kernel
-    norm_rope_impl: str | None = None  # auto | xla | triton: the drafter's q/k norm + RoPE
 
 
 PROMPT_FORMATS = ("raw", "chat")

@@ -142,7 +142,7 @@ for s in "$@"; do
         hydra.sweep.dir="$OUT/quality_${lens//,/_}" ;;
     profile)
       stage profile "${PROFILE_LIMIT:-240}" python3 experiments/profile_drafter.py --seq 131072 \
-        --density 0.1 --norm-rope "${PROFILE_NORM_ROPE:-xla}" --out "$OUT/profile"
+        --density 0.1 --out "$OUT/profile"
       rm -rf "$OUT"/profile/trace-* ;;
     evalv2) stage evalv2 "${EVAL_LIMIT:-300}" python3 experiments/eval_tiny.py \
         models_dir="${V2_DIR:-$OUT/trainv2/s3/export}" n_cases="${EVAL_CASES:-50}" \

@@ -50,8 +50,6 @@ import numpy as np
 from pflash_jax.attention import dense_attention
 from pflash_jax.models import quant
 from pflash_jax.models.config import Qwen3Config
-from pflash_jax.models.norm_rope_triton import norm_rope_triton
-from pflash_jax.models.norm_rope_triton import supports as norm_rope_supports
 from pflash_jax.models.params import LayerParams, Params
 from pflash_jax.numerics import MASK_VALUE, SOFTMAX_DTYPE
 
@@ -112,7 +110,7 @@ def apply_rope(x, cos, sin):
 
 
 def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None, *,
-              fuse_qkv: bool = True, norm_rope: str = "xla", pre_rows=None) -> QKV:
+              fuse_qkv: bool = True) -> QKV:
     """Input norm, q/k/v projections, q_norm/k_norm, RoPE. x [B,T,D] residual stream.
 
     fuse_qkv: the three projections as one GEMM over [Wq|Wk|Wv] (11.4 vs 12.3 ms per 8B layer
@@ -123,21 +121,10 @@ def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None, *,
     scans pass them in, computed once per forward: built inside, XLA fuses sin/cos into the
     per-head RoPE fusion and re-evaluates them for every head (q_norm + RoPE of one 8B layer at
     128K: 3.99 ms with tables built inside, 1.15 ms with tables given; H200).
-
-    norm_rope: "xla" (the reference) or "triton": q_norm / k_norm and RoPE as one Pallas pass
-    over the fused projection's output (models/norm_rope_triton.py; needs fuse_qkv, tables
-    given, one dtype for activations and norm weights, T a multiple of its token tile; the
-    same values up to one rounding step). A static argument, like fuse_qkv.
-    pre_rows: None, or (start, n): q_pre then holds only rows [start, start + n) ([B,n,N,H];
-    start may be traced), all a caller such as the drafter's tail-query fold reads; with
-    norm_rope="triton" the full pre-RoPE q is then never written.
     """
     B, T, _ = x.shape
     H, eps = cfg.head_dim, cfg.rms_norm_eps
     N, K = cfg.num_attention_heads, cfg.num_key_value_heads
-    if norm_rope not in NORM_ROPE_IMPLS:
-        raise ValueError(f"layer_qkv: norm_rope={norm_rope!r}, expected one of "
-                         f"{NORM_ROPE_IMPLS}")
     h = rms_norm(x, layer.input_layernorm, eps)
     if fuse_qkv:
         qkv = quant.matmul(h, quant.concat_out([layer.q_proj, layer.k_proj, layer.v_proj]))
@@ -145,41 +132,9 @@ def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None, *,
     else:
         q, k, v = (quant.matmul(h, w) for w in (layer.q_proj, layer.k_proj, layer.v_proj))
     q, k, v = q.reshape(B, T, N, H), k.reshape(B, T, K, H), v.reshape(B, T, K, H)
-    cos, sin = rope_tables(cfg, positions) if rope is None else rope
-
-    def rows(t):  # the pre-RoPE rows the caller reads
-        if pre_rows is None:
-            return t
-        return jax.lax.dynamic_slice_in_dim(t, pre_rows[0], pre_rows[1], axis=1)
-
-    if norm_rope == "triton":
-        _check_norm_rope(fuse_qkv, q, layer)
-        heads = qkv.reshape(B, T, N + 2 * K, H)  # a bitcast: the kernel reads it in place
-        interpret = jax.default_backend() != "gpu"  # the Pallas interpreter without a GPU
-        q_rot, _ = norm_rope_triton(heads, layer.q_norm, cos, sin, first_head=0, n_heads=N,
-                                    eps=eps, interpret=interpret)
-        k_rot, k_pre = norm_rope_triton(heads, layer.k_norm, cos, sin, first_head=N,
-                                        n_heads=K, eps=eps, with_pre=True, interpret=interpret)
-        return QKV(rms_norm(rows(q), layer.q_norm, eps), k_pre, q_rot, k_rot, v)
     q_pre, k_pre = rms_norm(q, layer.q_norm, eps), rms_norm(k, layer.k_norm, eps)
-    return QKV(rows(q_pre), k_pre, apply_rope(q_pre, cos, sin), apply_rope(k_pre, cos, sin), v)
-
-
-NORM_ROPE_IMPLS = ("xla", "triton")
-
-
-def _check_norm_rope(fuse_qkv: bool, q, layer: LayerParams) -> None:
-    if not fuse_qkv:
-        raise ValueError("layer_qkv: norm_rope='triton' reads the fused q|k|v projection; "
-                         "it needs fuse_qkv=True")
-    if layer.q_norm.dtype != q.dtype or layer.k_norm.dtype != q.dtype:
-        raise ValueError(f"layer_qkv: norm_rope='triton' needs q_norm / k_norm in the "
-                         f"activations' dtype {q.dtype}, got {layer.q_norm.dtype} / "
-                         f"{layer.k_norm.dtype}")
-    try:
-        norm_rope_supports(q)
-    except NotImplementedError as e:
-        raise ValueError(f"layer_qkv: norm_rope='triton': {e}") from None
+    cos, sin = rope_tables(cfg, positions) if rope is None else rope
+    return QKV(q_pre, k_pre, apply_rope(q_pre, cos, sin), apply_rope(k_pre, cos, sin), v)
 
 
 def layer_finish(layer: LayerParams, x, attn_out, cfg: Qwen3Config):
@@ -261,25 +216,17 @@ def sequence_chunks(fn, chunk: int | None, *xs):
 
 
 def layer_qkv_chunked(layer: LayerParams, x, rope, cfg: Qwen3Config, chunk: int | None, *,
-                      fuse_qkv: bool = True, pre_rope: bool = True, norm_rope: str = "xla",
-                      pre_rows=None) -> QKV:
+                      fuse_qkv: bool = True, pre_rope: bool = True) -> QKV:
     """layer_qkv over sequence chunks, RoPE tables (cos, sin) built once by the caller.
     pre_rope=False leaves q_pre/k_pre out (None): chunked, every output of the map is
-    materialised, and full prefill needs only the post-RoPE q/k. norm_rope and pre_rows as in
-    layer_qkv (chunked, q_pre is sliced to pre_rows after the chunks are merged)."""
+    materialised, and full prefill needs only the post-RoPE q/k."""
     cos, sin = rope
-    whole = chunk is None or chunk >= x.shape[1]
 
     def one(xc, cc, sc):
-        qkv = layer_qkv(layer, xc, None, cfg, rope=(cc, sc), fuse_qkv=fuse_qkv,
-                        norm_rope=norm_rope, pre_rows=pre_rows if whole else None)
+        qkv = layer_qkv(layer, xc, None, cfg, rope=(cc, sc), fuse_qkv=fuse_qkv)
         return qkv if pre_rope else qkv._replace(q_pre=None, k_pre=None)
 
-    out = sequence_chunks(one, chunk, x, cos, sin)
-    if whole or pre_rows is None or not pre_rope:
-        return out
-    return out._replace(q_pre=jax.lax.dynamic_slice_in_dim(out.q_pre, pre_rows[0], pre_rows[1],
-                                                           axis=1))
+    return sequence_chunks(one, chunk, x, cos, sin)
 
 
 def layer_finish_chunked(layer: LayerParams, x, attn_out, cfg: Qwen3Config, chunk: int | None):
@@ -304,8 +251,7 @@ class ScanOut(NamedTuple):
 
 def scan_layers(params: Params, cfg: Qwen3Config, x, positions, attn, *,
                 chunk: int | None = None, hook=None, state=None, per_layer=None,
-                last_qkv_only: bool = False, fuse_qkv: bool = True, rope=None,
-                norm_rope: str = "xla", pre_rows=None) -> ScanOut:
+                last_qkv_only: bool = False, fuse_qkv: bool = True, rope=None) -> ScanOut:
     """The one decoder-layer scan (lax.scan: one layer compiles once) every mode builds on.
 
     Per layer: qkv = layer_qkv (chunked), then `hook(state, qkv, extra) -> (state, out)` (a
@@ -314,14 +260,13 @@ def scan_layers(params: Params, cfg: Qwen3Config, x, positions, attn, *,
     `per_layer` (a pytree with a leading L axis, e.g. a KV cache; None if not given).
     last_qkv_only: the last layer stops after its hook (scores need only its q/k, so its
     attention and MLP would be wasted); its hook must then return no output.
-    norm_rope, pre_rows: layer_qkv's (the hook then sees q_pre of rows pre_rows only).
     """
     rope = rope_tables(cfg, positions) if rope is None else rope  # once, outside the scan
     pre_rope = hook is not None  # only a hook can want the pre-RoPE q/k
 
     def qkv_of(layer, x):
         return layer_qkv_chunked(layer, x, rope, cfg, chunk, fuse_qkv=fuse_qkv,
-                                 pre_rope=pre_rope, norm_rope=norm_rope, pre_rows=pre_rows)
+                                 pre_rope=pre_rope)
 
     def body(carry, xs):
         x, st = carry

@@ -55,7 +55,6 @@ FORCED_MODES = ("inside", "on_top")
 ANCHOR_MODES = ("none", "ngram")
 ATTENTION_IMPLS = ("auto", "reference", "triton", "mosaic", "dense")
 FOLD_IMPLS = ("auto", "xla", "triton")
-NORM_ROPE_IMPLS = ("auto", "xla", "triton")
 
 
 def _check_int(owner: str, name: str, value, minimum: int) -> None:
@@ -246,11 +245,6 @@ class PFlashConfig:
         included, about that fraction of each query-block row (fixed-density mode for timing
         random weights; attention.selection_common.density_budget).
     block_size: attention block size in tokens.
-    norm_rope_impl: the drafter's q_norm / k_norm + RoPE (qwen3.layer_qkv's norm_rope): "xla"
-        (two XLA fusions a tensor, the reference), "triton" (one Pallas pass over the fused
-        projection's output, models/norm_rope_triton.py; the same values up to one rounding
-        step, so not a result-changing option), "auto" = "triton" when JAX's default backend
-        is a GPU and the shapes fit, else "xla". Tail mode only (look-ahead keeps "xla").
     preset: the name of the preset this config was built from ("custom" otherwise); results
         record it next to every option value.
     """
@@ -261,7 +255,6 @@ class PFlashConfig:
     alpha: float = 0.12
     block_density: float | None = None
     block_size: int = 128
-    norm_rope_impl: str = "xla"
     preset: str = "custom"
 
     def __post_init__(self):
@@ -276,7 +269,6 @@ class PFlashConfig:
         if self.block_density is not None:
             _check_fraction("PFlashConfig", "block_density", self.block_density)
         _check_int("PFlashConfig", "block_size", self.block_size, 1)
-        _check_choice("PFlashConfig", "norm_rope_impl", self.norm_rope_impl, NORM_ROPE_IMPLS)
 
     def to_dict(self) -> dict:
         """Flat {option: value} for metrics.json and result tables."""
@@ -321,7 +313,6 @@ PRESETS: dict[str, dict] = {
         alpha=0.12,
         block_density=None,
         block_size=128,
-        norm_rope_impl="xla",
     ),
     "specprefill": dict(
         n_tail=8,
@@ -351,7 +342,6 @@ PRESETS: dict[str, dict] = {
         alpha=0.12,
         block_density=None,
         block_size=128,
-        norm_rope_impl="xla",
     ),
 }
 

@@ -34,7 +34,7 @@ import numpy as np
 from pflash_jax.attention import block_sparse_attention, dense_attention
 from pflash_jax.attention.api import resolve_sparse
 from pflash_jax.attention.selection import select_blocks, select_blocks_fixed_density
-from pflash_jax.models import norm_rope_triton, qwen3
+from pflash_jax.models import qwen3
 from pflash_jax.models.qwen3 import KVCache, embed, final_logits
 from pflash_jax.pflash.config import PFlashConfig, ScoringConfig
 from pflash_jax.pflash.importance import fold_layer, importance, init_running_max
@@ -71,20 +71,6 @@ def drafter_attention(cfg: PFlashConfig):
     return attn
 
 
-def resolve_norm_rope(cfg: PFlashConfig, params, mcfg, S: int, chunk=None) -> str:
-    """The q/k norm + RoPE implementation cfg.norm_rope_impl means for this drafter and
-    bucket: "auto" -> "triton" on a GPU when the kernel takes the shapes and the norm weights
-    share the activations' dtype, else "xla"; an explicit "triton" that cannot run raises
-    (layer_qkv says why)."""
-    if cfg.norm_rope_impl != "auto":
-        return cfg.norm_rope_impl
-    if jax.default_backend() != "gpu":
-        return "xla"
-    rows = S if chunk is None else min(S, chunk)
-    same_dtype = params.layers.q_norm.dtype == params.embed_tokens.dtype
-    return "triton" if same_dtype and rows % norm_rope_triton.BLOCK_T == 0 else "xla"
-
-
 def scoring_qk(qkv: qwen3.QKV, rope: str):
     """The q/k scores are computed from: pre-RoPE ("nope") or post-RoPE ("post")."""
     return (qkv.q_pre, qkv.k_pre) if rope == "nope" else (qkv.q, qkv.k)
@@ -110,9 +96,7 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
 
     def fold(rmax, qkv, layer):
         qs, ks = scoring_qk(qkv, scfg.rope)
-        # q_pre holds the tail rows only (pre_rows below); post-RoPE q is the whole sequence
-        q_tail = (qs[0] if scfg.rope == "nope"
-                  else jax.lax.dynamic_slice_in_dim(qs[0], length - T, T, axis=0))
+        q_tail = jax.lax.dynamic_slice_in_dim(qs[0], length - T, T, axis=0)
         new = fold_layer(rmax, q_tail, ks[0], q_pos, k_pos, scfg)
         # skip_layers: the first layers run but do not vote (SpecPC)
         return (new if not scfg.skip_layers else jnp.where(layer >= scfg.skip_layers, new, rmax)
@@ -121,9 +105,7 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
     out = qwen3.scan_layers(params, mcfg, embed(params, ids), positions,
                             drafter_attention(pcfg), chunk=chunk, hook=fold,
                             state=init_running_max(T, Sb), last_qkv_only=True,
-                            per_layer=jnp.arange(mcfg.num_hidden_layers, dtype=jnp.int32),
-                            norm_rope=resolve_norm_rope(pcfg, params, mcfg, Sb, chunk),
-                            pre_rows=(length - T, T))
+                            per_layer=jnp.arange(mcfg.num_hidden_layers, dtype=jnp.int32))
     L = mcfg.num_hidden_layers
     return out.state, jnp.sum(out.attn_out) / max(L - 1, 1)
 
