@@ -272,6 +272,9 @@ def keep_table(rows) -> list[str]:
 # eval_tiny runs of the embedded pair (results/<folder>/metrics.json), shown in the README only
 # while their recorded weights are the embedded pair's (a retrained pair supersedes them)
 TINY_EVAL = ("v2_organism_h200_s45/s5_4k16k", "v2_organism_h200_s45/s5_8k32k")
+# The same pair with question-aware scoring (question rows + trailing max; docs/design.md 1.2):
+# a candidate default, shown beside the preset's table (full prefill is in the one above).
+TINY_EVAL_QA = ("scoring_qtrail16_h200",)
 
 
 def embedded_pair_weights() -> dict:
@@ -284,12 +287,12 @@ def embedded_pair_weights() -> dict:
             for role in ("drafter", "target")}
 
 
-def tiny_eval_section() -> str:
-    """The TINY_EVAL runs of the current embedded pair as one table (task x length); runs of
-    other weights are named as superseded, not shown."""
+def tiny_eval_section(names=TINY_EVAL) -> str:
+    """The eval_tiny runs `names` of the current embedded pair as one table (task x length);
+    runs of other weights are named as superseded, not shown."""
     current = embedded_pair_weights()
     ms, stale = [], []
-    for name in TINY_EVAL:
+    for name in names:
         f = RESULTS / name / "metrics.json"
         if f.exists():
             m = json.loads(f.read_text())
@@ -302,15 +305,21 @@ def tiny_eval_section() -> str:
     rows = [r for _, m in ms for r in m["rows"]]
     lengths = sorted({r["S"] for r in rows})
     cfgs = {(m["config"]["preset"], m["config"]["keep_ratio"], m["config"]["span_size"],
-             m["pflash_config"].get("forced_spans", "on_top")) for _, m in ms}
+             m["pflash_config"].get("forced_spans", "on_top"),
+             ", ".join(f"{k}={v}" for k, v in (m["config"].get("overrides") or {}).items()))
+            for _, m in ms}
     where = {"inside": "inside the budget", "on_top": "on top of the budget"}
-    what = "; ".join(f"{p} preset, keep {k}, span {sp}, forced spans {where[fs]}"
-                     for p, k, sp, fs in sorted(cfgs))
+    what = "; ".join(f"{p} preset{f' with {o}' if o else ''}, keep {k}, span {sp}, forced "
+                     f"spans {where[fs]}" for p, k, sp, fs, o in sorted(cfgs))
     devices = ", ".join(sorted({m["provenance"]["device"] for _, m in ms}))
     commits = ", ".join(sorted({m["provenance"]["commit"] for _, m in ms}))
+    # PFlash-only runs (scoring variants): their full prefill is the preset table's
+    no_full = (" (full prefill not run here: the same cases as the table above)"
+               if all(r.get("full_acc") is None for r in rows) else "")
     out = [f"\nThe embedded pair (drafter {current['drafter']}, target {current['target']}), "
            f"held-out cases ({', '.join(sorted({str(r['n_cases']) for r in rows}))} per cell): "
-           f"full prefill / PFlash accuracy, then drafter needle recall and the kept share of "
+           f"full prefill / PFlash accuracy"
+           f"{no_full}, then drafter needle recall and the kept share of "
            f"the prompt in brackets; {what} ({devices}, commit {commits}; "
            f"{', '.join(f'`results/{n}`' for n, _ in ms)}):", "",
            "| task | " + " | ".join(f"{s:,}" for s in lengths) + " |",
@@ -409,7 +418,7 @@ def main() -> None:
                 print(f"report: results/{name} -> "
                       f"{write_report([str(RESULTS / name)], RESULTS / name)}")
     body = "\n".join(s for s in (speed_section(), card24_section(), quality_section(),
-                                 tiny_eval_section()) if s)
+                                 tiny_eval_section(), tiny_eval_section(TINY_EVAL_QA)) if s)
     readme = REPO / "README.md"
     text = readme.read_text()
     a, b = text.index(BEGIN) + len(BEGIN), text.index(END)

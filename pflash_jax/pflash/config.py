@@ -344,10 +344,18 @@ PRESETS: dict[str, dict] = {
         block_size=128,
     ),
 }
+# Question-aware PFlash (ours, not a reproduction): the pflash preset with the question's rows
+# voting (n_tail caps the question at 64 tokens) and a 16-token trailing max, so that every key
+# a question names gets a row and a needle's value follows its key. On the v2 pair at 16K-32K
+# it lifts multiquery 0.00-0.12 -> 0.88-1.00 and multivalue 0.60-0.72 -> 1.00, but it loses
+# 3-distractor multikey at 8K (0.96 -> 0.80) and 64 tail rows cost ~6% of TTFT at 128K
+# (results/scoring_qtrail16_h200). Needs the drafter's tokenizer (the question's lines).
+PRESETS["pflash_qa"] = {**PRESETS["pflash"], "tail_rows": "question", "n_tail": 64,
+                        "trail_width": 16}
 
 
 def preset(name: str, **overrides) -> PFlashConfig:
-    """A named preset ("pflash" or "specprefill") with flat option overrides.
+    """A named preset ("pflash", "specprefill" or our "pflash_qa") with flat option overrides.
 
     Overrides use the flat option names of the three dataclasses (span_size, rope, alpha, ...);
     the result keeps `preset=name` so tables say which system a run started from.

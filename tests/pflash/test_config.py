@@ -118,3 +118,11 @@ def test_configs_are_hashable_static_args():
 def test_bad_values_name_the_option(make, option):
     with pytest.raises(ValueError, match=option):
         make()
+
+
+def test_pflash_qa_is_pflash_with_question_rows_and_a_trail():
+    """The question-aware preset differs from pflash in exactly the three scoring options."""
+    qa, base = preset("pflash_qa").to_dict(), preset("pflash").to_dict()
+    diff = {k: qa[k] for k in qa if qa[k] != base[k]}
+    assert diff == {"tail_rows": "question", "n_tail": 64, "trail_width": 16,
+                    "preset": "pflash_qa"}, diff
