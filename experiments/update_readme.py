@@ -287,9 +287,10 @@ def embedded_pair_weights() -> dict:
             for role in ("drafter", "target")}
 
 
-def tiny_eval_section(names=TINY_EVAL) -> str:
-    """The eval_tiny runs `names` of the current embedded pair as one table (task x length);
-    runs of other weights are named as superseded, not shown."""
+def tiny_eval_section(names=None) -> str:
+    """The eval_tiny runs `names` (None: TINY_EVAL) of the current embedded pair as one table
+    (task x length); runs of other weights are named as superseded, not shown."""
+    names = TINY_EVAL if names is None else names
     current = embedded_pair_weights()
     ms, stale = [], []
     for name in names:

@@ -204,6 +204,15 @@ def test_readme_tiny_eval_section_shows_only_the_current_pair(tmp_path, monkeypa
     assert "| task | 4,096 | 8,192 |" in text, text
     assert "| niah_single | 1.00 / 0.67 (0.90, 4.7%) | - |" in text, text
     assert "forced spans inside the budget" in text and "`results/a`" in text, text
+    # a PFlash-only variant run (with_full=false, scoring overrides): its options are named,
+    # and the missing full prefill is said to be the preset table's
+    write_metrics(tmp_path / "qa" / "metrics.json",
+                  {"config": {**cfg, "overrides": {"trail_width": 16}},
+                   "pflash_config": {"forced_spans": "inside"}, "weights": now,
+                   "rows": [dict(row, S=4096, full_acc=None)], "provenance": prov})
+    qa = u.tiny_eval_section(("qa",))
+    assert "pflash preset with trail_width=16" in qa and "full prefill not run here" in qa, qa
+    assert "| niah_single | - / 0.67 (0.90, 4.7%) |" in qa, qa
     monkeypatch.setattr(u, "embedded_pair_weights", lambda: {"drafter": "x", "target": "y"})
     gone = u.tiny_eval_section()
     assert "| niah" not in gone and "`results/a`" in gone and "other weights" in gone, gone
