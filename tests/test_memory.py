@@ -97,7 +97,7 @@ def test_budget_leaves_the_path_that_does_not_fit(tmp_path):
     """memory_budget_gb between the two paths' needs: full prefill is recorded as not fitting,
     not run, and the job exits 0 with PFlash's results."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PFLASH_CACHE": str(tmp_path / "cache")}
-    args = ["task.seq_len=4096", "max_new_tokens=2", "repeats=0"]
+    args = ["task.seq_len=2048", "max_new_tokens=2", "repeats=0"]
     probe = subprocess.run([sys.executable, "-m", "pflash_jax.run", *args,
                             f"metrics_dir={tmp_path}/all"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=600)
