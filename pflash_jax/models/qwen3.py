@@ -251,7 +251,8 @@ class ScanOut(NamedTuple):
 
 def scan_layers(params: Params, cfg: Qwen3Config, x, positions, attn, *,
                 chunk: int | None = None, hook=None, state=None, per_layer=None,
-                last_qkv_only: bool = False, fuse_qkv: bool = True, rope=None) -> ScanOut:
+                last_qkv_only: bool = False, fuse_qkv: bool = True, rope=None,
+                unroll: bool = False) -> ScanOut:
     """The one decoder-layer scan (lax.scan: one layer compiles once) every mode builds on.
 
     Per layer: qkv = layer_qkv (chunked), then `hook(state, qkv, extra) -> (state, out)` (a
@@ -260,6 +261,9 @@ def scan_layers(params: Params, cfg: Qwen3Config, x, positions, attn, *,
     `per_layer` (a pytree with a leading L axis, e.g. a KV cache; None if not given).
     last_qkv_only: the last layer stops after its hook (scores need only its q/k, so its
     attention and MLP would be wasted); its hook must then return no output.
+    unroll: the layers as straight-line code (lax.scan(unroll=True)), no device loop: each
+    layer's weights are then a static slice of the stacked tensors rather than a dynamic slice
+    that the loop copies out (8 device copies a layer of the 8B target).
     """
     rope = rope_tables(cfg, positions) if rope is None else rope  # once, outside the scan
     pre_rope = hook is not None  # only a hook can want the pre-RoPE q/k
@@ -278,14 +282,14 @@ def scan_layers(params: Params, cfg: Qwen3Config, x, positions, attn, *,
 
     layers = params.layers
     if not last_qkv_only:
-        (x, state), (h, a) = jax.lax.scan(body, (x, state), (layers, per_layer))
+        (x, state), (h, a) = jax.lax.scan(body, (x, state), (layers, per_layer), unroll=unroll)
         return ScanOut(x, state, h, a)
     if hook is None:
         raise ValueError("scan_layers: last_qkv_only needs a hook (nothing reads the q/k)")
     head, last = (jax.tree.map(lambda t: t[:-1], layers), jax.tree.map(lambda t: t[-1], layers))
     extra_head = jax.tree.map(lambda t: t[:-1], per_layer)
     extra_last = jax.tree.map(lambda t: t[-1], per_layer)
-    (x, state), (h, a) = jax.lax.scan(body, (x, state), (head, extra_head))
+    (x, state), (h, a) = jax.lax.scan(body, (x, state), (head, extra_head), unroll=unroll)
     state, h_last = hook(state, qkv_of(last, x), extra_last)
     if h_last is not None:
         raise ValueError("scan_layers: with last_qkv_only the hook must return no output")
@@ -304,7 +308,8 @@ def store_kv(k, v, kv_cache: str):
 
 def run_layers(params: Params, cfg: Qwen3Config, x, positions, attn: str | AttnFn, *,
                chunk: int | None = None, cache_len: int | None = None,
-               fuse_qkv: bool = True, kv_cache: str = "bf16") -> tuple[jax.Array, KVCache]:
+               fuse_qkv: bool = True, kv_cache: str = "bf16",
+               unroll: bool = False) -> tuple[jax.Array, KVCache]:
     """Every layer over x [B,T,D] at positions [B,T] -> (x, KVCache with capacity cache_len
     or T, filled T). attn: a dense_attention name or a callable (q, k, v) -> o.
     kv_cache: "bf16" (the compute dtype), "int8" or "fp8" (quantized as stored; attention here
@@ -327,7 +332,7 @@ def run_layers(params: Params, cfg: Qwen3Config, x, positions, attn: str | AttnF
         return attn_fn(qkv.q, qkv.k, qkv.v), None
 
     out = scan_layers(params, cfg, x, positions, dense, chunk=chunk, hook=keep_kv,
-                      fuse_qkv=fuse_qkv)
+                      fuse_qkv=fuse_qkv, unroll=unroll)
     k, v, ks, vs = out.hook_out
     return out.x, KVCache(k, v, jnp.asarray(T, jnp.int32), ks, vs)
 

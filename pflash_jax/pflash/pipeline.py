@@ -132,15 +132,17 @@ def check_inputs(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int
 
 
 # ---------------------------------------------------------------- target
-@partial(jax.jit, static_argnames=("cfg", "attn", "chunk", "cache_len", "kv_cache", "fuse_qkv"))
+@partial(jax.jit, static_argnames=("cfg", "attn", "chunk", "cache_len", "kv_cache", "fuse_qkv",
+                                   "unroll"))
 def prefill_at(params, cfg, ids, positions, length, *, attn, chunk=None, cache_len=None,
-               kv_cache="bf16", fuse_qkv=True):
+               kv_cache="bf16", fuse_qkv=True, unroll=False):
     """Prefill padded ids [1, Tb] at positions; logits of row length-1 and a cache filled to
     `length` (padding rows sit after every real row, so causality keeps them out), stored as
     `kv_cache` says (bf16 | int8 | fp8). A tensor-parallel target passes a
     `sharding.ShardedAttention` as attn and fuse_qkv=False (pflash_jax/sharding.py)."""
     x, cache = qwen3.run_layers(params, cfg, embed(params, ids), positions, attn, chunk=chunk,
-                                cache_len=cache_len, kv_cache=kv_cache, fuse_qkv=fuse_qkv)
+                                cache_len=cache_len, kv_cache=kv_cache, fuse_qkv=fuse_qkv,
+                                unroll=unroll)
     last = jax.lax.dynamic_index_in_dim(x, length - 1, axis=1, keepdims=False)
     return final_logits(params, cfg, last), cache._replace(length=length.astype(jnp.int32))
 
