@@ -110,12 +110,15 @@ def apply_rope(x, cos, sin):
 
 
 def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None, *,
-              fuse_qkv: bool = True) -> QKV:
+              fuse_qkv: bool | str = True) -> QKV:
     """Input norm, q/k/v projections, q_norm/k_norm, RoPE. x [B,T,D] residual stream.
 
-    fuse_qkv: the three projections as one GEMM over [Wq|Wk|Wv] (11.4 vs 12.3 ms per 8B layer
-    at 128K); False runs three (benchmarks A/B it). A static argument, not a global, so a jit
-    traced with one value is never silently reused for the other.
+    fuse_qkv: True runs the three projections as one GEMM over [Wq|Wk|Wv] (11.4 vs 12.3 ms per
+    8B layer at 128K); False runs three (benchmarks A/B it); "qk" runs [Wq|Wk] as one GEMM and
+    Wv as its own, so v is a GEMM output instead of a slice that XLA copies out of the fused
+    one for an attention kernel that needs it contiguous (the drafter at 128K: 4.0 ms less,
+    results/bench_layers_h200). A static argument, not a global, so a jit traced with one
+    value is never silently reused for another.
 
     rope: optional precomputed `rope_tables(cfg, positions)` (then positions is unused). Layer
     scans pass them in, computed once per forward: built inside, XLA fuses sin/cos into the
@@ -126,11 +129,17 @@ def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None, *,
     H, eps = cfg.head_dim, cfg.rms_norm_eps
     N, K = cfg.num_attention_heads, cfg.num_key_value_heads
     h = rms_norm(x, layer.input_layernorm, eps)
-    if fuse_qkv:
+    if fuse_qkv == "qk":
+        qk = quant.matmul(h, quant.concat_out([layer.q_proj, layer.k_proj]))
+        q, k = jnp.split(qk, [N * H], axis=-1)
+        v = quant.matmul(h, layer.v_proj)
+    elif fuse_qkv is True:
         qkv = quant.matmul(h, quant.concat_out([layer.q_proj, layer.k_proj, layer.v_proj]))
         q, k, v = jnp.split(qkv, [N * H, (N + K) * H], axis=-1)
-    else:
+    elif fuse_qkv is False:
         q, k, v = (quant.matmul(h, w) for w in (layer.q_proj, layer.k_proj, layer.v_proj))
+    else:
+        raise ValueError(f"fuse_qkv must be True, False or 'qk', got {fuse_qkv!r}")
     q, k, v = q.reshape(B, T, N, H), k.reshape(B, T, K, H), v.reshape(B, T, K, H)
     q_pre, k_pre = rms_norm(q, layer.q_norm, eps), rms_norm(k, layer.k_norm, eps)
     cos, sin = rope_tables(cfg, positions) if rope is None else rope
@@ -216,7 +225,7 @@ def sequence_chunks(fn, chunk: int | None, *xs):
 
 
 def layer_qkv_chunked(layer: LayerParams, x, rope, cfg: Qwen3Config, chunk: int | None, *,
-                      fuse_qkv: bool = True, pre_rope: bool = True) -> QKV:
+                      fuse_qkv: bool | str = True, pre_rope: bool = True) -> QKV:
     """layer_qkv over sequence chunks, RoPE tables (cos, sin) built once by the caller.
     pre_rope=False leaves q_pre/k_pre out (None): chunked, every output of the map is
     materialised, and full prefill needs only the post-RoPE q/k."""
@@ -251,7 +260,7 @@ class ScanOut(NamedTuple):
 
 def scan_layers(params: Params, cfg: Qwen3Config, x, positions, attn, *,
                 chunk: int | None = None, hook=None, state=None, per_layer=None,
-                last_qkv_only: bool = False, fuse_qkv: bool = True, rope=None,
+                last_qkv_only: bool = False, fuse_qkv: bool | str = True, rope=None,
                 unroll: bool = False) -> ScanOut:
     """The one decoder-layer scan (lax.scan: one layer compiles once) every mode builds on.
 

@@ -147,6 +147,12 @@ def prefill_at(params, cfg, ids, positions, length, *, attn, chunk=None, cache_l
     return final_logits(params, cfg, last), cache._replace(length=length.astype(jnp.int32))
 
 
+# The greedy token on the device: 4 bytes to the host instead of the [V] float32 logits row
+# (600 KB for Qwen3's vocabulary; first token 1.7 ms before). Ties go to the lowest id, as
+# np.argmax's.
+_greedy = jax.jit(lambda lg: jnp.argmax(lg[0]))
+
+
 def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, attn=None,
                         eos_id=None, kv_cache="bf16", fuse_qkv=True):
     """Shared tail of both paths: prefill (timed), first token (timed), decode (timed)."""
@@ -165,7 +171,7 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
                            fuse_qkv=fuse_qkv)
     jax.block_until_ready(lg)
     t1 = time.perf_counter()
-    tok = int(np.argmax(np.asarray(lg[0])))
+    tok = int(_greedy(lg))
     t2 = time.perf_counter()
     timings.update(target_prefill=t1 - t0, first_token=t2 - t1)
     out, pos = [tok], int(positions[-1])
@@ -175,7 +181,7 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
         pos += 1
         lg, cache = qwen3.decode_jit(target.params, cfg, jnp.asarray([tok], jnp.int32),
                                      jnp.asarray([pos], jnp.int32), cache, fuse_qkv=fuse_qkv)
-        tok = int(np.argmax(np.asarray(lg[0])))
+        tok = int(_greedy(lg))
         out.append(tok)
     timings["decode"] = time.perf_counter() - t2
     return np.asarray(out, np.int32)

@@ -195,7 +195,7 @@ def test_model_logits(fmt, seed):
         np.testing.assert_array_equal(out, on_deq)
 
 
-@pytest.mark.parametrize("fuse_qkv", [True, False])
+@pytest.mark.parametrize("fuse_qkv", [True, False, "qk"])
 def test_fused_and_unfused_qkv_agree(fuse_qkv):
     q = quant.quantize_params(_model(3), "int4")
     ids, pos = _ids(3), jnp.arange(T)[None]
@@ -407,3 +407,8 @@ def test_row_blocks_divide_the_rows_and_bound_the_block():
         assert shape[0] % n == 0, shape
         per_block = shape[0] // n * shape[1]
         assert per_block <= RANDOM_BLOCK or n == shape[0], (shape, n)
+
+
+def test_fuse_qkv_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="fuse_qkv must be True, False or 'qk'"):
+        qwen3.forward_jit(_model(3), CFG, _ids(3), jnp.arange(T)[None], fuse_qkv="qkv")
