@@ -9,8 +9,8 @@ Stages, each a random-init bf16 model of real shapes timed warm in this one proc
 - target: `pipeline.prefill_at` of Qwen3-8B on --tokens kept tokens (the speed rows' target
   stage: 6,528 = 5% of 128K), as the pipeline calls it.
 
-Variants of the layer's q/k/v step (`qwen3.layer_qkv` as written, or an alternative swapped in
-for the A/B; whichever wins becomes the code, the bench only measures):
+Variants of the layer's q/k/v step (`qwen3.layer_qkv` with the variant's projection mode, or an
+alternative swapped in for the A/B; whichever wins becomes the code, the bench only measures):
 - base: one GEMM over [Wq|Wk|Wv], q_norm / k_norm, then RoPE of the normed q / k;
 - v_apart: [Wq|Wk] as one GEMM and Wv as its own, so v is a GEMM output rather than a slice
   copied out of the fused one (the attention kernels need it contiguous);
@@ -27,6 +27,7 @@ script again under XLA_FLAGS for those, and compare the two tables.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import statistics
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pflash_jax import bench
-from pflash_jax.models import quant, qwen3
+from pflash_jax.models import qwen3
 from pflash_jax.models.config import model_preset
 from pflash_jax.models.params import init_params
 from pflash_jax.pflash import drafter as drafter_mod
@@ -55,31 +56,21 @@ def rope_of_scaled(x, w, eps, cos, sin):
 
 
 def make_layer_qkv(v_apart: bool, scale_rope: bool):
-    """An alternative qwen3.layer_qkv (same signature and outputs)."""
-    if not v_apart and not scale_rope:
-        return BASE_LAYER_QKV
+    """An alternative qwen3.layer_qkv (same signature and outputs). The projection mode is
+    the variant's, whatever the caller passes (the drafter now passes "qk" itself), so "base"
+    stays the one [Wq|Wk|Wv] GEMM."""
+    mode = "qk" if v_apart else True
 
-    def layer_qkv(layer, x, positions, cfg, rope=None, *, fuse_qkv: bool = True):
-        B, T, _ = x.shape
-        H, eps = cfg.head_dim, cfg.rms_norm_eps
-        N, K = cfg.num_attention_heads, cfg.num_key_value_heads
-        h = qwen3.rms_norm(x, layer.input_layernorm, eps)
-        if v_apart:
-            qk = quant.matmul(h, quant.concat_out([layer.q_proj, layer.k_proj]))
-            q, k = jnp.split(qk, [N * H], axis=-1)
-            v = quant.matmul(h, layer.v_proj)
-        else:
-            qkv = quant.matmul(h, quant.concat_out([layer.q_proj, layer.k_proj, layer.v_proj]))
-            q, k, v = jnp.split(qkv, [N * H, (N + K) * H], axis=-1)
-        q, k, v = q.reshape(B, T, N, H), k.reshape(B, T, K, H), v.reshape(B, T, K, H)
+    def layer_qkv(layer, x, positions, cfg, rope=None, *, fuse_qkv=True):
+        if not scale_rope:
+            return BASE_LAYER_QKV(layer, x, positions, cfg, rope, fuse_qkv=mode)
+        eps = cfg.rms_norm_eps
+        q, k, v = qwen3.qkv_projections(layer, qwen3.rms_norm(x, layer.input_layernorm, eps),
+                                        cfg, mode)
         q_pre, k_pre = qwen3.rms_norm(q, layer.q_norm, eps), qwen3.rms_norm(k, layer.k_norm, eps)
         cos, sin = qwen3.rope_tables(cfg, positions) if rope is None else rope
-        if scale_rope:
-            q_r = rope_of_scaled(q, layer.q_norm, eps, cos, sin)
-            k_r = rope_of_scaled(k, layer.k_norm, eps, cos, sin)
-        else:
-            q_r, k_r = qwen3.apply_rope(q_pre, cos, sin), qwen3.apply_rope(k_pre, cos, sin)
-        return qwen3.QKV(q_pre, k_pre, q_r, k_r, v)
+        return qwen3.QKV(q_pre, k_pre, rope_of_scaled(q, layer.q_norm, eps, cos, sin),
+                         rope_of_scaled(k, layer.k_norm, eps, cos, sin), v)
     return layer_qkv
 
 
@@ -143,7 +134,6 @@ def main() -> None:
     def cfg_of(name):
         cfg = model_preset(name)
         if a.layers:
-            import dataclasses
             cfg = dataclasses.replace(cfg, num_hidden_layers=a.layers)
         return cfg
 

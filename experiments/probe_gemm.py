@@ -8,24 +8,18 @@ from __future__ import annotations
 
 import functools
 import itertools
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import hopper_matmul_mgpu as hm
 
+from pflash_jax import bench
+
 M, K, N = 131072, 1024, 6144  # Qwen3-0.6B at 128K: [T, D] @ [D, 2F]
 
 
 def timeit(f, *args, n=20):
-    jax.block_until_ready(f(*args))
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return bench.time_fn(f, *args, warmup=1, repeats=n).median_s
 
 
 def main() -> None:

@@ -125,10 +125,18 @@ def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None, *,
     per-head RoPE fusion and re-evaluates them for every head (q_norm + RoPE of one 8B layer at
     128K: 3.99 ms with tables built inside, 1.15 ms with tables given; H200).
     """
-    B, T, _ = x.shape
-    H, eps = cfg.head_dim, cfg.rms_norm_eps
-    N, K = cfg.num_attention_heads, cfg.num_key_value_heads
-    h = rms_norm(x, layer.input_layernorm, eps)
+    eps = cfg.rms_norm_eps
+    q, k, v = qkv_projections(layer, rms_norm(x, layer.input_layernorm, eps), cfg, fuse_qkv)
+    q_pre, k_pre = rms_norm(q, layer.q_norm, eps), rms_norm(k, layer.k_norm, eps)
+    cos, sin = rope_tables(cfg, positions) if rope is None else rope
+    return QKV(q_pre, k_pre, apply_rope(q_pre, cos, sin), apply_rope(k_pre, cos, sin), v)
+
+
+def qkv_projections(layer: LayerParams, h, cfg: Qwen3Config, fuse_qkv: bool | str = True):
+    """The q/k/v projections of the normed input h [B,T,D] as `layer_qkv`'s fuse_qkv says ->
+    (q [B,T,N,H], k [B,T,K,H], v [B,T,K,H]), before q_norm / k_norm."""
+    B, T, _ = h.shape
+    H, N, K = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
     if fuse_qkv == "qk":
         qk = quant.matmul(h, quant.concat_out([layer.q_proj, layer.k_proj]))
         q, k = jnp.split(qk, [N * H], axis=-1)
@@ -140,10 +148,7 @@ def layer_qkv(layer: LayerParams, x, positions, cfg: Qwen3Config, rope=None, *,
         q, k, v = (quant.matmul(h, w) for w in (layer.q_proj, layer.k_proj, layer.v_proj))
     else:
         raise ValueError(f"fuse_qkv must be True, False or 'qk', got {fuse_qkv!r}")
-    q, k, v = q.reshape(B, T, N, H), k.reshape(B, T, K, H), v.reshape(B, T, K, H)
-    q_pre, k_pre = rms_norm(q, layer.q_norm, eps), rms_norm(k, layer.k_norm, eps)
-    cos, sin = rope_tables(cfg, positions) if rope is None else rope
-    return QKV(q_pre, k_pre, apply_rope(q_pre, cos, sin), apply_rope(k_pre, cos, sin), v)
+    return q.reshape(B, T, N, H), k.reshape(B, T, K, H), v.reshape(B, T, K, H)
 
 
 def layer_finish(layer: LayerParams, x, attn_out, cfg: Qwen3Config):
@@ -270,9 +275,11 @@ def scan_layers(params: Params, cfg: Qwen3Config, x, positions, attn, *,
     `per_layer` (a pytree with a leading L axis, e.g. a KV cache; None if not given).
     last_qkv_only: the last layer stops after its hook (scores need only its q/k, so its
     attention and MLP would be wasted); its hook must then return no output.
-    unroll: the layers as straight-line code (lax.scan(unroll=True)), no device loop: each
-    layer's weights are then a static slice of the stacked tensors rather than a dynamic slice
-    that the loop copies out (8 device copies a layer of the 8B target).
+    unroll: the layers as straight-line code (lax.scan(unroll=True)), no device loop, so each
+    layer's weights are a static slice of the stacked tensors instead of a dynamic slice the
+    loop copies out (8 device copies a layer of the 8B target). Measured no faster (8B target,
+    6,528 tokens, H200: within the noise, results/bench_layers_h200); off everywhere, kept
+    for that A/B.
     """
     rope = rope_tables(cfg, positions) if rope is None else rope  # once, outside the scan
     pre_rope = hook is not None  # only a hook can want the pre-RoPE q/k
@@ -317,7 +324,7 @@ def store_kv(k, v, kv_cache: str):
 
 def run_layers(params: Params, cfg: Qwen3Config, x, positions, attn: str | AttnFn, *,
                chunk: int | None = None, cache_len: int | None = None,
-               fuse_qkv: bool = True, kv_cache: str = "bf16",
+               fuse_qkv: bool | str = True, kv_cache: str = "bf16",
                unroll: bool = False) -> tuple[jax.Array, KVCache]:
     """Every layer over x [B,T,D] at positions [B,T] -> (x, KVCache with capacity cache_len
     or T, filled T). attn: a dense_attention name or a callable (q, k, v) -> o.
