@@ -97,6 +97,10 @@ class BlockSizes:
     # 32K (16 MiB a kv head) 1.02 vs 1.29 ms; 128K (64 MiB) 12.52 vs 12.12 ms; dense
     # (one shared mask) 2% slower with kv_group at both lengths.
     order: Literal["auto", "kv_group", "heads"] = "auto"
+    # FA3's intra-warpgroup pipelining (opt-in, pv="registers" only, not persistent): each step
+    # issues the next block's Q K^T and the previous block's P @ V back to back and runs the
+    # softmax while P @ V is in flight; the diagonal block goes first (module docstring).
+    overlap: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +120,7 @@ class KernelParams:
     compute_registers: int
     memory_registers: int
     shared_mask: bool  # one mask row for every head ([B, 1, M, M])
+    overlap: bool = False  # BlockSizes.overlap
 
 
 class Refs(NamedTuple):
@@ -190,6 +195,8 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         """One (query block, head, batch) item. g0: global step of its first K/V block in the
         ring (persistent CTAs); opening / closing: whether this item starts / ends the CTA's
         ping-pong (bool, or a traced flag for persistent CTAs)."""
+        if cfg.overlap:
+            return overlapped(b, h, m, hm, count)
         q_smem = r.q_smem2.at[wg]
         q0 = m * cfg.block + wg * bq  # first query row of this warpgroup
         plgpu.copy_gmem_to_smem(r.q.at[b, pl.ds(q0, bq), h], q_smem, r.q_loaded.at[wg])
@@ -266,7 +273,93 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         plgpu.copy_smem_to_gmem(q_smem, r.o.at[b, pl.ds(q0, bq), h])
         plgpu.wait_smem_to_gmem(0)  # (and a persistent CTA's next Q may overwrite the tile)
 
+    def overlapped(b, h, m, hm, count):
+        """compute() with FA3's intra-warpgroup pipelining (BlockSizes.overlap). Step 0 is the
+        diagonal block (the kept list's last entry, masked); step j >= 1 is kept entry j - 1,
+        unmasked. Step j issues S_j = Q K_j^T and then P_{j-1} V_{j-1} into the output
+        accumulator, waits for S_j only (wgmma groups complete in order), runs S_j's softmax
+        while the P @ V is in flight, then rescales. The online softmax does not depend on the
+        order of the blocks (up to rounding), so the diagonal going first changes no result."""
+        q_smem = r.q_smem2.at[wg]
+        q0 = m * cfg.block + wg * bq
+        plgpu.copy_gmem_to_smem(r.q.at[b, pl.ds(q0, bq), h], q_smem, r.q_loaded.at[wg])
+        plgpu.barrier_wait(r.q_loaded.at[wg])
+        H = q_smem.shape[-1]
+        qk_scale = cfg.scale * LOG2E
+
+        def softmax(s, m_i, l_i):
+            m_new = jnp.maximum(m_i, s.max(axis=1))
+            corr = jnp.exp2((m_i - m_new) * qk_scale)
+            p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(m_new * qk_scale, s.shape, [0]))
+            return p.astype(dtype), m_new, l_i * corr + p.sum(axis=1), corr
+
+        pl.when(wg == 1)(schedule_sync)  # warpgroup 0 goes first
+        slot0 = slot_of(0)
+        plgpu.barrier_wait(r.k_loaded.at[slot0])
+
+        def qk0(s_ref):
+            plgpu.wgmma(s_ref, q_smem, r.k_smem.at[slot0].T)
+            schedule_sync()
+            return s_ref[...]
+
+        s = pl.run_scoped(qk0, plgpu.ACC((bq, cfg.block), jnp.float32))
+        plgpu.barrier_arrive(r.k_consumed.at[slot0])
+        rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
+        cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
+        k_pos = cols + r.idx[b, hm, m, count - 1] * cfg.block
+        ok = k_pos < cfg.seq_len
+        if cfg.causal:
+            ok = ok & (k_pos <= rows + q0)
+        m0 = plgpu.layout_cast(jnp.full((bq,), MASK_VALUE, jnp.float32),
+                               plgpu.Layout.WGMMA.reduce(1))
+        l0 = plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+        p16, m_i, l_i, _ = softmax(jnp.where(ok, s, MASK_VALUE), m0, l0)
+        schedule_sync()
+        acc = plgpu.layout_cast(jnp.zeros((bq, H), jnp.float32), plgpu.Layout.WGMMA)
+
+        def step(j, carry):
+            acc, m_i, l_i, p_prev = carry
+            slot, prev = slot_of(j), slot_of(j - 1)
+            plgpu.barrier_wait(r.k_loaded.at[slot])
+
+            def body(s_ref, o_ref):
+                o_ref[...] = acc
+                plgpu.wgmma(s_ref, q_smem, r.k_smem.at[slot].T)
+                plgpu.barrier_wait(r.v_loaded.at[prev])
+                plgpu.wgmma(o_ref, p_prev, r.v_smem.at[prev])
+                schedule_sync()  # the other warpgroup's turn to issue
+                s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # S_j done, P @ V may run
+                plgpu.barrier_arrive(r.k_consumed.at[slot])
+                p16, m_new, l_new, corr = softmax(s, m_i, l_i)
+                o = o_ref[...]  # P_{j-1} V_{j-1} done
+                # Release V before the next rendezvous: with two ring slots the other
+                # warpgroup's next K load waits for it.
+                plgpu.barrier_arrive(r.v_consumed.at[prev])
+                schedule_sync()
+                return o * lax.broadcast_in_dim(corr, o.shape, [0]), m_new, l_new, p16
+
+            return pl.run_scoped(body, plgpu.ACC((bq, cfg.block), jnp.float32),
+                                 plgpu.ACC((bq, H), jnp.float32))
+
+        acc, m_i, l_i, p16 = lax.fori_loop(1, count, step, (acc, m_i, l_i, p16))
+        last = slot_of(count - 1)
+        plgpu.barrier_wait(r.v_loaded.at[last])
+
+        def pv_mm(acc_ref):
+            plgpu.wgmma(acc_ref, p16, r.v_smem.at[last])
+
+        acc = pl.run_state(pv_mm)(plgpu.ACC.init(acc))
+        plgpu.barrier_arrive(r.v_consumed.at[last])
+        pl.when(wg == 0)(schedule_sync)  # balance wg 1's opening arrival
+        out = acc / lax.broadcast_in_dim(l_i, acc.shape, [0])
+        q_smem[...] = out.astype(dtype)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(q_smem, r.o.at[b, pl.ds(q0, bq), h])
+        plgpu.wait_smem_to_gmem(0)
+
     def issue(b, kv_h, m, hm, j, slot):
+        if cfg.overlap:  # step 0 is the diagonal (last kept entry), step j entry j - 1
+            j = lax.select(j == 0, r.cnt[b, hm, m] - 1, j - 1)
         rows = pl.ds(r.idx[b, hm, m, j] * cfg.block, cfg.block)
         plgpu.copy_gmem_to_smem(r.k.at[b, rows, kv_h], r.k_smem.at[slot], r.k_loaded.at[slot])
         plgpu.copy_gmem_to_smem(r.v.at[b, rows, kv_h], r.v_smem.at[slot], r.v_loaded.at[slot])
@@ -394,6 +487,10 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
     if interpret is not None and pv == "registers":
         raise ValueError("pv='registers' (register A operand, pl.run_state) does not run in the "
                          "Mosaic GPU interpreter; use pv='smem' or pv=None with interpret=True")
+    if block_sizes.overlap and (pv != "registers" or block_sizes.persistent):
+        raise ValueError(f"BlockSizes(overlap=True) runs with pv='registers' (GPU only) and "
+                         f"without persistent=True; got pv={pv!r}, "
+                         f"persistent={block_sizes.persistent}")
     if block_sizes.stages < (2 if block_sizes.schedule_barrier else 1):
         # With one slot, warpgroup 0's next load waits for warpgroup 1's P @ V, which waits
         # (schedule barrier) for warpgroup 0's next Q K^T: a deadlock.
@@ -420,7 +517,8 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         scale=1.0 / math.sqrt(H), causal=causal, seq_len=S, block=bs, n_blocks=M,
         heads_per_kv=N // K, stages=stages, pv=pv, schedule_barrier=block_sizes.schedule_barrier,
         compute_registers=block_sizes.compute_registers,
-        memory_registers=block_sizes.memory_registers, shared_mask=shared_mask)
+        memory_registers=block_sizes.memory_registers, shared_mask=shared_mask,
+        overlap=block_sizes.overlap)
     order = resolve_order(block_sizes.order, S_pad, H, dtype.itemsize, shared_mask)
     if block_sizes.persistent:
         n_ctas = mosaic_persistent.num_ctas(N * M * B, interpret=interpret is not None)

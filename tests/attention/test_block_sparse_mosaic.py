@@ -138,7 +138,8 @@ class TestMosaicInterpret(SharedMaskCases, MosaicBase):
         assert not ipc.get_races().races_found, "race detected in the mosaic kernel"
 
     @pytest.mark.parametrize("sizes", [BlockSizes(), BlockSizes(persistent=True),
-                                       BlockSizes(persistent=True, stages=3)])
+                                       BlockSizes(persistent=True, stages=3),
+                                       BlockSizes(overlap=True, stages=3)])
     def test_gpu_variants_lower_for_cuda(self, sizes, monkeypatch):
         """The variants the interpreter cannot run (P in registers) still lower to Mosaic GPU
         IR for CUDA here: lowering errors show up on the CPU, PTX compilation only on a GPU.
@@ -185,6 +186,9 @@ class TestMosaicInterpret(SharedMaskCases, MosaicBase):
         with pytest.raises(ValueError, match="interpreter"):
             block_sparse_attention(q, k, v, mask, impl="mosaic", block_size=128, interpret=True,
                                    block_sizes=BlockSizes(pv="registers"))
+        with pytest.raises(ValueError, match="overlap=True"):
+            block_sparse_attention(q, k, v, mask, impl="mosaic", block_size=128, interpret=True,
+                                   block_sizes=BlockSizes(overlap=True))
 
 
 def test_compiled_mosaic_off_hopper_says_what_to_use():
@@ -210,9 +214,26 @@ class TestMosaicGPU(SharedMaskCases, MosaicBase):
                                        BlockSizes(pv="smem", stages=1, schedule_barrier=False),
                                        BlockSizes(persistent=True),
                                        BlockSizes(persistent=True, pv="smem"),
-                                       BlockSizes(order="heads")])
+                                       BlockSizes(order="heads"),
+                                       BlockSizes(overlap=True),
+                                       BlockSizes(overlap=True, stages=3),
+                                       BlockSizes(overlap=True, schedule_barrier=False)])
     def test_pipeline_variants(self, sizes):
         self._check_variant(sizes, S=1000)
+
+    def test_overlap_non_causal_and_short_rows(self):
+        """The overlapped pipeline on rows of one kept block (its prologue alone) and more, with
+        and without the causal mask, at a ragged length (the diagonal block first)."""
+        for causal in (True, False):
+            self._check_variant(BlockSizes(overlap=True, stages=3), seed=95, S=1000,
+                                causal=causal)
+        q, k, v = _qkv(96, 300, 2, 1, 128, jnp.bfloat16)
+        eye = jnp.eye(3, dtype=bool)[None, None].repeat(2, axis=1)  # diagonal only
+        bm = BlockMask.from_dense(eye, block_size=128, seq_len=300)
+        exp = reference.block_sparse_attention(*(x.astype(jnp.float32) for x in (q, k, v)),
+                                               bm.mask, block_size=128)
+        out = self.attend(q, k, v, bm, block_sizes=BlockSizes(overlap=True))
+        self.close(out, exp, jnp.bfloat16, "overlap, diagonal blocks only")
 
     def test_three_stages_head_dim_64(self):
         """3 K/V stages fit shared memory at H=64 (at H=128 they need 224 KB of 227 KB)."""
