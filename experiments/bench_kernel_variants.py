@@ -64,15 +64,15 @@ def main() -> None:
     outs, compile_s = {}, {}
     for n in names:  # compile and keep each output for the difference column
         t = bench.time_fn(fns[n], q, k, v, bm, warmup=1, repeats=1)
-        compile_s[n] = t.first
+        compile_s[n] = t.first_call_s
         outs[n] = fns[n](q, k, v, bm).astype(jnp.float32)
-        print(f"compiled {n}: {t.first:.1f} s", flush=True)
+        print(f"compiled {n}: {t.first_call_s:.1f} s", flush=True)
     ref = outs[names[0]]
     times = {n: [] for n in names}
     for r in range(a.rounds):
         for n in names:
             times[n].append(bench.time_fn(fns[n], q, k, v, bm, warmup=1,
-                                          repeats=a.repeats).median)
+                                          repeats=a.repeats).median_s)
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(
             f"{n} {times[n][-1] * 1e3:.2f} ms" for n in names), flush=True)
 
