@@ -32,6 +32,9 @@ VARIANTS = {
     "overlap": mosaic.BlockSizes(overlap=True),
     "overlap3": mosaic.BlockSizes(overlap=True, stages=3),
     "overlap3_nosched": mosaic.BlockSizes(overlap=True, stages=3, schedule_barrier=False),
+    "nosched": mosaic.BlockSizes(schedule_barrier=False),
+    "overlap_token": mosaic.BlockSizes(overlap=True, schedule="token"),
+    "overlap3_token": mosaic.BlockSizes(overlap=True, stages=3, schedule="token"),
 }
 
 

@@ -101,6 +101,12 @@ class BlockSizes:
     # issues the next block's Q K^T and the previous block's P @ V back to back and runs the
     # softmax while P @ V is in flight; the diagonal block goes first (module docstring).
     overlap: bool = False
+    # How the overlapped pipeline's two compute warpgroups take turns (with schedule_barrier):
+    # "rendezvous": both meet after issuing their matmuls and after their softmax (the
+    # non-overlapped kernel's ping-pong); "token" (overlap only, FA3's): a warpgroup waits for
+    # its turn before issuing its matmuls and hands the turn over once they are issued, its
+    # softmax free to run beside the other's.
+    schedule: Literal["rendezvous", "token"] = "rendezvous"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +122,11 @@ class KernelParams:
     heads_per_kv: int  # G
     stages: int  # K/V ring slots
     pv: str  # "registers" or "smem"
-    schedule_barrier: bool
     compute_registers: int
     memory_registers: int
     shared_mask: bool  # one mask row for every head ([B, 1, M, M])
     overlap: bool = False  # BlockSizes.overlap
+    schedule: str = "rendezvous"  # BlockSizes.schedule; "none" without BlockSizes.schedule_barrier
 
 
 class Refs(NamedTuple):
@@ -143,7 +149,8 @@ class Refs(NamedTuple):
     q_loaded: Any  # [2]
     k_consumed: Any  # [stages] barriers: both compute warpgroups done with a slot -> TMA
     v_consumed: Any  # [stages]
-    schedule: Any  # the compute warpgroups' ping-pong barrier
+    schedule: Any  # the compute warpgroups' ping-pong barrier (schedule "token": [2], one
+    #              per warpgroup, arrived at by the other one)
 
 
 class ItemOps(NamedTuple):
@@ -172,7 +179,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         return lax.rem(j, jnp.int32(cfg.stages))
 
     def schedule_sync():
-        if cfg.schedule_barrier:
+        if cfg.schedule != "none":
             plgpu.barrier_arrive(r.schedule)
             plgpu.barrier_wait(r.schedule)
 
@@ -293,13 +300,35 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
             p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(m_new * qk_scale, s.shape, [0]))
             return p.astype(dtype), m_new, l_i * corr + p.sum(axis=1), corr
 
-        pl.when(wg == 1)(schedule_sync)  # warpgroup 0 goes first
+        token = cfg.schedule == "token"
+
+        def before_issue():  # token: wait for this warpgroup's turn
+            if token:
+                plgpu.barrier_wait(r.schedule.at[wg])
+
+        def after_issue():  # token: hand the turn to the other warpgroup
+            if token:
+                plgpu.barrier_arrive(r.schedule.at[1 - wg])
+            else:
+                schedule_sync()
+
+        def after_softmax():
+            if not token:
+                schedule_sync()
+
+        # Warpgroup 0 goes first: "rendezvous" offsets warpgroup 1 by one meeting, "token"
+        # gives warpgroup 0 the first turn.
+        if token:
+            pl.when(wg == 1)(lambda: plgpu.barrier_arrive(r.schedule.at[0]))
+        else:
+            pl.when(wg == 1)(schedule_sync)
         slot0 = slot_of(0)
         plgpu.barrier_wait(r.k_loaded.at[slot0])
 
         def qk0(s_ref):
+            before_issue()
             plgpu.wgmma(s_ref, q_smem, r.k_smem.at[slot0].T)
-            schedule_sync()
+            after_issue()
             return s_ref[...]
 
         s = pl.run_scoped(qk0, plgpu.ACC((bq, cfg.block), jnp.float32))
@@ -314,7 +343,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
                                plgpu.Layout.WGMMA.reduce(1))
         l0 = plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), plgpu.Layout.WGMMA.reduce(1))
         p16, m_i, l_i, _ = softmax(jnp.where(ok, s, MASK_VALUE), m0, l0)
-        schedule_sync()
+        after_softmax()
         acc = plgpu.layout_cast(jnp.zeros((bq, H), jnp.float32), plgpu.Layout.WGMMA)
 
         def step(j, carry):
@@ -324,10 +353,11 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
 
             def body(s_ref, o_ref):
                 o_ref[...] = acc
-                plgpu.wgmma(s_ref, q_smem, r.k_smem.at[slot].T)
                 plgpu.barrier_wait(r.v_loaded.at[prev])
+                before_issue()
+                plgpu.wgmma(s_ref, q_smem, r.k_smem.at[slot].T)
                 plgpu.wgmma(o_ref, p_prev, r.v_smem.at[prev])
-                schedule_sync()  # the other warpgroup's turn to issue
+                after_issue()  # the other warpgroup's turn to issue
                 s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # S_j done, P @ V may run
                 plgpu.barrier_arrive(r.k_consumed.at[slot])
                 p16, m_new, l_new, corr = softmax(s, m_i, l_i)
@@ -335,7 +365,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
                 # Release V before the next rendezvous: with two ring slots the other
                 # warpgroup's next K load waits for it.
                 plgpu.barrier_arrive(r.v_consumed.at[prev])
-                schedule_sync()
+                after_softmax()
                 return o * lax.broadcast_in_dim(corr, o.shape, [0]), m_new, l_new, p16
 
             return pl.run_scoped(body, plgpu.ACC((bq, cfg.block), jnp.float32),
@@ -350,7 +380,11 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
 
         acc = pl.run_state(pv_mm)(plgpu.ACC.init(acc))
         plgpu.barrier_arrive(r.v_consumed.at[last])
-        pl.when(wg == 0)(schedule_sync)  # balance wg 1's opening arrival
+        # Balance warpgroup 1's opening arrival ("token": observe its last hand-over).
+        if token:
+            pl.when(wg == 0)(lambda: plgpu.barrier_wait(r.schedule.at[0]))
+        else:
+            pl.when(wg == 0)(schedule_sync)
         out = acc / lax.broadcast_in_dim(l_i, acc.shape, [0])
         q_smem[...] = out.astype(dtype)
         plgpu.commit_smem()
@@ -491,6 +525,13 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         raise ValueError(f"BlockSizes(overlap=True) runs with pv='registers' (GPU only) and "
                          f"without persistent=True; got pv={pv!r}, "
                          f"persistent={block_sizes.persistent}")
+    if block_sizes.schedule not in ("rendezvous", "token"):
+        raise ValueError(f"BlockSizes.schedule must be 'rendezvous' or 'token', got "
+                         f"{block_sizes.schedule!r}")
+    if block_sizes.schedule == "token" and not block_sizes.overlap:
+        raise ValueError("BlockSizes(schedule='token') is the overlapped pipeline's; set "
+                         "overlap=True too")
+    schedule = block_sizes.schedule if block_sizes.schedule_barrier else "none"
     if block_sizes.stages < (2 if block_sizes.schedule_barrier else 1):
         # With one slot, warpgroup 0's next load waits for warpgroup 1's P @ V, which waits
         # (schedule barrier) for warpgroup 0's next Q K^T: a deadlock.
@@ -511,11 +552,12 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         plgpu.Barrier(num_barriers=COMPUTE_WGS),  # q_loaded
         plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),  # k_consumed
         plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),  # v_consumed
-        plgpu.Barrier(num_arrivals=COMPUTE_WGS),  # schedule
+        (plgpu.Barrier(num_barriers=COMPUTE_WGS) if schedule == "token"
+         else plgpu.Barrier(num_arrivals=COMPUTE_WGS)),  # schedule
     ]
     cfg = KernelParams(
         scale=1.0 / math.sqrt(H), causal=causal, seq_len=S, block=bs, n_blocks=M,
-        heads_per_kv=N // K, stages=stages, pv=pv, schedule_barrier=block_sizes.schedule_barrier,
+        heads_per_kv=N // K, stages=stages, pv=pv, schedule=schedule,
         compute_registers=block_sizes.compute_registers,
         memory_registers=block_sizes.memory_registers, shared_mask=shared_mask,
         overlap=block_sizes.overlap)

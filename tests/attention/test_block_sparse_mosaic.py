@@ -139,7 +139,8 @@ class TestMosaicInterpret(SharedMaskCases, MosaicBase):
 
     @pytest.mark.parametrize("sizes", [BlockSizes(), BlockSizes(persistent=True),
                                        BlockSizes(persistent=True, stages=3),
-                                       BlockSizes(overlap=True, stages=3)])
+                                       BlockSizes(overlap=True, stages=3),
+                                       BlockSizes(overlap=True, schedule="token")])
     def test_gpu_variants_lower_for_cuda(self, sizes, monkeypatch):
         """The variants the interpreter cannot run (P in registers) still lower to Mosaic GPU
         IR for CUDA here: lowering errors show up on the CPU, PTX compilation only on a GPU.
@@ -189,6 +190,9 @@ class TestMosaicInterpret(SharedMaskCases, MosaicBase):
         with pytest.raises(ValueError, match="overlap=True"):
             block_sparse_attention(q, k, v, mask, impl="mosaic", block_size=128, interpret=True,
                                    block_sizes=BlockSizes(overlap=True))
+        with pytest.raises(ValueError, match="overlap=True too"):
+            block_sparse_attention(q, k, v, mask, impl="mosaic", block_size=128, interpret=True,
+                                   block_sizes=BlockSizes(pv="smem", schedule="token"))
 
 
 def test_compiled_mosaic_off_hopper_says_what_to_use():
@@ -217,7 +221,9 @@ class TestMosaicGPU(SharedMaskCases, MosaicBase):
                                        BlockSizes(order="heads"),
                                        BlockSizes(overlap=True),
                                        BlockSizes(overlap=True, stages=3),
-                                       BlockSizes(overlap=True, schedule_barrier=False)])
+                                       BlockSizes(overlap=True, schedule_barrier=False),
+                                       BlockSizes(overlap=True, schedule="token"),
+                                       BlockSizes(overlap=True, stages=3, schedule="token")])
     def test_pipeline_variants(self, sizes):
         self._check_variant(sizes, S=1000)
 
