@@ -27,7 +27,8 @@ from pflash_jax.attention import mosaic
 from pflash_jax.attention.selection import select_blocks_fixed_density
 
 VARIANTS = {
-    "base": mosaic.BlockSizes(),
+    "base": mosaic.BlockSizes(),  # the ping-pong pipeline (the GPU default before 2026-12-02)
+    "default": mosaic.GPU_DEFAULT,
     "stages3": mosaic.BlockSizes(stages=3),
     "overlap": mosaic.BlockSizes(overlap=True),
     "overlap3": mosaic.BlockSizes(overlap=True, stages=3),

@@ -102,17 +102,19 @@ def tile_sizes(c):
 
 INTERPRET = False  # set from cfg.interpret in main (CPU smoke runs only)
 IMPL = "triton"  # set from cfg.impl in main: triton | mosaic | mosaic3 | mosaic_smem (Hopper)
-# Mosaic kernel knobs per impl name; "mosaic_smem" is its P-through-shared-memory variant,
-# "mosaic3" its three-slot K/V ring (224 of 227 KB of shared memory at H=128),
-# "mosaic_persistent" one CTA per SM with the K/V ring running across work items
-# ("mosaic_persistent3": with the three-slot ring); "mosaic" takes BlockSizes.order="auto",
-# "mosaic_heads" / "mosaic_kvgroup" force one CTA order (results/kernel_bench/order_h200).
-MOSAIC = {"mosaic": mg.BlockSizes(), "mosaic3": mg.BlockSizes(stages=3),
+# Mosaic kernel knobs per impl name: "mosaic" is the default pipeline (mosaic.GPU_DEFAULT
+# compiled: overlapped, 3 K/V slots), "mosaic_pingpong" the ping-pong one it replaced
+# (BlockSizes()), "mosaic_smem" ping-pong with P through shared memory, "mosaic3" ping-pong
+# with a three-slot K/V ring, "mosaic_persistent" one CTA per SM with the K/V ring running
+# across work items ("mosaic_persistent3": three slots); "mosaic_heads" / "mosaic_kvgroup" the
+# default pipeline in one forced CTA order (results/kernel_bench/order_h200).
+MOSAIC = {"mosaic": None, "mosaic_pingpong": mg.BlockSizes(),
+          "mosaic3": mg.BlockSizes(stages=3),
           "mosaic_persistent": mg.BlockSizes(persistent=True),
           "mosaic_persistent3": mg.BlockSizes(persistent=True, stages=3),
           "mosaic_smem": mg.BlockSizes(pv="smem"),
-          "mosaic_heads": mg.BlockSizes(order="heads"),
-          "mosaic_kvgroup": mg.BlockSizes(order="kv_group")}
+          "mosaic_heads": dataclasses.replace(mg.GPU_DEFAULT, order="heads"),
+          "mosaic_kvgroup": dataclasses.replace(mg.GPU_DEFAULT, order="kv_group")}
 
 
 def sparse_fn(sizes):

@@ -241,6 +241,10 @@ class TestMosaicGPU(SharedMaskCases, MosaicBase):
         out = self.attend(q, k, v, bm, block_sizes=BlockSizes(overlap=True))
         self.close(out, exp, jnp.bfloat16, "overlap, diagonal blocks only")
 
+    def test_overlap_head_dim_64(self):
+        self._check_variant(BlockSizes(overlap=True, stages=3, schedule_barrier=False), S=1000,
+                            H=64)
+
     def test_three_stages_head_dim_64(self):
         """3 K/V stages fit shared memory at H=64 (at H=128 they need 224 KB of 227 KB)."""
         self._check_variant(BlockSizes(stages=3), S=1000, H=64)
