@@ -16,6 +16,7 @@ differs, the overlap variants visiting the diagonal block first).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 from pathlib import Path
 
@@ -36,6 +37,10 @@ VARIANTS = {
     "nosched": mosaic.BlockSizes(schedule_barrier=False),
     "overlap_token": mosaic.BlockSizes(overlap=True, schedule="token"),
     "overlap3_token": mosaic.BlockSizes(overlap=True, stages=3, schedule="token"),
+    "overlap2_nosched": mosaic.BlockSizes(overlap=True, schedule_barrier=False),
+    "default_kvgroup": dataclasses.replace(mosaic.GPU_DEFAULT, order="kv_group"),
+    "default_r240": dataclasses.replace(mosaic.GPU_DEFAULT, compute_registers=240,
+                                        memory_registers=32),
 }
 
 
