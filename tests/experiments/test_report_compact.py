@@ -180,39 +180,38 @@ def test_memory_table_sets_plan_beside_measured_peak():
     assert "does not fit: needs 30 GiB of 23" in skipped and "20.00 / -" in skipped, skipped
 
 
-def test_readme_tiny_eval_section_shows_only_the_current_pair(tmp_path, monkeypatch):
-    """eval_tiny runs named in TINY_EVAL: a table while their recorded weights are the embedded
-    pair's (full / PFlash, recall and kept share per task x length), one line once replaced."""
+def test_readme_heldout_section_merges_full_and_pflash_of_the_current_pair(tmp_path,
+                                                                          monkeypatch):
+    """Full-prefill runs and PFlash runs of the current pair in one table: a row per task and
+    scoring, full beside PFlash with its share (one decimal: 94.8% must not read as 95%),
+    recall and kept share; tasks with full prefill only get their own row; runs of replaced
+    weights leave the table for one line naming them."""
     from pflash_jax.bench import write_metrics
 
     u = _module("update_readme")
     monkeypatch.setattr(u, "RESULTS", tmp_path)
-    monkeypatch.setattr(u, "TINY_EVAL", ("a", "b"))
     now = {"drafter": "d" * 12, "target": "t" * 12}
     monkeypatch.setattr(u, "embedded_pair_weights", lambda: now)
-    cfg = {"preset": "pflash", "keep_ratio": 0.05, "span_size": 32}
-    row = {"task": "niah_single", "n_cases": 3, "full_acc": 1.0, "pflash_acc": 2 / 3,
-           "recall": 0.9, "kept_frac": 0.047}
     prov = {"device": "cpu", "commit": "abc"}
-    write_metrics(tmp_path / "a" / "metrics.json",
-                  {"config": cfg, "pflash_config": {"forced_spans": "inside"}, "weights": now,
-                   "rows": [dict(row, S=4096)], "provenance": prov})
-    write_metrics(tmp_path / "b" / "metrics.json",
-                  {"config": cfg, "pflash_config": {"forced_spans": "inside"}, "weights": now,
-                   "rows": [dict(row, S=8192, task="niah_multikey")], "provenance": prov})
-    text = u.tiny_eval_section()
-    assert "| task | 4,096 | 8,192 |" in text, text
-    assert "| niah_single | 1.00 / 0.67 (0.90, 4.7%) | - |" in text, text
-    assert "forced spans inside the budget" in text and "`results/a`" in text, text
-    # a PFlash-only variant run (with_full=false, scoring overrides): its options are named,
-    # and the missing full prefill is said to be the preset table's
+    pcfg = {"forced_spans": "inside"}
+    full_rows = [{"task": "niah_single", "S": 8192, "n_cases": 4, "full_acc": 1.0,
+                  "pflash_acc": None, "recall": 0.9, "kept_frac": 0.047},
+                 {"task": "variable_tracking", "S": 8192, "n_cases": 4, "full_acc": 0.25,
+                  "pflash_acc": None, "recall": 0.5, "kept_frac": 0.047}]
+    write_metrics(tmp_path / "full" / "metrics.json",
+                  {"config": {"preset": "pflash", "keep_ratio": 0.05, "span_size": 32},
+                   "pflash_config": pcfg, "weights": now, "rows": full_rows, "provenance": prov})
     write_metrics(tmp_path / "qa" / "metrics.json",
-                  {"config": {**cfg, "overrides": {"trail_width": 16}},
-                   "pflash_config": {"forced_spans": "inside"}, "weights": now,
-                   "rows": [dict(row, S=4096, full_acc=None)], "provenance": prov})
-    qa = u.tiny_eval_section(("qa",))
-    assert "pflash preset with trail_width=16" in qa and "full prefill not run here" in qa, qa
-    assert "| niah_single | - / 0.67 (0.90, 4.7%) |" in qa, qa
+                  {"config": {"preset": "pflash_qa", "keep_ratio": 0.05, "span_size": 32,
+                              "overrides": {"trail_width": 8}},
+                   "pflash_config": pcfg, "weights": now, "provenance": prov,
+                   "rows": [{"task": "niah_single", "S": 8192, "n_cases": 4, "full_acc": None,
+                             "pflash_acc": 0.948, "recall": 0.97, "kept_frac": 0.047}]})
+    text = u.heldout_section(("full",), ("qa",))
+    assert "- A: pflash_qa (trail_width=8), keep 0.05, span 32, forced spans inside" in text, text
+    assert "| niah_single | A | 1.00 / 0.95, 94.8% (0.97, 4.7%) |" in text, text
+    assert "| variable_tracking | full prefill only | 0.25 / - |" in text, text
+    assert "`results/full`" in text and "`results/qa`" in text, text
     monkeypatch.setattr(u, "embedded_pair_weights", lambda: {"drafter": "x", "target": "y"})
-    gone = u.tiny_eval_section()
-    assert "| niah" not in gone and "`results/a`" in gone and "other weights" in gone, gone
+    gone = u.heldout_section(("full",), ("qa",))
+    assert "| niah" not in gone and "`results/qa`" in gone and "other weights" in gone, gone
