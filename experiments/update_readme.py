@@ -276,17 +276,20 @@ def keep_table(rows) -> list[str]:
 # every PFlash row stands beside full prefill (`heldout_section`).
 HELDOUT_FULL = ("full_prefill_v2_h200_100/full_4096_8192",
                 "full_prefill_v2_h200_100/full_16384_32768")
-HELDOUT_PFLASH = ("pflash_v2_h200_100/pflash_16k_32k", "pflash_v2_h200_100/pflash_qa_8k",
-                  "pflash_v2_h200_100/pflash_qa_16k_32k")
+HELDOUT_PFLASH = ("pflash_v2_h200_100/pflash_16k_32k", "forced_spans_v2_h200_100/h1t2")
 
 
 def _run_label(m: dict) -> str:
-    """A PFlash run's scoring in words: preset, overrides, keep, span, forced-span rule."""
-    c = m["config"]
-    where = {"inside": "forced spans inside", "on_top": "forced spans on top"}
-    over = ", ".join(f"{k}={v}" for k, v in (c.get("overrides") or {}).items())
+    """A PFlash run's scoring in words: preset, overrides, keep, span, and the forced spans it
+    ran (from the recorded config, so a run from before a preset changed says what it used)."""
+    c, pc = m["config"], m["pflash_config"]
+    where = {"inside": "inside the budget", "on_top": "on top of the budget"}
+    over = ", ".join(f"{k}={v}" for k, v in (c.get("overrides") or {}).items()
+                     if not k.startswith("forced_"))
+    forced = (f"forced spans {pc['forced_head_spans']} head + {pc['forced_tail_spans']} tail "
+              if "forced_head_spans" in pc else "forced spans ")
     return (f"{c['preset']}{f' ({over})' if over else ''}, keep {c['keep_ratio']}, span "
-            f"{c['span_size']}, {where[m['pflash_config'].get('forced_spans', 'on_top')]}")
+            f"{c['span_size']}, {forced}{where[pc.get('forced_spans', 'on_top')]}")
 
 
 def heldout_section(full_names=HELDOUT_FULL, pflash_names=HELDOUT_PFLASH) -> str:

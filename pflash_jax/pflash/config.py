@@ -350,8 +350,13 @@ PRESETS: dict[str, dict] = {
 # it lifts multiquery 0.00-0.12 -> 0.88-1.00 and multivalue 0.60-0.72 -> 1.00, but it loses
 # 3-distractor multikey at 8K (0.96 -> 0.80) and 64 tail rows cost ~6% of TTFT at 128K
 # (results/scoring_qtrail16_h200). Needs the drafter's tokenizer (the question's lines).
+# Forced spans 1 head + 2 tail (not pflash's 8 + 24): inside a 5% budget the 32 forced spans
+# took half of it at 8K-16K and 32 of 51 spans at 32K; the question rows find the question
+# without them. 100 held-out cases on the v2 pair (results/forced_spans_v2_h200_100): 8K
+# multikey 0.85 -> 0.94, multiquery 0.67 -> 0.91, multivalue 0.78 -> 1.00; 16K 7-distractor
+# multikey 0.89 -> 0.93; 32K multikey 0.92 -> 0.95, 7 distractors 0.91 -> 0.94.
 PRESETS["pflash_qa"] = {**PRESETS["pflash"], "tail_rows": "question", "n_tail": 64,
-                        "trail_width": 16}
+                        "trail_width": 16, "forced_head_spans": 1, "forced_tail_spans": 2}
 
 
 def preset(name: str, **overrides) -> PFlashConfig:

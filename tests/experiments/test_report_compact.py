@@ -193,7 +193,7 @@ def test_readme_heldout_section_merges_full_and_pflash_of_the_current_pair(tmp_p
     now = {"drafter": "d" * 12, "target": "t" * 12}
     monkeypatch.setattr(u, "embedded_pair_weights", lambda: now)
     prov = {"device": "cpu", "commit": "abc"}
-    pcfg = {"forced_spans": "inside"}
+    pcfg = {"forced_spans": "inside", "forced_head_spans": 1, "forced_tail_spans": 2}
     full_rows = [{"task": "niah_single", "S": 8192, "n_cases": 4, "full_acc": 1.0,
                   "pflash_acc": None, "recall": 0.9, "kept_frac": 0.047},
                  {"task": "variable_tracking", "S": 8192, "n_cases": 4, "full_acc": 0.25,
@@ -208,7 +208,8 @@ def test_readme_heldout_section_merges_full_and_pflash_of_the_current_pair(tmp_p
                    "rows": [{"task": "niah_single", "S": 8192, "n_cases": 4, "full_acc": None,
                              "pflash_acc": 0.948, "recall": 0.97, "kept_frac": 0.047}]})
     text = u.heldout_section(("full",), ("qa",))
-    assert "- A: pflash_qa (trail_width=8), keep 0.05, span 32, forced spans inside" in text, text
+    assert ("- A: pflash_qa (trail_width=8), keep 0.05, span 32, forced spans 1 head + 2 tail "
+            "inside the budget") in text, text
     assert "| niah_single | A | 1.00 / 0.95, 94.8% (0.97, 4.7%) |" in text, text
     assert "| variable_tracking | full prefill only | 0.25 / - |" in text, text
     assert "`results/full`" in text and "`results/qa`" in text, text
