@@ -203,6 +203,26 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         hm = 0 if cfg.shared_mask else h  # the mask row's head
         return hm, r.cnt[b, hm, m]
 
+    def mask_block(s, kv0, q0):
+        """The exact per-token mask of the block whose keys start at kv0 (key < S, and key <=
+        query when causal) on this warpgroup's logits s, whose query rows start at q0; a
+        no-op on a block before the diagonal."""
+        rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
+        cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
+        k_pos = cols + kv0
+        ok = k_pos < cfg.seq_len
+        if cfg.causal:
+            ok = ok & (k_pos <= rows + q0)
+        return jnp.where(ok, s, MASK_VALUE)
+
+    def write_out(acc, l_i, q_smem, b, q0, h):
+        """o = acc / l through the Q tile (all wgmmas reading Q have completed) to GMEM."""
+        out = acc / lax.broadcast_in_dim(l_i, acc.shape, [0])
+        q_smem[...] = out.astype(dtype)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(q_smem, r.o.at[b, pl.ds(q0, bq), h])
+        plgpu.wait_smem_to_gmem(0)  # (and a persistent CTA's next Q may overwrite the tile)
+
     def compute(b, h, m, hm, count, g0=None, opening=True, closing=True):
         """One (query block, head, batch) item. g0: global step of its first K/V block in the
         ring (persistent CTAs); opening / closing: whether this item starts / ends the CTA's
@@ -232,13 +252,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
             # with max), so the scale enters once, as one FMA per element inside exp2's
             # argument: s * c - m * c, instead of a multiply of every logit, then a subtract.
             if masked:
-                rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
-                cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
-                k_pos = cols + kv0
-                ok = k_pos < cfg.seq_len
-                if cfg.causal:
-                    ok = ok & (k_pos <= rows + q0)
-                s = jnp.where(ok, s, MASK_VALUE)
+                s = mask_block(s, kv0, q0)
             m_new = jnp.maximum(m_i, s.max(axis=1))
             corr = jnp.exp2((m_i - m_new) * qk_scale)
             m_scaled = m_new * qk_scale
@@ -278,12 +292,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         kv0 = r.idx[b, hm, m, last] * cfg.block  # the diagonal block when causal
         acc, _, l_i = step(last, carry, masked=True, kv0=kv0)
         pl.when(_and(wg == 0, closing))(schedule_sync)  # balance wg 1's opening arrival
-
-        out = acc / lax.broadcast_in_dim(l_i, acc.shape, [0])
-        q_smem[...] = out.astype(dtype)  # all wgmmas reading Q have completed
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(q_smem, r.o.at[b, pl.ds(q0, bq), h])
-        plgpu.wait_smem_to_gmem(0)  # (and a persistent CTA's next Q may overwrite the tile)
+        write_out(acc, l_i, q_smem, b, q0, h)
 
     def overlapped(b, h, m, hm, count):
         """compute() with FA3's intra-warpgroup pipelining (BlockSizes.overlap). Step 0 is the
@@ -338,16 +347,11 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
 
         s = pl.run_scoped(qk0, plgpu.ACC((bq, cfg.block), jnp.float32))
         plgpu.barrier_arrive(r.k_consumed.at[slot0])
-        rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
-        cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
-        k_pos = cols + r.idx[b, hm, m, count - 1] * cfg.block
-        ok = k_pos < cfg.seq_len
-        if cfg.causal:
-            ok = ok & (k_pos <= rows + q0)
         m0 = plgpu.layout_cast(jnp.full((bq,), MASK_VALUE, jnp.float32),
                                plgpu.Layout.WGMMA.reduce(1))
         l0 = plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), plgpu.Layout.WGMMA.reduce(1))
-        p16, m_i, l_i, _ = softmax(jnp.where(ok, s, MASK_VALUE), m0, l0)
+        p16, m_i, l_i, _ = softmax(mask_block(s, r.idx[b, hm, m, count - 1] * cfg.block, q0),
+                                   m0, l0)
         after_softmax()
         acc = plgpu.layout_cast(jnp.zeros((bq, H), jnp.float32), plgpu.Layout.WGMMA)
 
@@ -390,11 +394,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
             pl.when(wg == 0)(lambda: plgpu.barrier_wait(r.schedule.at[0]))
         else:
             pl.when(wg == 0)(schedule_sync)
-        out = acc / lax.broadcast_in_dim(l_i, acc.shape, [0])
-        q_smem[...] = out.astype(dtype)
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(q_smem, r.o.at[b, pl.ds(q0, bq), h])
-        plgpu.wait_smem_to_gmem(0)
+        write_out(acc, l_i, q_smem, b, q0, h)
 
     def issue(b, kv_h, m, hm, j, slot):
         if cfg.overlap:  # step 0 is the diagonal (last kept entry), step j entry j - 1
