@@ -11,6 +11,8 @@ q, k, v random normal, the block mask from the fixed-density selection the speed
 median of each variant's rounds, TFLOP/s at the mask's kept blocks, and each output's largest
 difference from the base variant's (the variants compute the same attention: only rounding
 differs, the overlap variants visiting the diagonal block first).
+A variant that hangs on the GPU (a deadlock, e.g. a register split the kernel cannot run under)
+takes the whole process with it: run an untried one alone under `timeout` first.
 """
 
 from __future__ import annotations
