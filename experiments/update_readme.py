@@ -297,26 +297,23 @@ def heldout_section(full_names=HELDOUT_FULL, pflash_names=HELDOUT_PFLASH) -> str
     column per length, each cell full prefill / PFlash accuracy, PFlash as a share of full,
     then recall and the kept share of the prompt. Runs of other weights are not shown."""
     current = embedded_pair_weights()
-    runs = {}
-    for name in (*full_names, *pflash_names):
-        f = RESULTS / name / "metrics.json"
-        if f.exists():
-            runs[name] = json.loads(f.read_text())
-    runs = {n: m for n, m in runs.items() if m.get("weights") == current}
+    loaded = {n: json.loads(f.read_text()) for n in (*full_names, *pflash_names)
+              if (f := RESULTS / n / "metrics.json").exists()}
+    runs = {n: m for n, m in loaded.items() if m.get("weights") == current}
     full = {(r["task"], r["S"]): r for n in full_names if n in runs for r in runs[n]["rows"]
             if r.get("full_acc") is not None}
-    cells, labels = {}, {}
+    cells, labels = {}, []  # labels: the PFlash scorings in first-seen order
     for n in pflash_names:
         if n not in runs:
             continue
         label = _run_label(runs[n])
-        labels.setdefault(label, []).append(n)
+        if label not in labels:
+            labels.append(label)
         for r in runs[n]["rows"]:
             if r.get("pflash_acc") is not None:
                 cells[(r["task"], label, r["S"])] = r
     if not cells:
-        stale = [n for n in (*full_names, *pflash_names) if (RESULTS / n / "metrics.json").exists()
-                 and n not in runs]
+        stale = [n for n in loaded if n not in runs]
         return (f"\nNo held-out eval of the current embedded pair (drafter {current['drafter']}, "
                 f"target {current['target']}) is recorded yet"
                 + (f"; {', '.join(f'`results/{n}`' for n in stale)} measured other weights."

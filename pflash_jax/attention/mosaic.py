@@ -223,18 +223,41 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         plgpu.copy_smem_to_gmem(q_smem, r.o.at[b, pl.ds(q0, bq), h])
         plgpu.wait_smem_to_gmem(0)  # (and a persistent CTA's next Q may overwrite the tile)
 
+    def load_q(b, h, m):
+        """This warpgroup's Q tile of item (b, h, m) into shared memory -> (tile, first row)."""
+        q_smem = r.q_smem2.at[wg]
+        q0 = m * cfg.block + wg * bq  # first query row of this warpgroup
+        plgpu.copy_gmem_to_smem(r.q.at[b, pl.ds(q0, bq), h], q_smem, r.q_loaded.at[wg])
+        plgpu.barrier_wait(r.q_loaded.at[wg])
+        return q_smem, q0
+
+    def initial_state():
+        """(output accumulator 0, running max MASK_VALUE, running sum 0) in wgmma layouts."""
+        return (plgpu.layout_cast(jnp.zeros((bq, r.q.shape[-1]), jnp.float32),
+                                  plgpu.Layout.WGMMA),
+                plgpu.layout_cast(jnp.full((bq,), MASK_VALUE, jnp.float32),
+                                  plgpu.Layout.WGMMA.reduce(1)),
+                plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), plgpu.Layout.WGMMA.reduce(1)))
+
+    def softmax(s, m_i, l_i):
+        """One online-softmax step on raw logits s -> (P in q's dtype, new max, new sum, the
+        correction the output accumulator is multiplied by). The running max is kept in raw
+        units (scale > 0 commutes with max), so the scale enters once, as one FMA per element
+        inside exp2's argument: s * c - m * c, not a multiply of every logit, then a subtract."""
+        qk_scale = cfg.scale * LOG2E
+        m_new = jnp.maximum(m_i, s.max(axis=1))
+        corr = jnp.exp2((m_i - m_new) * qk_scale)
+        p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(m_new * qk_scale, s.shape, [0]))
+        return p.astype(dtype), m_new, l_i * corr + p.sum(axis=1), corr
+
     def compute(b, h, m, hm, count, g0=None, opening=True, closing=True):
         """One (query block, head, batch) item. g0: global step of its first K/V block in the
         ring (persistent CTAs); opening / closing: whether this item starts / ends the CTA's
         ping-pong (bool, or a traced flag for persistent CTAs)."""
         if cfg.overlap:
             return overlapped(b, h, m, hm, count)
-        q_smem = r.q_smem2.at[wg]
-        q0 = m * cfg.block + wg * bq  # first query row of this warpgroup
-        plgpu.copy_gmem_to_smem(r.q.at[b, pl.ds(q0, bq), h], q_smem, r.q_loaded.at[wg])
-        plgpu.barrier_wait(r.q_loaded.at[wg])
+        q_smem, q0 = load_q(b, h, m)
         H = q_smem.shape[-1]
-        qk_scale = cfg.scale * LOG2E
 
         def step(j, carry, masked: bool, kv0=None):
             acc, m_i, l_i = carry
@@ -248,18 +271,10 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
 
             s = pl.run_scoped(qk, plgpu.ACC((bq, cfg.block), jnp.float32))
             plgpu.barrier_arrive(r.k_consumed.at[slot])
-            # Raw logits; the running max m_i is kept in raw units too (scale > 0 commutes
-            # with max), so the scale enters once, as one FMA per element inside exp2's
-            # argument: s * c - m * c, instead of a multiply of every logit, then a subtract.
             if masked:
                 s = mask_block(s, kv0, q0)
-            m_new = jnp.maximum(m_i, s.max(axis=1))
-            corr = jnp.exp2((m_i - m_new) * qk_scale)
-            m_scaled = m_new * qk_scale
-            p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(m_scaled, s.shape, [0]))
-            l_i = l_i * corr + p.sum(axis=1)
+            p16, m_new, l_i, corr = softmax(s, m_i, l_i)
             acc = acc * lax.broadcast_in_dim(corr, acc.shape, [0])
-            p16 = p.astype(dtype)
             schedule_sync()  # softmax done: the other warpgroup's turn on the tensor cores
             plgpu.barrier_wait(r.v_loaded.at[slot])
             if cfg.pv == "registers":
@@ -280,14 +295,9 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
             plgpu.barrier_arrive(r.v_consumed.at[slot])
             return acc, m_new, l_i
 
-        carry = (
-            plgpu.layout_cast(jnp.zeros((bq, H), jnp.float32), plgpu.Layout.WGMMA),
-            plgpu.layout_cast(jnp.full((bq,), MASK_VALUE, jnp.float32),
-                              plgpu.Layout.WGMMA.reduce(1)),
-            plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
-        )
         pl.when(_and(wg == 1, opening))(schedule_sync)  # warpgroup 0 goes first
-        carry = lax.fori_loop(0, count - 1, functools.partial(step, masked=False), carry)
+        carry = lax.fori_loop(0, count - 1, functools.partial(step, masked=False),
+                              initial_state())
         last = count - 1
         kv0 = r.idx[b, hm, m, last] * cfg.block  # the diagonal block when causal
         acc, _, l_i = step(last, carry, masked=True, kv0=kv0)
@@ -301,19 +311,8 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         accumulator, waits for S_j only (wgmma groups complete in order), runs S_j's softmax
         while the P @ V is in flight, then rescales. The online softmax does not depend on the
         order of the blocks (up to rounding), so the diagonal going first changes no result."""
-        q_smem = r.q_smem2.at[wg]
-        q0 = m * cfg.block + wg * bq
-        plgpu.copy_gmem_to_smem(r.q.at[b, pl.ds(q0, bq), h], q_smem, r.q_loaded.at[wg])
-        plgpu.barrier_wait(r.q_loaded.at[wg])
+        q_smem, q0 = load_q(b, h, m)
         H = q_smem.shape[-1]
-        qk_scale = cfg.scale * LOG2E
-
-        def softmax(s, m_i, l_i):
-            m_new = jnp.maximum(m_i, s.max(axis=1))
-            corr = jnp.exp2((m_i - m_new) * qk_scale)
-            p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(m_new * qk_scale, s.shape, [0]))
-            return p.astype(dtype), m_new, l_i * corr + p.sum(axis=1), corr
-
         token = cfg.schedule == "token"
 
         def before_issue():  # token: wait for this warpgroup's turn
@@ -347,13 +346,10 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
 
         s = pl.run_scoped(qk0, plgpu.ACC((bq, cfg.block), jnp.float32))
         plgpu.barrier_arrive(r.k_consumed.at[slot0])
-        m0 = plgpu.layout_cast(jnp.full((bq,), MASK_VALUE, jnp.float32),
-                               plgpu.Layout.WGMMA.reduce(1))
-        l0 = plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+        acc, m0, l0 = initial_state()
         p16, m_i, l_i, _ = softmax(mask_block(s, r.idx[b, hm, m, count - 1] * cfg.block, q0),
                                    m0, l0)
         after_softmax()
-        acc = plgpu.layout_cast(jnp.zeros((bq, H), jnp.float32), plgpu.Layout.WGMMA)
 
         def step(j, carry):
             acc, m_i, l_i, p_prev = carry
