@@ -11,6 +11,7 @@
 #   STAGES="3" TARGET_FROM=folder/target OUT=dir bash scripts/train_v2.sh   # stage 3 alone
 #   STAGES="4" PAIR_FROM=folder OUT=dir bash scripts/train_v2.sh   # stage 4 on a pair folder
 #   STAGES="5" PAIR_FROM=folder OUT=dir bash scripts/train_v2.sh   # stage 5 on stage 4's pair
+#   STAGES="6" PAIR_FROM=folder OUT=dir bash scripts/train_v2.sh   # stage 6 on stage 5's pair
 set -uo pipefail
 : "${OUT:?OUT must be set (the device tool sets it)}"
 WORK=${WORK:-/tmp/train_v2}
@@ -95,4 +96,32 @@ python3 experiments/train_tiny.py "${SHAPES[@]}" drafter.hidden_size=128 \
   checkpoint_dir="$WORK/s5/ckpt" export_dir="$OUT/s5/export" export_dtype=bfloat16 \
   metrics_path="$OUT/s5/metrics.json" hydra.run.dir="$WORK/s5/hydra" ${S5_ARGS:-} \
   > "$OUT/s5.log" 2>&1 || { tail -30 "$OUT/s5.log"; exit 1; }; }
+# Stage 6: variable tracking (full prefill 0.00-0.03 after stage 5: the target writes the
+# answer's format and some of the chain's names, others from the distractor chain or made up).
+# As stage 4 fixed multikey: 6a, variable tracking alone at 512-1024 tokens (chains of 2-6
+# hops, 1-3 chains, so the lookup "VAR x = VAR y" is learned where the statements dominate),
+# then 6b, stage 5's mix at every length up to 32K with variable tracking weighted up, half the
+# rows span-dropped. A new seed: stages 4-5 drew their batches from seed 0.
+VT_ONLY='tasks={niah_single: 0, niah_pflash: 0, niah_multikey: 0, niah_multivalue: 0, niah_multiquery: 0, variable_tracking: 1, common_words: 0, frequent_words: 0}'
+VT_OPTS='task_opts={niah_multikey: {n_distractors: {one_of: [1, 3, 5, 7]}}, variable_tracking: {n_hops: {one_of: [2, 3, 4, 5, 6]}, n_chains: {one_of: [1, 2, 3]}}}'
+MIX6='tasks={niah_single: 1, niah_pflash: 1, niah_multikey: 3, niah_multivalue: 2, niah_multiquery: 2, variable_tracking: 4, common_words: 0.5, frequent_words: 0.5}'
+run 6 && { mkdir -p "$OUT/s6a" "$OUT/s6"
+python3 experiments/train_tiny.py "${SHAPES[@]}" drafter.hidden_size=128 \
+  drafter.intermediate_size=384 "$VT_OPTS" "$VT_ONLY" 'train=[target]' seed=6 \
+  "init_from={target: $PAIR_FROM/target, drafter: $PAIR_FROM/drafter}" curriculum_by=mixed \
+  max_minutes="${S6A_MINUTES:-1.5}" steps=1000000 warmup=100 lr=1.5e-3 lm_weight=0.0 \
+  max_position_embeddings=65536 'curriculum=[[512,32],[1024,16]]' workers="${WORKERS:-14}" \
+  log_every=500 checkpoint_every=1000000 checkpoint_dir="$WORK/s6a/ckpt" \
+  export_dir="$WORK/s6a/export" metrics_path="$OUT/s6a/metrics.json" \
+  hydra.run.dir="$WORK/s6a/hydra" ${S6A_ARGS:-} > "$OUT/s6a.log" 2>&1 \
+  || { tail -30 "$OUT/s6a.log"; exit 1; }
+python3 experiments/train_tiny.py "${SHAPES[@]}" drafter.hidden_size=128 \
+  drafter.intermediate_size=384 "$VT_OPTS" "$MIX6" 'train=[target]' seed=7 \
+  init_from="$WORK/s6a/export" curriculum_by=mixed max_minutes="${S6B_MINUTES:-4}" \
+  steps=1000000 warmup=50 lr=5e-4 lm_weight=0.1 max_position_embeddings=65536 \
+  'curriculum=[[1024,32],[2048,16],[4096,8],[8192,4],[16384,2],[32768,1]]' sparse.prob=0.5 \
+  sparse.stretch=2 workers="${WORKERS:-14}" log_every=500 checkpoint_every=1000000 \
+  checkpoint_dir="$WORK/s6/ckpt" export_dir="$OUT/s6/export" export_dtype=bfloat16 \
+  metrics_path="$OUT/s6/metrics.json" hydra.run.dir="$WORK/s6/hydra" ${S6B_ARGS:-} \
+  > "$OUT/s6.log" 2>&1 || { tail -30 "$OUT/s6.log"; exit 1; }; }
 tail -n 3 "$OUT"/s*.log
