@@ -282,6 +282,9 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
     drafter, target = load(c.drafter, "drafter"), load(c.target, "target", place)
     loading = {"load_s": time.perf_counter() - t0, "device_peak_bytes": peak_memory_bytes(),
                "host_peak_bytes": host_peak_bytes()}
+    if c.task.prompt_format == "chat":  # question rows skip the template's own lines
+        cfgs = [chat_question_lines(cfg, drafter, c.target) for cfg in cfgs]
+        pcfg = cfgs[0]
     if place is not None:  # each of the target's devices (the first holds the drafter too)
         loading["device_peaks_bytes"] = [peak_memory_bytes(d) for d in place.mesh.devices.flat]
     # the same dense attention for both paths (sharded per device's heads under tensor_parallel)
@@ -357,6 +360,21 @@ def run_cells(c: RunConfig) -> list[tuple[str | None, dict]]:
             "memory_plans": {str(k): v.to_dict() for k, v in plans.items()},
             "cases": cases}))
     return out
+
+
+def chat_question_lines(cfg, drafter, target_spec: ModelSpec):
+    """cfg with question_lines raised by the lines the chat template writes after the user
+    message (drafter.template_tail_lines), where the question's rows vote: in the chat format
+    those lines sit between the question and the prompt's end. Unchanged otherwise (without a
+    drafter tokenizer tail_row_weights says what is missing)."""
+    from pflash_jax.pflash.drafter import template_tail_lines
+
+    if cfg.scoring.tail_rows != "question" or drafter.tokenizer is None:
+        return cfg
+    after = chat_template(target_spec).frame()[1]
+    lines = cfg.scoring.question_lines + template_tail_lines(drafter.tokenizer, after)
+    return dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring,
+                                                                question_lines=lines))
 
 
 def check_kernels(c: RunConfig, pcfg) -> None:

@@ -26,8 +26,9 @@ Preset values ("pflash" / "specprefill") and where they come from:
   PFlash's drafter is block-sparse, SpecPrefill's dense.
   "reference", "triton" and "mosaic" are the same block-sparse math; on a GPU pick a kernel.
 - fold_impl: "xla" for both (the kernel of the scoring fold, not a result-changing option):
-  the fused "triton" fold has run only in interpret mode (2026-12-01); "auto" picks it on a
-  GPU, to become the default once its gpu test passes and it measures faster.
+  the fused "triton" fold matches it on an H200 but saved nothing at 8 tail rows (LOG,
+  session 8); "auto" picks it on a GPU, and pflash_qa (64 rows, where it saves ~50 ms at
+  128K) uses "auto".
 - alpha 0.12, block_density None, block_size 128 for both (only read by block-sparse impls).
 - anchors "none" for both for now (the original PFlash has question n-gram anchors, 4-grams of
   the last 96 tokens, +-2 spans; the default gets chosen from an ablation), anchor_ngram 4,
@@ -348,15 +349,21 @@ PRESETS: dict[str, dict] = {
 # voting (n_tail caps the question at 64 tokens) and a 16-token trailing max, so that every key
 # a question names gets a row and a needle's value follows its key. On the v2 pair at 16K-32K
 # it lifts multiquery 0.00-0.12 -> 0.88-1.00 and multivalue 0.60-0.72 -> 1.00, but it loses
-# 3-distractor multikey at 8K (0.96 -> 0.80) and 64 tail rows cost ~6% of TTFT at 128K
-# (results/scoring_qtrail16_h200). Needs the drafter's tokenizer (the question's lines).
+# 3-distractor multikey at 8K (0.96 -> 0.80); with the XLA fold its 64 tail rows cost ~6% of
+# TTFT at 128K (results/scoring_qtrail16_h200), with the Triton fold 0.3% (below). Needs the
+# drafter's tokenizer (the question's lines).
 # Forced spans 1 head + 2 tail (not pflash's 8 + 24): inside a 5% budget the 32 forced spans
 # took half of it at 8K-16K and 32 of 51 spans at 32K; the question rows find the question
 # without them. 100 held-out cases on the v2 pair (results/forced_spans_v2_h200_100): 8K
 # multikey 0.85 -> 0.94, multiquery 0.67 -> 0.91, multivalue 0.78 -> 1.00; 16K 7-distractor
 # multikey 0.89 -> 0.93; 32K multikey 0.92 -> 0.95, 7 distractors 0.91 -> 0.94.
+# The package default (config.yaml, eval_tiny.yaml) since session 12: fold_impl "auto" runs the
+# fused Triton fold on a GPU, where the XLA fold's [N, 64, S] float32 logits cost the 50 ms:
+# 64 rows + trail 16 with it took 759.6 ms at 128K against 757.3 ms for the pflash preset's
+# 8 rows with the XLA fold (results/speedup_h200_qa, one H200, each beside its full prefill).
 PRESETS["pflash_qa"] = {**PRESETS["pflash"], "tail_rows": "question", "n_tail": 64,
-                        "trail_width": 16, "forced_head_spans": 1, "forced_tail_spans": 2}
+                        "trail_width": 16, "forced_head_spans": 1, "forced_tail_spans": 2,
+                        "fold_impl": "auto"}
 
 
 def preset(name: str, **overrides) -> PFlashConfig:

@@ -226,6 +226,18 @@ def question_first_row(tail_ids: np.ndarray, tokenizer, lines: int) -> int:
     return int(np.searchsorted(ends, start, side="right"))
 
 
+def template_tail_lines(tokenizer, after: str) -> int:
+    """The non-blank lines that a chat template's text after the user message (`after`, its
+    generation prompt included) puts between the question and the prompt's end, as
+    question_first_row sees them (each token decoded on its own). Its first piece ends the
+    user message's last line, so only the lines that start after one of its line breaks count
+    (Qwen3, thinking off: "<|im_start|>assistant", "<think>", "</think>": 3).
+    task.prompt_format=chat adds them to question_lines, so that the question rows are the
+    question's and not the template's."""
+    text = "".join(tokenizer.decode([int(i)]) for i in tokenizer.encode(after))
+    return sum(1 for line in text.split("\n")[1:] if line.strip())
+
+
 def tail_row_weights(drafter, ids: np.ndarray, cfg: PFlashConfig):
     """The tail rows' weights for `importance` when they depend on the prompt, float32 [T]; None
     when they do not (uniform or linear rows, weighted inside the jit):

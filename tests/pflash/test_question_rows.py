@@ -15,6 +15,7 @@ from pflash_jax.pflash.drafter import (
     drafter_scores,
     question_first_row,
     tail_row_weights,
+    template_tail_lines,
 )
 from pflash_jax.tasks import make_cases
 from pflash_jax.tasks.task_tokenizer import TINY_TOKENIZER_PATH
@@ -95,3 +96,51 @@ def test_question_rows_are_checked(pair):
     with pytest.raises(ValueError, match="needs the drafter's tokenizer"):
         drafter_pass(no_tok, ids, preset("pflash", tail_rows="question",
                                          attention_impl="reference"))
+
+
+CHAT_FRAME = ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+@pytest.mark.parametrize("task", ["niah_single", "niah_multikey", "variable_tracking"])
+def test_chat_question_rows_skip_the_template(pair, task):
+    """In the chat format the template's lines sit between the question and the answer prefix:
+    question_lines + template_tail_lines rows start at the question's line again, while the
+    raw count alone would start inside the template."""
+    tok = pair[1].tokenizer
+    case = make_cases(task, 1, 1024, TINY_TOKENIZER_PATH, chat=CHAT_FRAME)[0]
+    tail = case.ids[-128:]  # the tiny tokenizer spells the template's markers out in pieces
+    assert template_tail_lines(tok, CHAT_FRAME[1]) == 3
+    f = question_first_row(tail, tok, 2 + template_tail_lines(tok, CHAT_FRAME[1]))
+    text = tok.decode(tail[f:]).lstrip("\n")
+    raw = make_cases(task, 1, 1024, TINY_TOKENIZER_PATH)[0].ids[-64:]
+    asked = tok.decode(raw[question_first_row(raw, tok, 2):]).lstrip("\n").split("\n")[0]
+    assert text.split("\n")[0] == asked + "<|im_end|>", repr(text)  # the question's line
+    assert text.rstrip().split("\n")[-1].startswith("Answer:"), repr(text)
+    assert asked not in tok.decode(tail[question_first_row(tail, tok, 2):])
+
+
+def test_chat_run_config_raises_question_lines(pair, tmp_path):
+    """run.chat_question_lines: question rows get the template's lines added (the target's own
+    chat template), other tail rows are left alone."""
+    import json
+    import shutil
+
+    from pflash_jax.embedded import TINY_DIR
+    from pflash_jax.run import chat_question_lines
+    from pflash_jax.run_config import ModelSpec
+
+    d = tmp_path / "target"
+    shutil.copytree(TINY_DIR / "target", d)
+    cfg_path = d / "tokenizer_config.json"
+    tc = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    tc["chat_template"] = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                           "<|im_end|>\n{% endfor %}<|im_start|>assistant\n<think>\n\n</think>"
+                           "\n\n")
+    cfg_path.write_text(json.dumps(tc))
+    spec = ModelSpec("tiny_target", path=str(d))
+    qa = preset("pflash_qa")
+    got = chat_question_lines(qa, pair[0], spec)
+    assert got.scoring.question_lines == qa.scoring.question_lines + 3
+    assert dataclasses.replace(got, scoring=qa.scoring) == qa
+    plain = preset("pflash")
+    assert chat_question_lines(plain, pair[0], spec) == plain
