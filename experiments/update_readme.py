@@ -34,8 +34,8 @@ from pflash_jax.report import ROWS, load_rows, read_compact, write_report  # noq
 QUALITY = "quality_tiny_h200"
 # folders under results/ whose tables.md and plots are regenerated from their rows.jsonl
 # the newest 128K rows (issue 17), newest folder first: the speed section's "latest rows"
-LATEST_SPEED = ("speedup_h200_overlap", "speedup_h200_qk", "speedup_h200_fold",
-                "speedup_h200_fused_select")
+LATEST_SPEED = ("speedup_h200_qa", "speedup_h200_overlap", "speedup_h200_qk",
+                "speedup_h200_fold", "speedup_h200_fused_select")
 REPORTS = ["speedup", "speedup_h200_triton", "speedup_h200_check", "speedup_h200_inside",
            *LATEST_SPEED,
            QUALITY, "rtx3090_h200", "quality_quant_tiny_h200"]
@@ -99,8 +99,17 @@ def latest_speed_lines() -> list[str]:
                                     f"{f['speedup']:.1f}x")
         label = (f"first {r['score_layers']} layers (early exit)" if r.get("score_layers")
                  else "all layers")
-        if r.get("fold_impl", "xla") != "xla":  # the scoring fold's kernel, where not the default
-            label += f", {r['fold_impl']} fold"
+        if r.get("preset", "pflash") != "pflash":
+            label += f", {r['preset']}"
+        variant = [v for v in (r.get("variant") or "").split(", ")
+                   if v and not v.startswith("score_layers=")]  # early exit: said above
+        if variant:  # the other options that differ from the preset's
+            label += f" ({', '.join(variant)})"
+        fold = r.get("fold_impl", "xla")
+        if fold == "auto":  # what "auto" ran: the Triton fold on a GPU, XLA's elsewhere
+            fold = "xla" if "cpu" in str(r.get("device", "")).lower() else "triton"
+        if fold != "xla":  # the scoring fold's kernel, where not XLA's
+            label += f", {fold} fold"
         kept = "-" if r.get("block_density") is None else f"{r['block_density']:.3f}"
         out.append(f"| {label} | {kept} | {r['full_ttft_s']:.2f} | {r['pflash_ttft_s']:.3f} | "
                    f"{r['pflash_drafter_forward_s']:.3f} | {r['pflash_target_prefill_s']:.3f} | "
@@ -276,7 +285,14 @@ def keep_table(rows) -> list[str]:
 # every PFlash row stands beside full prefill (`heldout_section`).
 HELDOUT_FULL = ("full_prefill_v2_h200_100/full_4096_8192",
                 "full_prefill_v2_h200_100/full_16384_32768")
-HELDOUT_PFLASH = ("pflash_v2_h200_100/pflash_16k_32k", "forced_spans_v2_h200_100/h1t2")
+HELDOUT_PFLASH = ("pflash_v2_h200_100/pflash_16k_32k", "pflash_qa_default_h200_100")
+
+
+def default_preset() -> str:
+    """The selection preset a plain run and eval_tiny start from (configs/eval_tiny.yaml)."""
+    import yaml
+
+    return yaml.safe_load((REPO / "pflash_jax/configs/eval_tiny.yaml").read_text())["preset"]
 
 
 def _run_label(m: dict) -> str:
@@ -329,7 +345,10 @@ def heldout_section(full_names=HELDOUT_FULL, pflash_names=HELDOUT_PFLASH) -> str
            f"{', '.join(sorted({m['provenance']['commit'] for m in ms}))}; "
            f"{', '.join(f'`results/{n}`' for n in runs)}). Issue 16's bar: 95% of full at 16K "
            "and 32K, 90% at 8K. Scorings:", ""]
-    out += [f"- {chr(65 + i)}: {label}" for i, label in enumerate(labels)]
+    default = default_preset()
+    out += [f"- {chr(65 + i)}: {label}"
+            + (" (the package default)" if label.split(",")[0] == default else "")
+            for i, label in enumerate(labels)]
     out += ["", "| task | scoring | " + " | ".join(f"{s:,}" for s in lengths) + " |",
             "| --- | --- |" + " --- |" * len(lengths)]
     for task in tasks:
