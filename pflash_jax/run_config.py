@@ -62,6 +62,7 @@ class SelectionSpec:
     anchor_ngram: int | None = None  # n-gram length (4)
     anchor_window: int | None = None  # the question: the prompt's last tokens (96)
     anchor_radius: int | None = None  # spans either side of a match (2; x2 past 32K, x4 past 64K)
+    span_stride: int | None = None  # free span placement: windows start at its multiples
     n_tail: int | None = None
     tail_mode: str | None = None
     rope: str | None = None

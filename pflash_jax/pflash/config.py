@@ -198,6 +198,11 @@ class SelectionConfig:
     anchor_radius: spans kept either side of a match (2) up to 32K tokens; it grows with the
         prompt as in the original: x2 past 32K tokens (S > 32768: 4 spans) and x4 past 64K
         (S > 65536: 8 spans); `spans.anchor_radius_at`.
+    span_stride: None (the default) = the scored spans are the fixed grid of span_size-token
+        spans; an int in [1, span_size] = they are span_size-token windows that may start at
+        any multiple of span_stride, placed greedily by mean importance without overlapping
+        each other or the forced / anchor spans (`spans.free_windows`): the same budget of
+        spans, but a needle that straddles a grid boundary fits in one of them.
     """
 
     span_size: int = 32
@@ -211,6 +216,7 @@ class SelectionConfig:
     anchor_ngram: int = 4
     anchor_window: int = 96
     anchor_radius: int = 2
+    span_stride: int | None = None
 
     def __post_init__(self):
         _check_int("SelectionConfig", "span_size", self.span_size, 1)
@@ -224,6 +230,11 @@ class SelectionConfig:
         _check_int("SelectionConfig", "anchor_ngram", self.anchor_ngram, 1)
         _check_int("SelectionConfig", "anchor_window", self.anchor_window, 1)
         _check_int("SelectionConfig", "anchor_radius", self.anchor_radius, 0)
+        if self.span_stride is not None:
+            _check_int("SelectionConfig", "span_stride", self.span_stride, 1)
+            if self.span_stride > self.span_size:
+                raise ValueError(f"SelectionConfig.span_stride must be at most span_size "
+                                 f"({self.span_size}), got {self.span_stride}")
         if self.anchor_window < self.anchor_ngram:
             raise ValueError(f"SelectionConfig.anchor_window ({self.anchor_window}) must hold "
                              f"at least one n-gram of anchor_ngram={self.anchor_ngram} tokens")
@@ -310,6 +321,7 @@ PRESETS: dict[str, dict] = {
         anchor_ngram=4,
         anchor_window=96,
         anchor_radius=2,
+        span_stride=None,
         attention_impl="auto",
         alpha=0.12,
         block_density=None,
@@ -339,6 +351,7 @@ PRESETS: dict[str, dict] = {
         anchor_ngram=4,
         anchor_window=96,
         anchor_radius=2,
+        span_stride=None,
         attention_impl="dense",
         alpha=0.12,
         block_density=None,

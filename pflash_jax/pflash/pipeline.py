@@ -38,8 +38,7 @@ from pflash_jax.pflash.drafter import DrafterPass, drafter_pass
 from pflash_jax.pflash.spans import (
     anchor_spans,
     forced_spans,
-    kept_positions,
-    select_spans,
+    select_positions,
     span_scores,
     target_positions,
 )
@@ -231,15 +230,14 @@ def prefill_selected(target, ids, dp: DrafterPass, cfg: PFlashConfig, *,
     target prefill of the kept tokens, greedy decode. Timings count the drafter pass too.
     target_attn and fuse_qkv: as full_prefill's attn and fuse_qkv."""
     ids = np.asarray(ids, np.int32)
-    S = ids.shape[0]
     timings = {"drafter_forward": dp.timings["drafter_forward"]}
     t1 = time.perf_counter()
     scores = span_scores(dp.importance, cfg.selection.span_size)
     t2 = time.perf_counter()
     sel = cfg.selection
     anchors = anchor_spans(ids, sel.span_size, sel)  # empty unless sel.anchors == "ngram"
-    span_ids = select_spans(scores, sel, anchors)
-    kept = kept_positions(span_ids, sel.span_size, S)
+    # span_ids: the grid spans kept (with span_stride: the forced and anchor spans only)
+    kept, span_ids = select_positions(dp.importance, sel, anchors)
     t3 = time.perf_counter()
     n_anchor = np.setdiff1d(np.intersect1d(span_ids, anchors),
                             forced_spans(scores.size, sel)).size

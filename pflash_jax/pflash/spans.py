@@ -191,6 +191,73 @@ def anchor_spans(ids, span_size: int, cfg: SelectionConfig) -> np.ndarray:
     return np.flatnonzero(np.cumsum(cover[:-1]) > 0).astype(np.int32)
 
 
+def free_windows(importance, span_size: int, stride: int, n_windows: int,
+                 occupied=None) -> np.ndarray:
+    """Sorted int32 positions of up to `n_windows` span_size-token windows (SelectionConfig.
+    span_stride): candidate starts at every multiple of `stride` (and S - span_size, so the
+    prompt's end is reachable), scored by mean importance, taken best first (ties to the
+    lower start) where they overlap neither a taken window nor the `occupied` tokens (bool
+    [S]: the forced and anchor spans). Where the gaps left cannot hold a whole window, the
+    rest of the count goes to the best grid spans' free tokens, so at most n_windows *
+    span_size tokens are added, as the grid would add."""
+    imp = np.asarray(importance, dtype=np.float64)
+    S = imp.shape[0]
+    occ = np.zeros(S, bool) if occupied is None else np.asarray(occupied, bool).copy()
+    if n_windows <= 0 or S < span_size:
+        return np.zeros(0, np.int32)
+    starts = np.unique(np.append(np.arange(0, S - span_size + 1, stride), S - span_size))
+    csum = np.concatenate([[0.0], np.cumsum(imp)])
+    score = (csum[starts + span_size] - csum[starts]) / span_size
+    ocum = np.concatenate([[0], np.cumsum(occ)])
+    free = ocum[starts + span_size] == ocum[starts]  # overlaps no occupied token
+    order = np.lexsort((starts, -score))
+    chosen = []
+    for s in starts[order[free[order]]]:  # best first; a taken window blocks its neighbours
+        if len(chosen) == n_windows:
+            break
+        if not occ[s:s + span_size].any():
+            occ[s:s + span_size] = True
+            chosen.append(s)
+    pos = [np.arange(s, s + span_size) for s in chosen]
+    left = n_windows - len(chosen)
+    if left:  # fragmented gaps: the best grid spans' free tokens
+        grid = span_scores(imp, span_size)
+        for j in np.lexsort((np.arange(grid.size), -grid)):
+            if left == 0:
+                break
+            toks = np.arange(j * span_size, min((j + 1) * span_size, S))
+            toks = toks[~occ[toks]]
+            if toks.size:
+                occ[toks] = True
+                pos.append(toks)
+                left -= 1
+    return np.sort(np.concatenate(pos)).astype(np.int32) if pos else np.zeros(0, np.int32)
+
+
+def select_positions(importance, cfg: SelectionConfig, anchors=None) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """(kept token positions, kept span ids) for cfg: the grid's spans (`select_spans`), or
+    with cfg.span_stride the forced and anchor spans of that selection kept as they are and
+    its scored spans, as many, placed as `free_windows` (the span ids returned are then the
+    forced and anchor spans only). The last token is kept either way."""
+    imp = np.asarray(importance)
+    S = imp.shape[0]
+    scores = span_scores(imp, cfg.span_size)
+    span_ids = select_spans(scores, cfg, anchors)
+    if cfg.span_stride is None:
+        return kept_positions(span_ids, cfg.span_size, S), span_ids
+    fixed = np.union1d(forced_spans(scores.size, cfg),
+                       [] if anchors is None else np.asarray(anchors, np.int64))
+    fixed = np.intersect1d(span_ids, fixed).astype(np.int32)
+    n_scored = (n_keep(scores.size, cfg.keep_ratio, cfg.rounding) if cfg.forced_spans == "on_top"
+                else span_ids.size - fixed.size)
+    base = kept_positions(fixed, cfg.span_size, S, keep_last=False)
+    occupied = np.zeros(S, bool)
+    occupied[base] = True
+    windows = free_windows(imp, cfg.span_size, cfg.span_stride, n_scored, occupied)
+    return np.union1d(np.union1d(base, windows), [S - 1]).astype(np.int32), fixed
+
+
 def kept_positions(span_ids, span_size: int, S: int, keep_last: bool = True) -> np.ndarray:
     """Sorted unique int32 token positions of the kept spans, clipped at S; plus S - 1 when
     `keep_last` (see the module docstring)."""
@@ -224,6 +291,8 @@ def select_tokens(importance, cfg: SelectionConfig, ids=None) -> np.ndarray:
     if cfg.anchors != "none" and ids is None:
         raise ValueError(f"anchors={cfg.anchors!r} needs the prompt ids")
     anchors = None if ids is None else anchor_spans(ids, cfg.span_size, cfg)
+    if cfg.span_stride is not None:
+        return select_positions(imp, cfg, anchors)[0]
     return kept_positions(select_spans(scores, cfg, anchors), cfg.span_size, imp.shape[0])
 
 
