@@ -241,9 +241,11 @@ def write_compact(records: list[dict], path: Path) -> Path:
 VARIANT_KEYS = ("n_tail", "tail_mode", "rope", "pooling", "pool_width", "score_layers",
                 "skip_layers", "tail_weights", "rounding", "forced_head_spans",
                 "forced_tail_spans", "forced_spans", "anchors", "anchor_ngram",
-                "anchor_window", "anchor_radius", "tail_rows", "question_lines", "trail_width")
+                "anchor_window", "anchor_radius", "tail_rows", "question_lines", "trail_width",
+                "span_stride")
 LEGACY = {"forced_spans": "on_top", "anchors": "none", "score_layers": None, "skip_layers": 0,
-          "tail_weights": "uniform", "tail_rows": "last", "question_lines": 2, "trail_width": 0}
+          "tail_weights": "uniform", "tail_rows": "last", "question_lines": 2, "trail_width": 0,
+          "span_stride": None}
 
 
 def variant_label(pc: dict) -> str:

@@ -205,19 +205,30 @@ def free_windows(importance, span_size: int, stride: int, n_windows: int,
     occ = np.zeros(S, bool) if occupied is None else np.asarray(occupied, bool).copy()
     if n_windows <= 0 or S < span_size:
         return np.zeros(0, np.int32)
-    starts = np.unique(np.append(np.arange(0, S - span_size + 1, stride), S - span_size))
+    starts = np.arange(0, S - span_size + 1, stride)
+    if starts[-1] != S - span_size:
+        starts = np.append(starts, S - span_size)
     csum = np.concatenate([[0.0], np.cumsum(imp)])
     score = (csum[starts + span_size] - csum[starts]) / span_size
     ocum = np.concatenate([[0], np.cumsum(occ)])
     free = ocum[starts + span_size] == ocum[starts]  # overlaps no occupied token
+    starts, score = starts[free], score[free]
+    # Each taken window rejects at most 2 * span_size / stride + 1 overlapping candidates, so
+    # the best n_windows times that many (plus one) hold every window the greedy takes.
+    m = n_windows * (2 * (-(-span_size // stride)) + 2)
+    if m < starts.size:
+        top = np.argpartition(-score, m)[:m + 1]
+        starts, score = starts[top], score[top]
     order = np.lexsort((starts, -score))
     chosen = []
-    for s in starts[order[free[order]]]:  # best first; a taken window blocks its neighbours
+    taken = bytearray(occ.tobytes())  # per-token flags; Python-level slices are fast here
+    for s in starts[order].tolist():  # best first; a taken window blocks its neighbours
         if len(chosen) == n_windows:
             break
-        if not occ[s:s + span_size].any():
-            occ[s:s + span_size] = True
+        if not any(taken[s:s + span_size]):
+            taken[s:s + span_size] = b"\x01" * span_size
             chosen.append(s)
+    occ = np.frombuffer(bytes(taken), dtype=bool).copy()
     pos = [np.arange(s, s + span_size) for s in chosen]
     left = n_windows - len(chosen)
     if left:  # fragmented gaps: the best grid spans' free tokens
@@ -255,7 +266,10 @@ def select_positions(importance, cfg: SelectionConfig, anchors=None) -> tuple[np
     occupied = np.zeros(S, bool)
     occupied[base] = True
     windows = free_windows(imp, cfg.span_size, cfg.span_stride, n_scored, occupied)
-    return np.union1d(np.union1d(base, windows), [S - 1]).astype(np.int32), fixed
+    kept = np.sort(np.concatenate([base, windows]))  # disjoint by construction
+    if kept.size == 0 or kept[-1] != S - 1:
+        kept = np.append(kept, S - 1)
+    return kept.astype(np.int32), fixed
 
 
 def kept_positions(span_ids, span_size: int, S: int, keep_last: bool = True) -> np.ndarray:
