@@ -22,7 +22,7 @@ DOCUMENTED = {
                    forced_head_spans=8,
                    forced_tail_spans=24, forced_spans="inside", positions="renumbered",
                    anchors="none", anchor_ngram=4, anchor_window=96, anchor_radius=2,
-                   attention_impl="auto",
+                   span_stride=None, attention_impl="auto",
                    alpha=0.12, block_density=None, block_size=128),
     "specprefill": dict(n_tail=8, tail_mode="lookahead", rope="post", pooling="per_row",
                         pool_width=13, score_layers=None, skip_layers=0,
@@ -32,7 +32,7 @@ DOCUMENTED = {
                         forced_head_spans=0, forced_tail_spans=0, forced_spans="inside",
                         positions="original",
                         anchors="none", anchor_ngram=4, anchor_window=96, anchor_radius=2,
-                        attention_impl="dense", alpha=0.12, block_density=None,
+                        span_stride=None, attention_impl="dense", alpha=0.12, block_density=None,
                         block_size=128),
 }
 
