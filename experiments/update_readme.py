@@ -58,7 +58,8 @@ def speed_section() -> str:
                       + (f"; both paths sequence-chunked by {r['chunk']}, {r['repeats']} timed "
                          f"repeat(s)" if r.get("chunk") else "") + ")"
                       for r in tops)
-    lines = [f"**At {top_S:,} tokens PFlash reaches the first token sooner than full prefill**: "
+    lines = [*newest_default_line(),
+             f"**At {top_S:,} tokens PFlash reaches the first token sooner than full prefill**: "
              f"{heads}. Random-init {t['drafter']} drafter with {t['block_density']:.1%} of "
              f"attention blocks kept (fixed density), keep ratio {t['keep_ratio']}, span "
              f"{t['span_size']}, {t['dtype']}, one {t['device']}, jax {t['jax']}, commit(s) "
@@ -76,6 +77,28 @@ def speed_section() -> str:
                      f"**{r['speedup']:.2f}x** |")
     lines.append("\nFull table with every stage: `results/speedup/tables.md`.")
     return "\n".join(lines + latest_speed_lines())
+
+
+def newest_default_line() -> list[str]:
+    """The headline's first sentence: the newest 128K row (LATEST_SPEED[0]) measured with the
+    package's default selection, so the README's first number is today's default, not the
+    oldest full table."""
+    preset = default_preset()
+    rows = [r for r in load_rows([str(RESULTS / LATEST_SPEED[0])])
+            if r["repeats"] > 0 and r.get("preset") == preset]
+    if not rows:
+        return []
+    r = rows[-1]  # rows.jsonl is appended in run order: the last one is the newest
+    return [f"**Newest measurement, the default selection ({preset})**: **{r['speedup']:.2f}x** "
+            f"at {r['S']:,} tokens with a {r['target']} target ({r['pflash_ttft_s']:.3f} s "
+            f"against {r['full_ttft_s']:.2f} s for full prefill, timed in the same process; "
+            f"drafter {r['pflash_drafter_forward_s']:.3f} s, target prefill "
+            f"{r['pflash_target_prefill_s']:.3f} s; random-init {r['drafter']} drafter, "
+            f"{r['block_density']:.1%} of attention blocks kept, keep {r['keep_ratio']}, span "
+            f"{r['span_size']}, {r['dtype']}, one {r['device']}, jax {r['jax']}, commit "
+            f"{r['commit']}, `results/{LATEST_SPEED[0]}`). The full table below is the first "
+            f"sweep over lengths and targets (an earlier commit, another card); the newest "
+            f"128K rows follow it.", ""]
 
 
 def latest_speed_lines() -> list[str]:
