@@ -50,6 +50,21 @@ def test_free_windows_match_a_plain_greedy(seed, S, span, stride, n):
     assert not occupied[got].any()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_free_windows_at_the_prompt_end_match_a_plain_greedy(seed):
+    # nothing occupied and the evidence at the very end: windows up to S - span (not a
+    # multiple of the stride) are taken, and the blocking near the end must not overrun S
+    rng = np.random.default_rng(seed)
+    S, span, stride, n = 1001, 32, 4, 12
+    imp = rng.exponential(size=S)
+    imp[S - span:] += 5.0  # the last window, S - span, is the best one
+    got = free_windows(imp, span, stride, n)
+    want = reference_windows(imp.tolist(), span, stride, n, [False] * S)
+    expect = np.sort(np.concatenate([np.arange(s, s + span) for s in want]))
+    assert S - span in want
+    assert np.array_equal(got, expect), (got[-40:], expect[-40:])
+
+
 def test_grid_stride_is_the_grid():
     """span_stride=None gives select_spans' grid, span ids included."""
     rng = np.random.default_rng(4)
