@@ -24,6 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import yaml
+from tqdm import tqdm
 
 from pflash_jax.bench import provenance, write_metrics
 from pflash_jax.embedded import TINY_DIR
@@ -101,7 +102,8 @@ def main() -> None:
             cases = make_cases(task, a.cases, S, tok.path, **opts)
             n_new = answer_budget(cases, tok)
             got = {v: ([], [], []) for v in cfgs}  # accuracy, recall, kept fraction
-            for case in cases:
+            bar = tqdm(cases, desc=f"S={S} {entry}", unit="case", leave=False)
+            for case in bar:
                 ids = check_inputs(drafter, target, case.ids, base, max_new_tokens=n_new)
                 dp = drafter_pass(drafter, ids, base)
                 for v, c in cfgs.items():
@@ -110,6 +112,8 @@ def main() -> None:
                     got[v][0].append(score(case, r.tokens, tok))
                     got[v][1].append(needle_recall(r.kept_positions, case.needle_positions))
                     got[v][2].append(r.n_kept / S)
+                bar.set_postfix_str(", ".join(  # the running accuracy per variant
+                    f"{v} {np.mean(g[0]):.2f}" for v, g in got.items()))
             for v, (acc, rec, kept) in got.items():
                 rows[v].append({"task": entry, "S": S, "n_cases": len(cases), "full_acc": None,
                                 "pflash_acc": float(np.mean(acc)), "recall": float(np.mean(rec)),
