@@ -89,7 +89,15 @@ def newest_default_line() -> list[str]:
     if not rows:
         return []
     r = rows[-1]  # rows.jsonl is appended in run order: the last one is the newest
-    return [f"**Newest measurement, the default selection ({preset})**: **{r['speedup']:.2f}x** "
+    from pflash_jax.pflash.config import PRESETS
+
+    stride = PRESETS[preset].get("span_stride")
+    # rows record span_stride since it existed; one without it ran the grid
+    predates = (f" That row predates {preset}'s free span placement (span_stride={stride}, "
+                f"the default since), which has no GPU timing yet."
+                if stride is not None and r.get("span_stride") != stride else "")
+    return [f"**Newest 128K measurement of the default preset ({preset})**: "
+            f"**{r['speedup']:.2f}x** "
             f"at {r['S']:,} tokens with a {r['target']} target ({r['pflash_ttft_s']:.3f} s "
             f"against {r['full_ttft_s']:.2f} s for full prefill, timed in the same process; "
             f"drafter {r['pflash_drafter_forward_s']:.3f} s, target prefill "
@@ -98,7 +106,7 @@ def newest_default_line() -> list[str]:
             f"{r['span_size']}, {r['dtype']}, one {r['device']}, jax {r['jax']}, commit "
             f"{r['commit']}, `results/{LATEST_SPEED[0]}`). The full table below is the first "
             f"sweep over lengths and targets (an earlier commit, another card); the newest "
-            f"128K rows follow it.", ""]
+            f"128K rows follow it.{predates}", ""]
 
 
 def latest_speed_lines() -> list[str]:
@@ -336,10 +344,17 @@ def is_default_config(m: dict) -> bool:
 def _run_label(m: dict) -> str:
     """A PFlash run's scoring in words: preset, overrides, keep, span, and the forced spans it
     ran (from the recorded config, so a run from before a preset changed says what it used)."""
+    from pflash_jax.report import variant_label
+
     c, pc = m["config"], m["pflash_config"]
     where = {"inside": "inside the budget", "on_top": "on top of the budget"}
-    over = ", ".join(f"{k}={v}" for k, v in (c.get("overrides") or {}).items()
-                     if not k.startswith("forced_"))
+    opts = {k: str(v) for k, v in (c.get("overrides") or {}).items()}
+    # and what the run used where its preset has changed since (e.g. span_stride=None: the
+    # grid, before pflash_qa placed its spans freely)
+    for kv in filter(None, variant_label(pc).split(", ")):
+        k, v = kv.split("=", 1)
+        opts.setdefault(k, v)
+    over = ", ".join(f"{k}={v}" for k, v in opts.items() if not k.startswith("forced_"))
     forced = (f"forced spans {pc['forced_head_spans']} head + {pc['forced_tail_spans']} tail "
               if "forced_head_spans" in pc else "forced spans ")
     return (f"{c['preset']}{f' ({over})' if over else ''}, keep {c['keep_ratio']}, span "

@@ -112,6 +112,8 @@ def flat_row(m: dict, source: str) -> dict:
         # the option existed: xla)
         "fold_impl": pc.get("fold_impl", "xla"),
         "variant": variant_label(pc),
+        # free span placement's stride (None: the grid, and in rows from before the option)
+        "span_stride": pc.get("span_stride"),
         # question n-gram anchors (absent before the option existed: none)
         "anchors": pc.get("anchors", "none"),
         "n_anchor_spans": s.get("n_anchor_spans"),

@@ -245,17 +245,24 @@ def free_windows(importance, span_size: int, stride: int, n_windows: int,
     return np.sort(np.concatenate(pos)).astype(np.int32) if pos else np.zeros(0, np.int32)
 
 
+def free_placement(cfg: SelectionConfig) -> bool:
+    """Whether cfg places its scored spans freely (a span_stride below span_size); None or a
+    stride of at least span_size is the grid."""
+    return cfg.span_stride is not None and cfg.span_stride < cfg.span_size
+
+
 def select_positions(importance, cfg: SelectionConfig, anchors=None) -> tuple[np.ndarray,
                                                                              np.ndarray]:
     """(kept token positions, kept span ids) for cfg: the grid's spans (`select_spans`), or
-    with cfg.span_stride the forced and anchor spans of that selection kept as they are and
-    its scored spans, as many, placed as `free_windows` (the span ids returned are then the
-    forced and anchor spans only). The last token is kept either way."""
+    with free placement (a span_stride below span_size) the forced and anchor spans of that
+    selection kept as they are and its scored spans, as many, placed as `free_windows` (the
+    span ids returned are then the forced and anchor spans only). The last token is kept
+    either way."""
     imp = np.asarray(importance)
     S = imp.shape[0]
     scores = span_scores(imp, cfg.span_size)
     span_ids = select_spans(scores, cfg, anchors)
-    if cfg.span_stride is None:
+    if not free_placement(cfg):
         return kept_positions(span_ids, cfg.span_size, S), span_ids
     fixed = np.union1d(forced_spans(scores.size, cfg),
                        [] if anchors is None else np.asarray(anchors, np.int64))
@@ -305,7 +312,7 @@ def select_tokens(importance, cfg: SelectionConfig, ids=None) -> np.ndarray:
     if cfg.anchors != "none" and ids is None:
         raise ValueError(f"anchors={cfg.anchors!r} needs the prompt ids")
     anchors = None if ids is None else anchor_spans(ids, cfg.span_size, cfg)
-    if cfg.span_stride is not None:
+    if free_placement(cfg):
         return select_positions(imp, cfg, anchors)[0]
     return kept_positions(select_spans(scores, cfg, anchors), cfg.span_size, imp.shape[0])
 

@@ -122,10 +122,10 @@ def test_bad_values_name_the_option(make, option):
 
 def test_pflash_qa_is_pflash_with_question_rows_a_trail_and_few_forced_spans():
     """The question-aware preset differs from pflash in exactly three scoring options, the
-    forced span counts and the fold's kernel ("auto": the Triton fold on a GPU, the same
-    values)."""
+    forced span counts, the fold's kernel ("auto": the Triton fold on a GPU, the same
+    values) and free span placement at stride 4."""
     qa, base = preset("pflash_qa").to_dict(), preset("pflash").to_dict()
     diff = {k: qa[k] for k in qa if qa[k] != base[k]}
     assert diff == {"tail_rows": "question", "n_tail": 64, "trail_width": 16,
                     "forced_head_spans": 1, "forced_tail_spans": 2, "fold_impl": "auto",
-                    "preset": "pflash_qa"}, diff
+                    "span_stride": 4, "preset": "pflash_qa"}, diff

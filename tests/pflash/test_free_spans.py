@@ -65,15 +65,28 @@ def test_free_windows_at_the_prompt_end_match_a_plain_greedy(seed):
     assert np.array_equal(got, expect), (got[-40:], expect[-40:])
 
 
-def test_grid_stride_is_the_grid():
-    """span_stride=None gives select_spans' grid, span ids included."""
+@pytest.mark.parametrize("stride", [None, 32, 33, 1000])
+def test_grid_stride_is_the_grid(stride):
+    """span_stride=None, or a stride of at least span_size, gives select_spans' grid, span ids
+    included (so a span-size sweep below a preset's stride keeps running)."""
     rng = np.random.default_rng(4)
     imp = rng.exponential(size=5000)
-    cfg = SelectionConfig(span_size=32, keep_ratio=0.05)
+    cfg = SelectionConfig(span_size=32, keep_ratio=0.05, span_stride=stride)
     kept, ids = select_positions(imp, cfg)
     want_ids = select_spans(span_scores(imp, 32), cfg)
     assert np.array_equal(ids, want_ids)
     assert np.array_equal(kept, kept_positions(want_ids, 32, 5000))
+    assert np.array_equal(select_tokens(imp, cfg), kept)
+
+
+def test_the_default_preset_runs_spans_smaller_than_its_stride():
+    # pflash_qa's stride 4 with span 2 is the grid, not an error
+    from pflash_jax.pflash.config import preset
+
+    cfg = preset("pflash_qa", span_size=2).selection
+    imp = np.random.default_rng(6).exponential(size=700)
+    assert np.array_equal(select_tokens(imp, cfg),
+                          kept_positions(select_spans(span_scores(imp, 2), cfg), 2, 700))
 
 
 @pytest.mark.parametrize("forced_mode", ["inside", "on_top"])
@@ -120,7 +133,7 @@ def test_fragmented_gaps_fall_back_to_grid_tokens():
     assert got.max() == S - 1  # the best (last) grid spans' free tokens
 
 
-@pytest.mark.parametrize("bad", [0, 33, True, 2.0])
+@pytest.mark.parametrize("bad", [0, -4, True, 2.0])
 def test_bad_stride_names_the_option(bad):
     with pytest.raises(ValueError, match="span_stride"):
         SelectionConfig(span_size=32, span_stride=bad)
