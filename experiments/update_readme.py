@@ -327,18 +327,14 @@ def default_preset() -> str:
 
 
 def is_default_config(m: dict) -> bool:
-    """Whether a recorded eval ran today's default selection: its pflash_config against the
-    default preset as eval_tiny builds it (original positions). A key a record lacks is an
-    option that did not exist then, so it ran as the option's off value (the dataclass
-    default); a preset whose values changed since no longer counts as the default."""
-    from pflash_jax.pflash.config import PFlashConfig, preset
+    """Whether a recorded eval ran today's default selection: the default preset with none of
+    its options changed, by the same rule the tables use to tell variants apart
+    (report.variant_label: a key a record lacks ran as that option's old behaviour, so a
+    preset whose values changed since no longer counts as the default)."""
+    from pflash_jax.report import variant_label
 
-    c = m.get("config", {})
-    grid = {k: c[k] for k in ("keep_ratio", "span_size") if c.get(k) is not None}
-    now = preset(default_preset(), positions="original", **grid).to_dict()
-    off = PFlashConfig().to_dict()
-    rec = m.get("pflash_config", {})
-    return all(rec.get(k, off.get(k)) == v for k, v in now.items())
+    pc = m.get("pflash_config", {})
+    return pc.get("preset") == default_preset() and not variant_label(pc)
 
 
 def _run_label(m: dict) -> str:

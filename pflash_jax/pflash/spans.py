@@ -307,14 +307,10 @@ def target_positions(kept, positions_mode: str) -> np.ndarray:
 def select_tokens(importance, cfg: SelectionConfig, ids=None) -> np.ndarray:
     """importance [S] -> kept token positions: span scores, budget + forced spans (+ anchors
     from the prompt ids when cfg.anchors is not "none"), last token."""
-    imp = np.asarray(importance)
-    scores = span_scores(imp, cfg.span_size)
     if cfg.anchors != "none" and ids is None:
         raise ValueError(f"anchors={cfg.anchors!r} needs the prompt ids")
     anchors = None if ids is None else anchor_spans(ids, cfg.span_size, cfg)
-    if free_placement(cfg):
-        return select_positions(imp, cfg, anchors)[0]
-    return kept_positions(select_spans(scores, cfg, anchors), cfg.span_size, imp.shape[0])
+    return select_positions(importance, cfg, anchors)[0]
 
 
 def needle_recall(kept, needle_positions) -> float:
