@@ -11,13 +11,16 @@ Importance depends on the scoring options only, so variants that differ in selec
 (span_size, forced spans, anchors, ...) share the drafter pass and give what eval_tiny would
 give them one at a time, at the cost of one target prefill each; a variant that changes a
 scoring or drafter option is refused. Each variant's rows go to OUT/NAME/metrics.json and
-table.md in eval_tiny's format, so experiments/compare_evals.py reads them. Embedded v2 pair;
-keep ratio and positions as eval_tiny sets them (positions "original").
+table.md in eval_tiny's format, so experiments/compare_evals.py reads them, and one line per
+case to OUT/NAME/cases.jsonl (the failure analysis: the answer given and wanted, recall, and
+how many evidence needles survived whole). Embedded v2 pair; keep ratio and positions as
+eval_tiny sets them (positions "original").
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -35,6 +38,7 @@ from pflash_jax.pflash.spans import needle_recall
 from pflash_jax.run import load, weights_fingerprint
 from pflash_jax.run_config import ModelSpec
 from pflash_jax.tasks import make_cases, score
+from pflash_jax.tasks.grading import continuation_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_tiny import answer_budget, parse_task, render  # noqa: E402
@@ -52,6 +56,24 @@ def variant_configs(name: str, keep: float, variants: dict[str, dict]) -> dict:
             raise SystemExit(f"sweep_selection: variant {v!r} changes a scoring or drafter "
                              "option: it cannot share the drafter pass (use eval_tiny)")
     return cfgs
+
+
+def needle_runs(positions) -> list[np.ndarray]:
+    """A case's needle token positions split into needles (runs of consecutive positions)."""
+    p = np.asarray(positions).reshape(-1)
+    return np.split(p, np.flatnonzero(np.diff(p) > 1) + 1) if p.size else []
+
+
+def case_record(case, i: int, result, tok) -> dict:
+    """One case of one variant, for cases.jsonl."""
+    kept = np.asarray(result.kept_positions)
+    whole = [bool(np.isin(n, kept).all()) for n in needle_runs(case.needle_positions)]
+    return {"case": i, "seed": int(case.seed), "acc": score(case, result.tokens, tok),
+            "recall": needle_recall(kept, case.needle_positions),
+            "needles_whole": int(sum(whole)), "needles": len(whole),
+            "distractors_kept": (needle_recall(kept, case.distractor_positions)
+                                 if case.distractor_positions.size else None),
+            "answer": continuation_text(result.tokens, tok), "want": list(case.answers)}
 
 
 def main() -> None:
@@ -84,6 +106,7 @@ def main() -> None:
     weights = {r: weights_fingerprint(TINY_DIR / r) for r in ("drafter", "target")}
     base = next(iter(cfgs.values()))
     rows = {v: [] for v in cfgs}
+    per_case = {v: [] for v in cfgs}
 
     def save(complete: bool):
         for v, c in cfgs.items():
@@ -95,6 +118,7 @@ def main() -> None:
                                                  "weights": weights, "complete": complete,
                                                  "rows": rows[v]})
             (out / "table.md").write_text(render(rows[v], provenance(), cfg))
+            (out / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per_case[v]))
 
     for S in (int(s) for s in a.lengths.split(",")):
         for entry in a.tasks:
@@ -103,14 +127,16 @@ def main() -> None:
             n_new = answer_budget(cases, tok)
             got = {v: ([], [], []) for v in cfgs}  # accuracy, recall, kept fraction
             bar = tqdm(cases, desc=f"S={S} {entry}", unit="case", leave=False)
-            for case in bar:
+            for i, case in enumerate(bar):
                 ids = check_inputs(drafter, target, case.ids, base, max_new_tokens=n_new)
                 dp = drafter_pass(drafter, ids, base)
                 for v, c in cfgs.items():
                     r = prefill_selected(target, ids, dp, c, max_new_tokens=n_new,
                                          target_attn=attn)
-                    got[v][0].append(score(case, r.tokens, tok))
-                    got[v][1].append(needle_recall(r.kept_positions, case.needle_positions))
+                    rec = case_record(case, i, r, tok)
+                    per_case[v].append({"task": entry, "S": S, **rec})
+                    got[v][0].append(rec["acc"])
+                    got[v][1].append(rec["recall"])
                     got[v][2].append(r.n_kept / S)
                 bar.set_postfix_str(", ".join(  # the running accuracy per variant
                     f"{v} {np.mean(g[0]):.2f}" for v, g in got.items()))

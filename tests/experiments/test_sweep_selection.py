@@ -39,6 +39,13 @@ def test_sweep_rows_match_eval_tiny(tmp_path):
     assert sweep["rows"] == ref["rows"]
     base = json.loads((tmp_path / "sweep/base/metrics.json").read_text())
     assert base["pflash_config"]["span_size"] == 32
+    # one line per case, agreeing with the row it was averaged into
+    cases = [json.loads(x) for x in (tmp_path / "sweep/s16/cases.jsonl").read_text().splitlines()]
+    assert len(cases) == 1
+    assert cases[0]["acc"] == ref["rows"][0]["pflash_acc"]
+    assert cases[0]["recall"] == ref["rows"][0]["recall"]
+    assert 0 <= cases[0]["needles_whole"] <= cases[0]["needles"] > 0
+    assert cases[0]["want"] and isinstance(cases[0]["answer"], str)
 
 
 def test_sweep_refuses_a_scoring_change(tmp_path):
