@@ -14,7 +14,8 @@ scoring or drafter option is refused. Each variant's rows go to OUT/NAME/metrics
 table.md in eval_tiny's format, so experiments/compare_evals.py reads them, and one line per
 case to OUT/NAME/cases.jsonl (the failure analysis: the answer given and wanted, recall, and
 how many evidence needles survived whole). Embedded v2 pair; keep ratio and positions as
-eval_tiny sets them (positions "original").
+eval_tiny sets them (positions "original") unless a variant sets its own (`{positions:
+renumbered}` changes only the target's prefill, so it shares the drafter pass too).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from eval_tiny import answer_budget, parse_task, render  # noqa: E402
 
 def variant_configs(name: str, keep: float, variants: dict[str, dict]) -> dict:
     """name -> PFlashConfig; every variant must share the first one's drafter pass."""
-    cfgs = {v: preset(name, keep_ratio=keep, positions="original", **o)
+    # eval_tiny's keep ratio and positions unless a variant sets its own (positions is a
+    # target-side option: renumbered positions share the drafter pass too)
+    cfgs = {v: preset(name, **{"keep_ratio": keep, "positions": "original", **o})
             for v, o in variants.items()}
     first = next(iter(cfgs.values()))
     for v, c in cfgs.items():
