@@ -34,7 +34,7 @@ from pflash_jax.report import ROWS, load_rows, read_compact, write_report  # noq
 QUALITY = "quality_tiny_h200"
 # folders under results/ whose tables.md and plots are regenerated from their rows.jsonl
 # the newest 128K rows (issue 17), newest folder first: the speed section's "latest rows"
-LATEST_SPEED = ("speedup_h200_qa", "speedup_h200_overlap", "speedup_h200_qk",
+LATEST_SPEED = ("speedup_h200_stride4", "speedup_h200_qa", "speedup_h200_overlap", "speedup_h200_qk",
                 "speedup_h200_fold", "speedup_h200_fused_select")
 REPORTS = ["speedup", "speedup_h200_triton", "speedup_h200_check", "speedup_h200_inside",
            *LATEST_SPEED,
@@ -316,7 +316,8 @@ def keep_table(rows) -> list[str]:
 # every PFlash row stands beside full prefill (`heldout_section`).
 HELDOUT_FULL = ("full_prefill_v2_h200_100/full_4096_8192",
                 "full_prefill_v2_h200_100/full_16384_32768")
-HELDOUT_PFLASH = ("pflash_v2_h200_100/pflash_16k_32k", "pflash_qa_default_h200_100")
+HELDOUT_PFLASH = ("pflash_v2_h200_100/pflash_16k_32k", "pflash_qa_default_h200_100",
+                  "pflash_qa_stride4_h200_100")
 
 
 def default_preset() -> str:
