@@ -98,8 +98,9 @@ def main(c: DictConfig) -> None:
     impl = {} if c.attention_impl is None else {"attention_impl": c.attention_impl}
     extra = OmegaConf.to_container(c.overrides) if c.get("overrides") else {}
     try:
-        pcfg = preset(c.preset, keep_ratio=c.keep_ratio, span_size=c.span_size,
-                      positions="original", **impl, **extra)
+        # original positions unless the overrides say otherwise ({positions: renumbered})
+        pcfg = preset(c.preset, **{"keep_ratio": c.keep_ratio, "span_size": c.span_size,
+                                   "positions": "original", **impl, **extra})
     except (TypeError, ValueError) as e:
         raise SystemExit(f"eval_tiny: overrides={extra}: {e}") from None
     try:  # every entry checked before the first (slow) row
