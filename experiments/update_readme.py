@@ -34,8 +34,8 @@ from pflash_jax.report import ROWS, load_rows, read_compact, write_report  # noq
 QUALITY = "quality_tiny_h200"
 # folders under results/ whose tables.md and plots are regenerated from their rows.jsonl
 # the newest 128K rows (issue 17), newest folder first: the speed section's "latest rows"
-LATEST_SPEED = ("speedup_h200_stride4", "speedup_h200_qa", "speedup_h200_overlap", "speedup_h200_qk",
-                "speedup_h200_fold", "speedup_h200_fused_select")
+LATEST_SPEED = ("speedup_h200_stride4", "speedup_h200_qa", "speedup_h200_overlap",
+                "speedup_h200_qk", "speedup_h200_fold", "speedup_h200_fused_select")
 REPORTS = ["speedup", "speedup_h200_triton", "speedup_h200_check", "speedup_h200_inside",
            *LATEST_SPEED,
            QUALITY, "rtx3090_h200", "quality_quant_tiny_h200"]
