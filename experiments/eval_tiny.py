@@ -98,9 +98,10 @@ def main(c: DictConfig) -> None:
     impl = {} if c.attention_impl is None else {"attention_impl": c.attention_impl}
     extra = OmegaConf.to_container(c.overrides) if c.get("overrides") else {}
     try:
-        # original positions unless the overrides say otherwise ({positions: renumbered})
+        # the preset's positions (pflash, pflash_qa: renumbered) unless the overrides set their
+        # own ({positions: original})
         pcfg = preset(c.preset, **{"keep_ratio": c.keep_ratio, "span_size": c.span_size,
-                                   "positions": "original", **impl, **extra})
+                                   **impl, **extra})
     except (TypeError, ValueError) as e:
         raise SystemExit(f"eval_tiny: overrides={extra}: {e}") from None
     try:  # every entry checked before the first (slow) row

@@ -13,9 +13,9 @@ give them one at a time, at the cost of one target prefill each; a variant that 
 scoring or drafter option is refused. Each variant's rows go to OUT/NAME/metrics.json and
 table.md in eval_tiny's format, so experiments/compare_evals.py reads them, and one line per
 case to OUT/NAME/cases.jsonl (the failure analysis: the answer given and wanted, recall, and
-how many evidence needles survived whole). Embedded v2 pair; keep ratio and positions as
-eval_tiny sets them (positions "original") unless a variant sets its own (`{positions:
-renumbered}` changes only the target's prefill, so it shares the drafter pass too).
+how many evidence needles survived whole). Embedded v2 pair; keep ratio as eval_tiny sets it
+and the preset's positions (pflash_qa: renumbered) unless a variant sets its own (`{positions:
+original}` changes only the target's prefill, so it shares the drafter pass too).
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from eval_tiny import answer_budget, parse_task, render  # noqa: E402
 
 def variant_configs(name: str, keep: float, variants: dict[str, dict]) -> dict:
     """name -> PFlashConfig; every variant must share the first one's drafter pass."""
-    # eval_tiny's keep ratio and positions unless a variant sets its own (positions is a
-    # target-side option: renumbered positions share the drafter pass too)
-    cfgs = {v: preset(name, **{"keep_ratio": keep, "positions": "original", **o})
+    # eval_tiny's keep ratio unless a variant sets its own (positions is a target-side option:
+    # a variant at original positions shares the drafter pass too)
+    cfgs = {v: preset(name, **{"keep_ratio": keep, **o})
             for v, o in variants.items()}
     first = next(iter(cfgs.values()))
     for v, c in cfgs.items():

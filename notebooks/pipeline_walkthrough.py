@@ -61,15 +61,14 @@ print("expected:", case.answers)
 
 # %% [markdown]
 # ## Configuration
-# The `pflash` preset (NoPE scoring, smoothing after the mean, floor budget) with three changes:
-# keep 10% of the spans; force only 1 head and 2 tail spans (the preset's 8 + 24 forced spans
-# would be half of a 2K prompt and hide the selection); and keep the tokens' original positions
-# (docs/design.md 1.2: our default when drafter and target share a tokenizer; the preset
-# renumbers them 0..K-1 like PFlash's text round-trip).
+# The `pflash` preset (NoPE scoring, smoothing after the mean, floor budget, the kept tokens
+# renumbered 0..K-1 for the target) with two changes: keep 10% of the spans; and force only 1
+# head and 2 tail spans (the preset's 8 + 24 forced spans would be half of a 2K prompt and hide
+# the selection). `positions="original"` would keep the tokens' prompt positions instead
+# (docs/design.md 1.2).
 
 # %%
-cfg = preset("pflash", keep_ratio=0.1, forced_head_spans=1, forced_tail_spans=2,
-             positions="original")
+cfg = preset("pflash", keep_ratio=0.1, forced_head_spans=1, forced_tail_spans=2)
 print(cfg.to_dict())
 n_new = len(tok.encode(case.target)) + 2  # the answer's tokens and a little slack
 

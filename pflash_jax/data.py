@@ -14,7 +14,8 @@ since those logits are computed anyway; the prompt's tokens are mostly predictab
 a large value would drown the answer signal.
 
 Sparse rows (`SparseRows`, off by default): a share of the rows shows the target what PFlash
-feeds it, a selection of a longer prompt at its original positions. The case is made
+feeds it at original positions (`selection.positions=original`; the renumbered default puts
+the kept tokens at 0..K-1 instead), a selection of a longer prompt. The case is made
 `stretch` x longer, every span holding a needle (evidence or distractor) and the question's
 last `question` tokens are kept, random other spans fill the row, and `positions` carries the
 kept tokens' original positions (the answer continues after the last one). Why: the tiny

@@ -124,6 +124,8 @@ def test_pflash_run_tensor_parallel_2_gives_the_same_tokens(tmp_path):
     assert two["pflash_tokens"] == one["pflash_tokens"], (two["pflash_tokens"], one)
     assert two["full_tokens"] == one["full_tokens"], (two["full_tokens"], one)
     assert two["n_kept"] == one["n_kept"]
+    # the default selection: kept tokens renumbered 0..K-1 on the split target too
+    assert runs[2]["pflash_config"]["positions"] == "renumbered"
     assert runs[2]["models"]["target"]["tensor_parallel"] == 2
     assert runs[2]["memory_plan"]["tensor_parallel"] == 2
     # the loading peak of each of the target's devices (None: the CPU reports no memory)

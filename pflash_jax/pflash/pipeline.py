@@ -7,9 +7,10 @@ Stages: `drafter.drafter_pass` (forward + token importance, see pflash/drafter.p
 `prefill_selected` (span scores, selection, target prefill of the kept tokens, decode).
 
 Design choices:
-- The target prefills the kept tokens at their original positions (or renumbered 0..K-1), as
-  one square causal attention call: kept positions are sorted, so index causality is position
-  causality. Greedy decode continues at the last position + 1, + 2, ...
+- The target prefills the kept tokens renumbered 0..K-1 (the default; or at their original
+  positions, `selection.positions`), as one square causal attention call: kept positions are
+  sorted, so index causality is position causality either way. Greedy decode continues at the
+  last position + 1, + 2, ...: K, K+1, ... renumbered, S, S+1, ... original.
 - Shape buckets: the target's kept length is padded up to a bucket (pad tokens go after the
   real ones, so causality keeps them out of every real row; the cache length is set to the real
   count so decode never sees them).
@@ -203,13 +204,14 @@ def full_prefill(target, ids, *, max_new_tokens: int = 1, chunk: int | None = No
     return FullResult(tokens, timings)
 
 
-def prefill_kept(target, ids, kept, positions_mode: str = "original", *,
+def prefill_kept(target, ids, kept, positions_mode: str = "renumbered", *,
                  max_new_tokens: int = 1, eos_id: int | None = None,
                  chunk: int | None = None, attn=None) -> np.ndarray:
     """The target's greedy answer from any chosen subset of the prompt: sorted unique `kept`
-    positions (the last one S - 1, the token the answer follows), at their original positions
-    or renumbered 0..K-1. What PFlash's target stage does with a selection, open to another
-    selection (an oracle, an ablation: experiments/probe_failures.py)."""
+    positions (the last one S - 1, the token the answer follows), renumbered 0..K-1 (as
+    SelectionConfig's default) or at their original positions. What PFlash's target stage does
+    with a selection, open to another selection (an oracle, an ablation:
+    experiments/probe_failures.py)."""
     ids = np.asarray(ids, np.int32)
     kept = np.asarray(kept, np.int32)
     if kept.ndim != 1 or kept.size == 0 or np.any(np.diff(kept) <= 0):

@@ -19,12 +19,13 @@ def _eval(tmp_path, *extra):
 
 
 def test_eval_tiny_overrides_and_recall_only(tmp_path):
-    # positions is eval_tiny's own setting ("original"): an override of it must win, not clash
-    p = _eval(tmp_path, "with_full=false", "overrides={score_layers: 1, positions: renumbered}")
+    # positions: the preset's renumbered (tests/experiments/test_sweep_selection.py); an
+    # override of it must win
+    p = _eval(tmp_path, "with_full=false", "overrides={score_layers: 1, positions: original}")
     assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
     m = json.loads((tmp_path / "out/metrics.json").read_text())
     assert m["complete"] is True and m["pflash_config"]["score_layers"] == 1
-    assert m["pflash_config"]["positions"] == "renumbered"
+    assert m["pflash_config"]["positions"] == "original"
     from pflash_jax.embedded import TINY_DIR
     from pflash_jax.run import weights_fingerprint
     assert m["weights"] == {r: weights_fingerprint(TINY_DIR / r) for r in ("drafter", "target")}

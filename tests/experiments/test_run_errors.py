@@ -43,16 +43,21 @@ def test_preset_attention_wins_unless_set(overrides, impl, alpha):
     assert (p.attention_impl, p.alpha) == (impl, alpha), (overrides, p)
 
 
-@pytest.mark.parametrize("name", ["pflash", "specprefill"])
+@pytest.mark.parametrize("name", ["pflash", "pflash_qa", "specprefill"])
 def test_composed_preset_equals_the_preset(name):
-    """Every option the run job leaves unset is the preset's own value (positions aside: the
-    pflash group file sets `original` on purpose, our default with one shared tokenizer)."""
+    """Every option the run job leaves unset is the preset's own value, positions included
+    (pflash, pflash_qa: renumbered; specprefill: original)."""
     from pflash_jax.pflash.config import preset
 
     got = pflash_config(_config(f"selection={name}")).to_dict()
     want = preset(name).to_dict()
     differ = {k for k in want if got[k] != want[k]}
-    assert differ <= {"positions"}, {k: (got[k], want[k]) for k in differ}
+    assert not differ, {k: (got[k], want[k]) for k in differ}
+
+
+def test_run_default_renumbers_and_original_positions_stay_an_option():
+    assert pflash_config(_config()).selection.positions == "renumbered"
+    assert pflash_config(_config("selection.positions=original")).selection.positions == "original"
 
 
 def test_specprefill_run_has_a_dense_drafter(tmp_path):

@@ -36,6 +36,7 @@ def test_sweep_rows_match_eval_tiny(tmp_path):
     assert sweep["pflash_config"] == ref["pflash_config"]
     assert sweep["pflash_config"]["span_size"] == 16
     assert sweep["pflash_config"]["forced_tail_spans"] == 4
+    assert ref["pflash_config"]["positions"] == "renumbered"  # eval_tiny's default: the preset's
     assert sweep["rows"] == ref["rows"]
     base = json.loads((tmp_path / "sweep/base/metrics.json").read_text())
     assert base["pflash_config"]["span_size"] == 32

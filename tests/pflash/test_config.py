@@ -60,12 +60,16 @@ def test_to_dict_rebuilds_the_same_config(name):
     assert preset(flat.pop("preset"), **flat) == cfg
 
 
-def test_default_is_pflash_with_original_positions():
+def test_default_is_pflash_with_renumbered_positions():
+    """The plain dataclasses are the pflash preset, positions included (renumbered since
+    results/positions_early_exit_h100); original positions stay an option."""
     d = PFlashConfig().to_dict()
     p = preset("pflash").to_dict()
     diff = {k for k in d if d[k] != p[k]}
-    assert diff == {"positions", "preset"}, diff
-    assert d["positions"] == "original"
+    assert diff == {"preset"}, diff
+    assert d["positions"] == "renumbered" and SelectionConfig().positions == "renumbered"
+    assert preset("pflash_qa").selection.positions == "renumbered"
+    assert SelectionConfig(positions="original").positions == "original"
 
 
 def test_overrides_route_to_the_right_dataclass():

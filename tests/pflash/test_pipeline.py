@@ -216,6 +216,32 @@ def test_early_exit_scores_equal_a_drafter_cut_to_its_first_layers():
         preset("specprefill", score_layers=2)
 
 
+@pytest.mark.parametrize("positions,chunk", [("renumbered", None), ("renumbered", 64),
+                                             ("original", None)])
+def test_target_prefill_and_decode_follow_the_positions_mode(pair, positions, chunk):
+    """PFlash's tokens are greedy decoding of the kept ids alone at 0..K-1 (renumbered: the
+    default) or at their prompt positions (original), decode continuing after the last one;
+    chunked per-token work changes nothing. The two modes' references differ here, so a
+    pipeline that ignored the mode would fail one of them."""
+    from pflash_jax.pflash.spans import target_positions
+
+    drafter, target = pair
+    ids = prompt(400, seed=3)
+    cfg = preset("pflash", attention_impl="reference", block_size=64, keep_ratio=0.2,
+                 positions=positions)
+    r = speculative_prefill(drafter, target, ids, cfg, max_new_tokens=6, chunk=chunk)
+    kept = r.kept_positions
+    assert kept[-1] == 399 and kept.size < 400  # gapped: the modes' positions differ
+
+    def greedy(mode):
+        return qwen3.greedy_generate(target, ids[kept], 6, target_positions(kept, mode)[None])
+
+    want = greedy(positions)
+    np.testing.assert_array_equal(r.tokens, want)
+    other = greedy("original" if positions == "renumbered" else "renumbered")
+    assert not np.array_equal(want, other), (want, other)
+
+
 def test_prefill_kept_is_the_target_stage_of_both_paths(pair):
     """prefill_kept on every position gives full prefill's tokens; on PFlash's selection it
     gives PFlash's; a selection not ending at the last token is refused by name."""
