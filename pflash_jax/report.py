@@ -244,7 +244,7 @@ VARIANT_KEYS = ("n_tail", "tail_mode", "rope", "pooling", "pool_width", "score_l
                 "skip_layers", "tail_weights", "rounding", "forced_head_spans",
                 "forced_tail_spans", "forced_spans", "anchors", "anchor_ngram",
                 "anchor_window", "anchor_radius", "tail_rows", "question_lines", "trail_width",
-                "span_stride")
+                "span_stride", "positions")
 LEGACY = {"forced_spans": "on_top", "anchors": "none", "score_layers": None, "skip_layers": 0,
           "tail_weights": "uniform", "tail_rows": "last", "question_lines": 2, "trail_width": 0,
           "span_stride": None}
@@ -253,7 +253,8 @@ LEGACY = {"forced_spans": "on_top", "anchors": "none", "score_layers": None, "sk
 def variant_label(pc: dict) -> str:
     """The options of a row's pflash_config that differ from its preset's values, "k=v, ..."
     ("" for the preset itself): rows that differ in any of them are never pooled. Positions
-    are left out (the run job's pflash file sets "original" on purpose, docs/design.md 1.2).
+    count too: the run configs and eval_tiny set "original" over the pflash presets' renumbered
+    until the renumbered default (docs/design.md 1.2), so those runs read "positions=original".
     Rows recorded before an option existed carry its old behaviour (LEGACY: forced spans on
     top of the budget)."""
     from pflash_jax.pflash.config import PRESETS

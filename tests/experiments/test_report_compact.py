@@ -205,8 +205,7 @@ def test_readme_heldout_section_merges_full_and_pflash_of_the_current_pair(tmp_p
     write_metrics(tmp_path / "qa" / "metrics.json",
                   {"config": {"preset": "pflash_qa", "keep_ratio": 0.05, "span_size": 32,
                               "overrides": {"trail_width": 8}},
-                   "pflash_config": preset("pflash_qa", positions="original",
-                                           trail_width=8).to_dict(),
+                   "pflash_config": preset("pflash_qa", trail_width=8).to_dict(),
                    "weights": now, "provenance": prov,
                    "rows": [{"task": "niah_single", "S": 8192, "n_cases": 4, "full_acc": None,
                              "pflash_acc": 0.948, "recall": 0.97, "kept_frac": 0.047}]})
@@ -223,7 +222,8 @@ def test_readme_heldout_section_merges_full_and_pflash_of_the_current_pair(tmp_p
 
 def test_heldout_labels_say_what_a_run_used_when_the_preset_changed(tmp_path, monkeypatch):
     """A run recorded before pflash_qa placed its spans freely (no span_stride in its config)
-    is labelled with the grid it used and is not the package default; a run of today's
+    is labelled with the grid it used and is not the package default, nor is a run at
+    original positions (eval_tiny's setting before the renumbered default); a run of today's
     default is marked as such."""
     from pflash_jax.bench import write_metrics
 
@@ -233,16 +233,20 @@ def test_heldout_labels_say_what_a_run_used_when_the_preset_changed(tmp_path, mo
     monkeypatch.setattr(u, "RESULTS", tmp_path)
     prov = {"device": "cpu", "commit": "abc"}
     cfg = {"preset": "pflash_qa", "keep_ratio": 0.05, "span_size": 32}
-    today = preset("pflash_qa", positions="original").to_dict()
+    today = preset("pflash_qa").to_dict()
+    assert today["positions"] == "renumbered"
     old = {k: v for k, v in today.items() if k != "span_stride"}
+    original = preset("pflash_qa", positions="original").to_dict()
     row = {"task": "niah_single", "S": 8192, "n_cases": 4, "full_acc": None,
            "pflash_acc": 0.9, "recall": 0.97, "kept_frac": 0.047}
-    for name, pc in (("old", old), ("today", today)):
+    for name, pc in (("old", old), ("today", today), ("original", original)):
         write_metrics(tmp_path / name / "metrics.json",
                       {"config": cfg, "pflash_config": pc, "weights": now, "provenance": prov,
                        "rows": [row]})
-    text = u.heldout_section((), ("old", "today"))
+    text = u.heldout_section((), ("old", "today", "original"))
     assert ("- A: pflash_qa (span_stride=None), keep 0.05, span 32, forced spans 1 head + 2 "
             "tail inside the budget\n") in text, text
     assert ("- B: pflash_qa, keep 0.05, span 32, forced spans 1 head + 2 tail inside the "
             "budget (the package default)") in text, text
+    assert ("- C: pflash_qa (positions=original), keep 0.05, span 32, forced spans 1 head + 2 "
+            "tail inside the budget\n") in text, text
