@@ -4,6 +4,7 @@ memory plan; this times each of the Qwen3-0.6B drafter's four GEMM shapes on its
 stall can be pinned to a shape, a token count or an XLA flag. GPU (any backend runs it):
 
     XLA_FLAGS=... python experiments/probe_fp8_compile.py --seqs 8192,131072
+    python experiments/probe_fp8_compile.py --jit-options xla_gpu_enable_triton_gemm=false
     -> one line per (seq, shape, format): compile s, warm ms, TFLOP/s, the GEMM XLA chose
 """
 
@@ -31,13 +32,26 @@ def shapes(cfg) -> dict[str, tuple[int, int]]:
             "gate_up": (D, 2 * cfg.intermediate_size), "down": (cfg.intermediate_size, D)}
 
 
-def probe(seq: int, name: str, n_in: int, n_out: int, fmt: str) -> str:
+def parse_options(text: str) -> dict:
+    """'name=value,...' -> jax.jit compiler_options (true/false -> bool, digits -> int)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--jit-options: {item!r} is not name=value")
+        low = value.strip().lower()
+        out[name.strip()] = (low == "true" if low in ("true", "false")
+                             else int(low) if low.lstrip("-").isdigit() else value.strip())
+    return out
+
+
+def probe(seq: int, name: str, n_in: int, n_out: int, fmt: str, options: dict) -> str:
     x = jax.random.normal(jax.random.key(0), (seq, n_in), jnp.bfloat16)
     w = 0.02 * jax.random.normal(jax.random.key(1), (n_in, n_out), jnp.float32)
     w = w.astype(jnp.bfloat16)
     if fmt == "fp8":
         w = quant.to_device(quant.quantize_array(jax.device_get(w.astype(jnp.float32)), "fp8"))
-    fn = jax.jit(quant.matmul)
+    fn = jax.jit(quant.matmul, compiler_options=options or None)
     t0 = time.perf_counter()
     compiled = fn.lower(x, w).compile()
     compile_s = time.perf_counter() - t0
@@ -53,13 +67,18 @@ def main() -> None:
     ap.add_argument("--model", default="qwen3-0.6b")
     ap.add_argument("--seqs", default="8192,131072", help="comma-separated token counts")
     ap.add_argument("--formats", default="bf16,fp8")
+    ap.add_argument("--jit-options", default="",
+                    help="jax.jit compiler_options for the GEMM, name=value,... (XLA flags "
+                         "without the leading --)")
     args = ap.parse_args()
+    options = parse_options(args.jit_options)
     cfg = model_preset(args.model)
-    print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
+    print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}, jit options "
+          f"{options or 'none'}", flush=True)
     for seq in (int(s) for s in args.seqs.split(",")):
         for name, (n_in, n_out) in shapes(cfg).items():
             for fmt in args.formats.split(","):
-                print(probe(seq, name, n_in, n_out, fmt), flush=True)
+                print(probe(seq, name, n_in, n_out, fmt, options), flush=True)
 
 
 if __name__ == "__main__":

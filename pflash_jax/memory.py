@@ -189,7 +189,7 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
     too) when known, else the plain trees of the configs in the given dtypes. A sharded
     target_params (pflash_jax/sharding.py) makes a per-device plan; target_attn and fuse_qkv
     are then the run's (`sharding.ShardedAttention`, False)."""
-    from pflash_jax.pflash.drafter import drafter_scores, prefill_keep
+    from pflash_jax.pflash.drafter import prefill_keep, scores_jit
     from pflash_jax.pflash.pipeline import bucket, prefill_at
 
     t0 = time.perf_counter()
@@ -212,7 +212,7 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
                       Sb + max(n_gen, 1))
         kv = kv_cache_bytes(drafter_cfg, Sb + max(n_gen, 1), drafter_dtype)
     else:
-        m = _analysed(drafter_scores, dparams, drafter_cfg, ids, length, pcfg, chunk=chunk)
+        m = _analysed(scores_jit(dparams), dparams, drafter_cfg, ids, length, pcfg, chunk=chunk)
         kv = 0
     stages["drafter"] = _stage(m, dw, kv, resident=tw)
 

@@ -34,7 +34,7 @@ import numpy as np
 from pflash_jax.attention import block_sparse_attention, dense_attention
 from pflash_jax.attention.api import resolve_sparse
 from pflash_jax.attention.selection import select_blocks, select_blocks_fixed_density
-from pflash_jax.models import qwen3
+from pflash_jax.models import quant, qwen3
 from pflash_jax.models.qwen3 import KVCache, embed, final_logits
 from pflash_jax.pflash.config import PFlashConfig, ScoringConfig
 from pflash_jax.pflash.importance import fold_layer, importance, init_running_max
@@ -86,7 +86,6 @@ def _key_positions(Sb: int, length):
 
 
 # ---------------------------------------------------------------- tail mode
-@partial(jax.jit, static_argnames=("mcfg", "pcfg", "chunk"))
 def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
     """Fused drafter pass. ids [1, Sb] (padded), length = real S (traced) ->
     (running max float32 [n_tail, Sb], mean block density over the drafter's layers)."""
@@ -113,6 +112,23 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
                             per_layer=jnp.arange(mcfg.num_hidden_layers, dtype=jnp.int32))
     L = mcfg.num_hidden_layers
     return out.state, jnp.sum(out.attn_out) / max(L - 1, 1)
+
+
+# An fp8 (W8A8) drafter compiles with XLA's Triton GEMM fusions off. With them on, XLA's GPU
+# autotuner times Triton tilings of every fp8 dot against cuBLASLt's fp8 GEMM (which it then
+# picks anyway): 8-30 s per GEMM shape at 8K tokens on an H200 and over 150 s for the first
+# shape at 128K, while a bf16 GEMM takes < 1 s (results/fp8_compile_h200). Only this jit gets
+# the option: full prefill and the target keep XLA's defaults (the baseline is not touched).
+FP8_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+_STATIC = ("mcfg", "pcfg", "chunk")
+_drafter_scores_fp8 = jax.jit(drafter_scores, static_argnames=_STATIC,
+                              compiler_options=FP8_COMPILER_OPTIONS)
+drafter_scores = jax.jit(drafter_scores, static_argnames=_STATIC)
+
+
+def scores_jit(params):
+    """The jitted `drafter_scores` for a drafter's params: fp8 ones get FP8_COMPILER_OPTIONS."""
+    return _drafter_scores_fp8 if quant.quantized_format(params) == "fp8" else drafter_scores
 
 
 def first_layers(params, mcfg, k: int | None):
@@ -286,8 +302,9 @@ def drafter_pass(drafter, ids, cfg: PFlashConfig, *, chunk: int | None = None) -
         Sb = -(-S // cfg.block_size) * cfg.block_size
         ids_p = np.zeros(Sb, np.int32)
         ids_p[:S] = ids
-        rmax, density = drafter_scores(drafter.params, drafter.config, jnp.asarray(ids_p)[None],
-                                       jnp.int32(S), cfg, chunk=chunk)
+        rmax, density = scores_jit(drafter.params)(drafter.params, drafter.config,
+                                                   jnp.asarray(ids_p)[None], jnp.int32(S), cfg,
+                                                   chunk=chunk)
     jax.block_until_ready(rmax)
     t1 = time.perf_counter()
     imp = np.asarray(_importance(rmax, cfg.scoring, length=jnp.int32(S),

@@ -299,3 +299,24 @@ def test_scoring_variants_change_importance_as_documented(pair):
     np.testing.assert_allclose(got, ref, rtol=1e-6)
     with pytest.raises(ValueError, match="skip_layers=3 leaves no drafter layer"):
         check_inputs(drafter, drafter, ids, with_(skip_layers=3))
+
+
+def test_fp8_drafter_gets_its_compiler_options_and_the_same_scores(pair):
+    """An fp8 drafter's scoring jit carries FP8_COMPILER_OPTIONS (XLA's fp8 GEMM autotuning
+    stall, LOG session 18); the options change compilation only, so both jits agree exactly."""
+    from pflash_jax.models import quant
+    from pflash_jax.pflash import drafter as drafter_mod
+
+    drafter, _ = pair
+    assert drafter_mod.scores_jit(drafter.params) is drafter_scores
+    qparams = quant.quantize_params(drafter.params, "fp8")
+    assert drafter_mod.scores_jit(qparams) is drafter_mod._drafter_scores_fp8
+    S, Sb = 200, 256
+    ids_p = np.zeros(Sb, np.int32)
+    ids_p[:S] = prompt(S, seed=11)
+    cfg = preset("pflash", attention_impl="reference", block_size=64)
+    args = (qparams, drafter.config, jnp.asarray(ids_p)[None], jnp.int32(S), cfg)
+    got, _ = drafter_mod.scores_jit(qparams)(*args)
+    ref, _ = drafter_scores(*args)
+    err = float(jnp.max(jnp.abs(got - ref)))
+    assert err == 0.0, f"fp8 drafter scores differ between the two jits by {err}"
