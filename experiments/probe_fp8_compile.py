@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -49,9 +50,11 @@ def probe(seq: int, name: str, n_in: int, n_out: int, fmt: str, options: dict) -
     x = jax.random.normal(jax.random.key(0), (seq, n_in), jnp.bfloat16)
     w = 0.02 * jax.random.normal(jax.random.key(1), (n_in, n_out), jnp.float32)
     w = w.astype(jnp.bfloat16)
-    if fmt == "fp8":
+    out = jnp.float32
+    if fmt.startswith("fp8"):  # fp8: the GEMM writes float32; fp8b: bf16 (quant.matmul)
+        out = jnp.bfloat16 if fmt == "fp8b" else jnp.float32
         w = quant.to_device(quant.quantize_array(jax.device_get(w.astype(jnp.float32)), "fp8"))
-    fn = jax.jit(quant.matmul, compiler_options=options or None)
+    fn = jax.jit(partial(quant.matmul, fp8_out=out), compiler_options=options or None)
     t0 = time.perf_counter()
     compiled = fn.lower(x, w).compile()
     compile_s = time.perf_counter() - t0
@@ -66,7 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen3-0.6b")
     ap.add_argument("--seqs", default="8192,131072", help="comma-separated token counts")
-    ap.add_argument("--formats", default="bf16,fp8")
+    ap.add_argument("--formats", default="bf16,fp8", help="bf16, fp8, fp8b (fp8 GEMM writing bf16)")
     ap.add_argument("--jit-options", default="",
                     help="jax.jit compiler_options for the GEMM, name=value,... (XLA flags "
                          "without the leading --)")

@@ -207,9 +207,12 @@ def abstract_quantized(cfg, fmt: str, dtype, group: int = INT4_GROUP) -> Params:
     return unflatten(flat)
 
 
-def matmul(x, w):
+def matmul(x, w, fp8_out=None):
     """x [..., in] @ w [in, out] -> [..., out] in x's dtype; w a plain array or a
-    QuantizedWeight (int8 / int4: dequantized into the GEMM; fp8: W8A8, see the docstring)."""
+    QuantizedWeight (int8 / int4: dequantized into the GEMM; fp8: W8A8, see the docstring).
+    fp8_out: the dtype the fp8 GEMM writes before the scales are applied; None: x's dtype
+    (bf16 activations: half the output traffic of float32 at one more bf16 rounding, the GEMM
+    still sums in float32; results/fp8_compile_h200 times both)."""
     if not isinstance(w, QuantizedWeight):
         return x @ w
     if w.format != "fp8":
@@ -225,8 +228,8 @@ def matmul(x, w):
     # Exact on any backend: every e4m3 value is a bf16 value, products are summed in float32.
     acc = jax.lax.dot_general(xq.astype(jnp.bfloat16), w.values.astype(jnp.bfloat16),
                               (((x.ndim - 1,), (0,)), ((), ())),
-                              preferred_element_type=jnp.float32)
-    return (acc * xs * w.scale).astype(x.dtype)
+                              preferred_element_type=fp8_out or x.dtype)
+    return (acc.astype(jnp.float32) * xs * w.scale).astype(x.dtype)
 
 
 def concat_out(ws):
