@@ -393,7 +393,7 @@ def speed_table(rows: list[dict]) -> str:
             sel += f", {r['variant']}"
         tp = r.get("target_tensor_parallel", 1)
         device = r["device"] if tp == 1 else f"{tp}x {r['device']} (target split)"
-        body += (f"| {device} | {r['drafter']} -> {r['target']} | {r['dtype']} | "
+        body += (f"| {device} | {r['drafter']} -> {r['target']} | {_formats(r)} | "
                  f"{r['kernels']} | {r['S']} | "
                  f"{r['keep_ratio']} | {r['span_size']} | {sel} | {_fmt(r['block_density'])} | "
                  f"{r['full_ttft_s']:.4g} | {r['pflash_ttft_s']:.4g} | "
@@ -445,6 +445,14 @@ def projected_cell(r: dict) -> str:
     return " / ".join("-" if f"{k}_ttft_s" not in p else
                       f"{p[f'{k}_ttft_s']:.3g}" + ("" if p[f"{k}_fits"] else "*")
                       for k in ("pflash", "full"))
+
+
+def _formats(r: dict) -> str:
+    """A speed row's weight formats: the dtype, or each model's when either is quantized."""
+    dq, tq = r.get("drafter_quantize"), r.get("target_quantize")
+    if not dq and not tq:
+        return r["dtype"]
+    return f"drafter {dq or r['dtype']} / target {tq or r['dtype']}"
 
 
 def _target_label(r: dict) -> str:

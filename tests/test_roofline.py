@@ -173,3 +173,13 @@ def test_early_exit_rows_count_the_drafter_layers_that_ran():
     assert full["pflash_drafter_forward"] == R.forward_work(d, 32768, 2, density=0.2)
     assert ee["full_target_prefill"] == full["full_target_prefill"]
     assert R.floor(_row(score_layers=14))["pflash_ttft_s"] < R.floor(_row())["pflash_ttft_s"]
+
+
+def test_speed_table_names_a_quantized_drafter():
+    """An fp8 drafter's row must not read like a bf16 one (results/fp8_drafter_h100 holds both
+    at the same settings): the format column names each model's format when one is quantized."""
+    rows = load_rows([ROOT / "results/fp8_drafter_h100"])
+    assert {r.get("drafter_quantize") for r in rows} == {"fp8", None}
+    lines = [ln for ln in speed_table(rows).splitlines() if ln.startswith("| NVIDIA")]
+    assert sum("drafter fp8 / target bfloat16" in ln for ln in lines) == 2, lines
+    assert sum("| bfloat16 |" in ln for ln in lines) == 2, lines
