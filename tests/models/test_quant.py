@@ -412,3 +412,19 @@ def test_row_blocks_divide_the_rows_and_bound_the_block():
 def test_fuse_qkv_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="fuse_qkv must be True, False or 'qk'"):
         qwen3.forward_jit(_model(3), CFG, _ids(3), jnp.arange(T)[None], fuse_qkv="qkv")
+
+
+def test_fp8_matmul_bf16_output_is_one_rounding_from_float32_output():
+    """bf16 activations: the fp8 GEMM writes bf16 before the rescale (quant.matmul fp8_out
+    default). Against writing float32, each output differs by at most the extra bf16
+    rounding: half a bf16 ulp of the unscaled sum, i.e. 2^-8 relative, plus the final one."""
+    rng = np.random.default_rng(7)
+    w = _weights(rng, 256, 96)
+    x = jnp.asarray(rng.standard_normal((33, 256)), jnp.bfloat16)
+    q = quant.to_device(quant.quantize_array(w, "fp8"))
+    got = np.asarray(jax.jit(quant.matmul)(x, q), np.float64)
+    ref = np.asarray(quant.matmul(x, q, fp8_out=jnp.float32), np.float64)
+    err = np.abs(got - ref)
+    bound = 2.0**-7 * np.abs(ref) + 1e-30  # two bf16 roundings (2^-8 relative each)
+    rel = (err / (np.abs(ref) + 1e-30)).max()
+    assert np.all(err <= bound), f"max err {err.max():.3g}, max err / |ref| {rel:.3g}"
