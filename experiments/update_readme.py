@@ -317,7 +317,7 @@ def keep_table(rows) -> list[str]:
 HELDOUT_FULL = ("full_prefill_v2_h200_100/full_4096_8192",
                 "full_prefill_v2_h200_100/full_16384_32768")
 HELDOUT_PFLASH = ("pflash_v2_h200_100/pflash_16k_32k", "pflash_qa_default_h200_100",
-                  "pflash_qa_stride4_h200_100")
+                  "pflash_qa_stride4_h200_100", "positions_early_exit_h100/ren")
 
 
 def default_preset() -> str:

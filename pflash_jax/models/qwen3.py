@@ -1,8 +1,9 @@
 """Qwen3 forward pass: pure functions of (params, static cfg), layers scanned.
 
 Design choices:
-- Prefill takes explicit positions [B, T]. The target prefills the kept tokens at their original
-  (sorted, possibly gapped) positions; causality between kept tokens is then plain index
+- Prefill takes explicit positions [B, T]. The target prefills the kept tokens renumbered
+  0..K-1 by default, or at their original (sorted, possibly gapped) positions
+  (`selection.positions`, pflash/pipeline.py); either way causality between kept tokens is plain index
   causality, so attention is always a square causal call: `attn(q, k, v) -> o` with
   q [B,T,N,H], k/v [B,T,K,H]. `attn` is a name for `pflash_jax.attention.dense_attention`
   ("auto" | "reference" | "xla" | "cudnn" | "mosaic") or any callable with that signature
