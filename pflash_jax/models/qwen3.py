@@ -3,8 +3,8 @@
 Design choices:
 - Prefill takes explicit positions [B, T]. The target prefills the kept tokens renumbered
   0..K-1 by default, or at their original (sorted, possibly gapped) positions
-  (`selection.positions`, pflash/pipeline.py); either way causality between kept tokens is plain index
-  causality, so attention is always a square causal call: `attn(q, k, v) -> o` with
+  (`selection.positions`, pflash/pipeline.py); either way causality between kept tokens is
+  plain index causality, so attention is always a square causal call: `attn(q, k, v) -> o` with
   q [B,T,N,H], k/v [B,T,K,H]. `attn` is a name for `pflash_jax.attention.dense_attention`
   ("auto" | "reference" | "xla" | "cudnn" | "mosaic") or any callable with that signature
   (block-sparse kernels).
