@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from pflash_jax.bench import provenance, write_metrics
 from pflash_jax.embedded import TINY_DIR
+from pflash_jax.models.quant import FORMATS
 from pflash_jax.models.qwen3 import greedy_generate
 from pflash_jax.pflash.config import preset
 from pflash_jax.pflash.pipeline import speculative_prefill
@@ -80,7 +81,9 @@ def render(rows: list[dict], prov: dict, cfg: dict) -> str:
         f"{r['recall']:.2f} | {r['kept_frac']:.3f} |\n" for r in rows)
     return (f"Tiny pair, held-out cases. preset={cfg['preset']} keep_ratio={cfg['keep_ratio']} "
             f"span={cfg['span_size']} drafter attention={cfg['attention_impl']}"
-            f"{''.join(f' {k}={v}' for k, v in (cfg.get('overrides') or {}).items())}. "
+            + (f" drafter_quantize={cfg['drafter_quantize']}" if cfg.get("drafter_quantize")
+               else "")
+            + f"{''.join(f' {k}={v}' for k, v in (cfg.get('overrides') or {}).items())}. "
             f"Device {prov['device']}, jax {prov['jax']}, commit {prov['commit']}.\n\n"
             + head + body)
 
@@ -88,9 +91,13 @@ def render(rows: list[dict], prov: dict, cfg: dict) -> str:
 @hydra.main(config_path="../pflash_jax/configs", config_name="eval_tiny", version_base=None)
 def main(c: DictConfig) -> None:
     # dtype "auto": bf16 on GPU (cuDNN flash attention needs a 16-bit dtype), f32 on CPU
+    quantize = {"drafter": c.get("drafter_quantize"), "target": None}
+    if quantize["drafter"] not in (None, *FORMATS):
+        raise SystemExit(f"eval_tiny: drafter_quantize must be null or one of {FORMATS}, got "
+                         f"{quantize['drafter']!r}")
     drafter, target = (
         load(ModelSpec(name, path=str(Path(c.models_dir) / role) if c.models_dir else None,
-                       embedded=role), role)
+                       embedded=role, quantize=quantize[role]), role)
         for name, role in (("tiny_drafter", "drafter"), ("tiny_target", "target")))
     attn = "cudnn" if jax.default_backend() == "gpu" else "reference"
     tok = target.tokenizer

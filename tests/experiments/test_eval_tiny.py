@@ -41,6 +41,19 @@ def test_eval_tiny_bad_override_is_one_line(tmp_path):
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
 
 
+def test_eval_tiny_fp8_drafter_and_a_bad_format(tmp_path):
+    """drafter_quantize=fp8 runs the drafter W8A8 (recorded, named in the table); a format that
+    does not exist is one error line naming the option."""
+    p = _eval(tmp_path, "with_full=false", "drafter_quantize=fp8")
+    assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+    m = json.loads((tmp_path / "out/metrics.json").read_text())
+    assert m["config"]["drafter_quantize"] == "fp8" and 0.0 <= m["rows"][0]["recall"] <= 1.0
+    assert "drafter_quantize=fp8" in (tmp_path / "out/table.md").read_text()
+    p = _eval(tmp_path, "with_full=false", "drafter_quantize=fp4")
+    assert p.returncode != 0 and "eval_tiny: drafter_quantize" in p.stderr
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+
+
 def test_parse_task_entries():
     import importlib.util
     spec = importlib.util.spec_from_file_location("eval_tiny", REPO / "experiments/eval_tiny.py")
