@@ -98,7 +98,11 @@ def test_compare_evals_table(tmp_path):
             "provenance": prov, "config": {"overrides": {"n_tail": 64}},
             "rows": [{"task": t, "S": 4096, "pflash_acc": acc, "recall": rec, "full_acc": None}
                      for t, acc, rec in rows]}))
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    m["config"]["drafter_quantize"] = "fp8"
+    (tmp_path / "b" / "metrics.json").write_text(json.dumps(m))
     text = ce.compare([tmp_path / "a", tmp_path / "b"])
+    assert "drafter fp8" in text.split("`b`")[1] and "drafter fp8" not in text.split("`b`")[0]
     assert "| task | S | a | b |" in text
     assert "| niah_single | 4096 | 0.90 / 0.80 | 1.00 / 0.98 |" in text
     assert "| niah_multikey | 4096 | 0.30 / 0.35 | - |" in text
