@@ -189,7 +189,7 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
     too) when known, else the plain trees of the configs in the given dtypes. A sharded
     target_params (pflash_jax/sharding.py) makes a per-device plan; target_attn and fuse_qkv
     are then the run's (`sharding.ShardedAttention`, False)."""
-    from pflash_jax.pflash.drafter import prefill_keep, scores_jit
+    from pflash_jax.pflash.drafter import prefill_keep_jit, scores_jit
     from pflash_jax.pflash.pipeline import bucket, prefill_at
 
     t0 = time.perf_counter()
@@ -208,7 +208,7 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
     length = jax.ShapeDtypeStruct((), i32)
     if pcfg.scoring.tail_mode == "lookahead":
         n_gen = pcfg.scoring.n_tail - 1
-        m = _analysed(prefill_keep, dparams, drafter_cfg, ids, length, pcfg, chunk,
+        m = _analysed(prefill_keep_jit(dparams), dparams, drafter_cfg, ids, length, pcfg, chunk,
                       Sb + max(n_gen, 1))
         kv = kv_cache_bytes(drafter_cfg, Sb + max(n_gen, 1), drafter_dtype)
     else:

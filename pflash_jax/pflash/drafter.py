@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -40,13 +39,33 @@ from pflash_jax.pflash.config import PFlashConfig, ScoringConfig
 from pflash_jax.pflash.importance import fold_layer, importance, init_running_max
 
 _importance = jax.jit(importance, static_argnames=("cfg",))
+# An fp8 (W8A8) drafter's jits compile with XLA's Triton GEMM fusions off. With them on, XLA's
+# GPU autotuner times Triton tilings of every fp8 dot against cuBLASLt's fp8 GEMM (which it then
+# picks anyway): 8-30 s per GEMM shape at 8K tokens on an H200 and over 150 s for the first
+# shape at 128K, while a bf16 GEMM takes < 1 s (results/fp8_compile_h200). Only the drafter's
+# fp8 jits get the option: full prefill and the target keep XLA's defaults (the baseline is
+# not touched).
+FP8_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
+
+def _jit_pair(fn, static_argnames):
+    """(fn jitted, fn jitted with FP8_COMPILER_OPTIONS): the second for an fp8 drafter."""
+    return (jax.jit(fn, static_argnames=static_argnames),
+            jax.jit(fn, static_argnames=static_argnames, compiler_options=FP8_COMPILER_OPTIONS))
+
+
+def _for(params, pair):
+    """The member of a _jit_pair that compiles the drafter whose params these are."""
+    return pair[1] if quant.quantized_format(params) == "fp8" else pair[0]
+
+
 # The drafter's q/k/v GEMMs: [Wq|Wk] as one and Wv apart, so v (read by the block-sparse kernel,
 # which needs it contiguous) is not copied out of a fused output: 4.0 ms less over Qwen3-0.6B's
 # 28 layers at 128K on an H200 (results/bench_layers_h200; qwen3.layer_qkv's fuse_qkv).
 DRAFTER_FUSE_QKV = "qk"
 PAD_POSITION = np.iinfo(np.int32).max  # position of padded keys: later than every query
 # Not donating: the prompt cache is read again by the extend pass after decoding.
-_decode = jax.jit(qwen3.decode, static_argnames=("cfg",))
+_decode = _jit_pair(qwen3.decode, ("cfg",))
 
 
 def resolve_impl(impl: str, dtype=None) -> str:
@@ -114,21 +133,12 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
     return out.state, jnp.sum(out.attn_out) / max(L - 1, 1)
 
 
-# An fp8 (W8A8) drafter compiles with XLA's Triton GEMM fusions off. With them on, XLA's GPU
-# autotuner times Triton tilings of every fp8 dot against cuBLASLt's fp8 GEMM (which it then
-# picks anyway): 8-30 s per GEMM shape at 8K tokens on an H200 and over 150 s for the first
-# shape at 128K, while a bf16 GEMM takes < 1 s (results/fp8_compile_h200). Only this jit gets
-# the option: full prefill and the target keep XLA's defaults (the baseline is not touched).
-FP8_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
-_STATIC = ("mcfg", "pcfg", "chunk")
-_drafter_scores_fp8 = jax.jit(drafter_scores, static_argnames=_STATIC,
-                              compiler_options=FP8_COMPILER_OPTIONS)
-drafter_scores = jax.jit(drafter_scores, static_argnames=_STATIC)
+drafter_scores, _drafter_scores_fp8 = _jit_pair(drafter_scores, ("mcfg", "pcfg", "chunk"))
 
 
 def scores_jit(params):
     """The jitted `drafter_scores` for a drafter's params: fp8 ones get FP8_COMPILER_OPTIONS."""
-    return _drafter_scores_fp8 if quant.quantized_format(params) == "fp8" else drafter_scores
+    return _for(params, (drafter_scores, _drafter_scores_fp8))
 
 
 def first_layers(params, mcfg, k: int | None):
@@ -145,7 +155,6 @@ def first_layers(params, mcfg, k: int | None):
 
 
 # ---------------------------------------------------------------- look-ahead mode
-@partial(jax.jit, static_argnames=("mcfg", "pcfg", "chunk", "cache_len"))
 def prefill_keep(params, mcfg, ids, length, pcfg: PFlashConfig, chunk, cache_len):
     """Look-ahead step 1: prefill ids [1, Sb] keeping a KV cache (capacity cache_len) and every
     layer's scoring keys, folding the last prompt token's query ->
@@ -173,7 +182,6 @@ def prefill_keep(params, mcfg, ids, length, pcfg: PFlashConfig, chunk, cache_len
     return final_logits(params, mcfg, last), cache, ks, out.state, density
 
 
-@partial(jax.jit, static_argnames=("mcfg", "pcfg"))
 def extend_scores(params, mcfg, new_ids, cache: KVCache, ks, length, rmax, pcfg: PFlashConfig):
     """Look-ahead step 3: fold the generated tokens' queries (positions length, length+1, ...)
     over the prompt keys into rmax; they attend to the prompt cache and causally each other."""
@@ -197,6 +205,16 @@ def extend_scores(params, mcfg, new_ids, cache: KVCache, ks, length, rmax, pcfg:
     return out.state
 
 
+_prefill_keep = _jit_pair(prefill_keep, ("mcfg", "pcfg", "chunk", "cache_len"))
+_extend_scores = _jit_pair(extend_scores, ("mcfg", "pcfg"))
+prefill_keep, extend_scores = _prefill_keep[0], _extend_scores[0]
+
+
+def prefill_keep_jit(params):
+    """The jitted `prefill_keep` for a drafter's params (fp8: FP8_COMPILER_OPTIONS)."""
+    return _for(params, _prefill_keep)
+
+
 def lookahead_running_max(drafter, ids: np.ndarray, cfg: PFlashConfig, *, chunk=None):
     """-> (running max [n_tail, Sb], mean block density, Sb) for `drafter_pass`."""
     S = ids.shape[0]
@@ -206,18 +224,22 @@ def lookahead_running_max(drafter, ids: np.ndarray, cfg: PFlashConfig, *, chunk=
     ids_p[:S] = ids
     mcfg, params = drafter.config, drafter.params
     length = jnp.int32(S)
-    lg, cache, ks, rmax_last, dens = prefill_keep(params, mcfg, jnp.asarray(ids_p)[None],
-                                                  length, cfg, chunk, Sb + max(n_gen, 1))
+    # module globals for the default jits (tests spy on extend_scores), the twins for fp8
+    fp8 = quant.quantized_format(params) == "fp8"
+    prefill, decode, extend = ((_prefill_keep[1], _decode[1], _extend_scores[1]) if fp8
+                               else (prefill_keep, _decode[0], extend_scores))
+    lg, cache, ks, rmax_last, dens = prefill(
+        params, mcfg, jnp.asarray(ids_p)[None], length, cfg, chunk, Sb + max(n_gen, 1))
     if n_gen == 0:
         return rmax_last, dens, Sb
     gen = [int(jnp.argmax(lg[0]))]
     dec_cache = cache
     for i in range(n_gen - 1):
-        lg, dec_cache = _decode(params, mcfg, jnp.asarray(gen[-1:], jnp.int32),
-                                jnp.asarray([S + i], jnp.int32), dec_cache)
+        lg, dec_cache = decode(params, mcfg, jnp.asarray(gen[-1:], jnp.int32),
+                               jnp.asarray([S + i], jnp.int32), dec_cache)
         gen.append(int(jnp.argmax(lg[0])))
-    rmax_gen = extend_scores(params, mcfg, jnp.asarray(gen, jnp.int32)[None], cache, ks, length,
-                             init_running_max(n_gen, Sb), cfg)
+    rmax_gen = extend(params, mcfg, jnp.asarray(gen, jnp.int32)[None], cache, ks, length,
+                      init_running_max(n_gen, Sb), cfg)
     return jnp.concatenate([rmax_gen, rmax_last], axis=0), dens, Sb
 
 

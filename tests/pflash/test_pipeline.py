@@ -1,5 +1,7 @@
 """The pipeline end to end on tiny random models (CPU, reference attention)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -320,3 +322,30 @@ def test_fp8_drafter_gets_its_compiler_options_and_the_same_scores(pair):
     ref, _ = drafter_scores(*args)
     err = float(jnp.max(jnp.abs(got - ref)))
     assert err == 0.0, f"fp8 drafter scores differ between the two jits by {err}"
+
+
+def test_fp8_drafter_lookahead_runs_its_fp8_jits(pair):
+    """Look-ahead mode's three drafter jits (prefill, decode, extend) each pick the fp8 twin
+    for an fp8 drafter, and the drafter pass agrees exactly with the default-option jits."""
+    from pflash_jax.models import quant
+    from pflash_jax.pflash import drafter as drafter_mod
+
+    drafter, _ = pair
+    qd = dataclasses.replace(drafter, params=quant.quantize_params(drafter.params, "fp8"))
+    for pair_ in (drafter_mod._prefill_keep, drafter_mod._extend_scores, drafter_mod._decode):
+        assert drafter_mod._for(qd.params, pair_) is pair_[1]
+        assert drafter_mod._for(drafter.params, pair_) is pair_[0]
+    cfg = preset("pflash", tail_mode="lookahead", n_tail=4, attention_impl="reference",
+                 block_size=64)
+    ids = prompt(200, seed=12)
+    got = drafter_mod.lookahead_running_max(qd, ids, cfg)[0]
+    plain = {n: getattr(drafter_mod, n) for n in ("_prefill_keep", "_extend_scores", "_decode")}
+    try:  # both members the default-option jit: the reference
+        for n, p in plain.items():
+            setattr(drafter_mod, n, (p[0], p[0]))
+        ref = drafter_mod.lookahead_running_max(qd, ids, cfg)[0]
+    finally:
+        for n, p in plain.items():
+            setattr(drafter_mod, n, p)
+    err = float(jnp.max(jnp.abs(got - ref)))
+    assert err == 0.0, f"look-ahead fp8 running max differs between the jits by {err}"
