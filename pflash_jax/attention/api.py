@@ -18,11 +18,18 @@ block_sparse_attention: impl in {"auto", "reference", "triton", "mosaic"}; auto 
              interpret=True for the Mosaic GPU interpreter on CPU (its "smem" P@V variant)
 A bool [B, N, M, M] mask is turned into a BlockMask first: the diagonal block is added and, when
 causal, blocks above the diagonal are dropped, so both impls see the same pattern.
+
+fp8 Q/K (`qk_fp8_scales=(a, b)`, `quantize_qk`): q and k are rounded to float8_e4m3fn as
+q / a and k / b (a, b: float32 scales that keep |q| / a and |k| / b within e4m3's 448). The
+mosaic kernel multiplies them as fp8 wgmma operands and dequantizes the logits by a * b; every
+other impl runs on the rounded values dequantized back to q's dtype (an emulation of the same
+rounding, not a faster path), so a CPU or non-Hopper run sees what fp8 Q/K does to the output.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from pflash_jax.attention import reference
 from pflash_jax.attention.blockmask import BlockMask
@@ -161,14 +168,28 @@ def dense_attention(q, k, v, *, impl: str = "reference", causal: bool = True):
     raise ValueError(f"unknown dense attention impl {impl!r}; expected one of {DENSE_IMPLS}")
 
 
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+
+
+def quantize_qk(q, k, scales):
+    """(q8, k8, logit factor): q / a and k / b rounded to float8_e4m3fn, and a * b, for
+    scales = (a, b) (float32 scalars, traced or not)."""
+    a, b = (jnp.asarray(x, jnp.float32) for x in scales)
+    q8 = (q.astype(jnp.float32) / a).astype(jnp.float8_e4m3fn)
+    k8 = (k.astype(jnp.float32) / b).astype(jnp.float8_e4m3fn)
+    return q8, k8, a * b
+
+
 def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 128,
-                           causal: bool = True, interpret: bool = False, block_sizes=None):
+                           causal: bool = True, interpret: bool = False, block_sizes=None,
+                           qk_fp8_scales=None):
     """Block-sparse GQA prefill attention. q [B,S,N,H], k/v [B,S,K,H] -> [B,S,N,H] in q.dtype.
 
     block_mask: a BlockMask (from select_blocks) or bool [B, N, ceil(S/bs), ceil(S/bs)] where
     [b, h, m, n] = query block m of head h reads key block n. Any S (padding handled inside).
     block_sizes: optional triton.BlockSizes (kernel tiles and launch knobs) for impl="triton",
     mosaic.BlockSizes (pipeline depth, P@V variant) for impl="mosaic".
+    qk_fp8_scales: None (Q K^T in q's dtype) or (a, b): fp8 Q/K (module docstring).
     """
     S = q.shape[1]
     impl = resolve_sparse(impl, q.dtype)
@@ -178,6 +199,17 @@ def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 
     elif block_mask.block_size != block_size or block_mask.seq_len != S:
         raise ValueError(f"BlockMask has block_size={block_mask.block_size}, "
                          f"seq_len={block_mask.seq_len}; call has block_size={block_size}, S={S}")
+    if qk_fp8_scales is not None:
+        q8, k8, factor = quantize_qk(q, k, qk_fp8_scales)
+        if impl == "mosaic":
+            from pflash_jax.attention import mosaic
+
+            kw = {} if block_sizes is None else {"block_sizes": block_sizes}
+            return mosaic.block_sparse_attention(q8, k8, v, block_mask, causal=causal,
+                                                 interpret=interpret, qk_scale=factor, **kw)
+        a, b = (jnp.asarray(x, jnp.float32) for x in qk_fp8_scales)
+        q = (q8.astype(jnp.float32) * a).astype(q.dtype)  # the same rounding, dequantized
+        k = (k8.astype(jnp.float32) * b).astype(k.dtype)
     if impl == "reference":
         return reference.block_sparse_attention(q, k, v, block_mask.mask, block_size=block_size,
                                                 causal=causal)

@@ -132,6 +132,7 @@ class KernelParams:
     shared_mask: bool  # one mask row for every head ([B, 1, M, M])
     overlap: bool = False  # BlockSizes.overlap
     schedule: str = "rendezvous"  # BlockSizes.schedule; "none" without BlockSizes.schedule_barrier
+    qk_scaled: bool = False  # read a runtime factor of the logits from Refs.qk_scale (fp8 Q/K)
 
 
 class Refs(NamedTuple):
@@ -143,12 +144,14 @@ class Refs(NamedTuple):
     q: Any  # [B, S_pad, N, H] GMEM
     k: Any  # [B, S_pad, K, H] GMEM
     v: Any  # [B, S_pad, K, H] GMEM
+    qk_scale: Any  # [1] float32 GMEM  the logits' dequantization factor (read when qk_scaled)
     o: Any  # [B, S_pad, N, H] GMEM
     q_smem2: Any  # [2, bq, H]  this CTA's query rows, one tile per compute warpgroup; reused
-    #               for the output tile
+    #               for the output tile when q has the output's dtype
     k_smem: Any  # [stages, block, H]  the K ring
     v_smem: Any  # [stages, block, H]  the V ring
     p_smem2: Any  # [2, bq, block] P tiles (pv="smem"), else None
+    o_smem2: Any  # [2, bq, H] output tiles when Q is fp8 (else None: the Q tile is reused)
     k_loaded: Any  # [stages] barriers: TMA -> compute
     v_loaded: Any  # [stages]
     q_loaded: Any  # [2]
@@ -178,7 +181,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
     """The ItemOps of warpgroup wg over the kernel's refs (Refs' fields, in order)."""
     r = Refs(*refs)
     bq = cfg.block // COMPUTE_WGS
-    dtype = r.q.dtype
+    dtype = r.v.dtype  # P and the output: V's dtype (Q and K may be fp8)
 
     def slot_of(j):
         return lax.rem(j, jnp.int32(cfg.stages))
@@ -216,11 +219,13 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         return jnp.where(ok, s, MASK_VALUE)
 
     def write_out(acc, l_i, q_smem, b, q0, h):
-        """o = acc / l through the Q tile (all wgmmas reading Q have completed) to GMEM."""
+        """o = acc / l through the Q tile (all wgmmas reading Q have completed; an fp8 Q has
+        its own output tile) to GMEM."""
         out = acc / lax.broadcast_in_dim(l_i, acc.shape, [0])
-        q_smem[...] = out.astype(dtype)
+        o_smem = q_smem if r.o_smem2 is None else r.o_smem2.at[wg]
+        o_smem[...] = out.astype(dtype)
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(q_smem, r.o.at[b, pl.ds(q0, bq), h])
+        plgpu.copy_smem_to_gmem(o_smem, r.o.at[b, pl.ds(q0, bq), h])
         plgpu.wait_smem_to_gmem(0)  # (and a persistent CTA's next Q may overwrite the tile)
 
     def load_q(b, h, m):
@@ -239,12 +244,18 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
                                   plgpu.Layout.WGMMA.reduce(1)),
                 plgpu.layout_cast(jnp.zeros((bq,), jnp.float32), plgpu.Layout.WGMMA.reduce(1)))
 
-    def softmax(s, m_i, l_i):
-        """One online-softmax step on raw logits s -> (P in q's dtype, new max, new sum, the
+    def logit_factor():
+        """c with softmax(s * scale) = exp2(s * c - ...): static, times the runtime
+        dequantization factor of fp8 Q/K (positive, so it commutes with the running max)."""
+        c = cfg.scale * LOG2E
+        return r.qk_scale[0] * c if cfg.qk_scaled else c
+
+    def softmax(s, m_i, l_i, qk_scale):
+        """One online-softmax step on raw logits s -> (P in V's dtype, new max, new sum, the
         correction the output accumulator is multiplied by). The running max is kept in raw
         units (scale > 0 commutes with max), so the scale enters once, as one FMA per element
-        inside exp2's argument: s * c - m * c, not a multiply of every logit, then a subtract."""
-        qk_scale = cfg.scale * LOG2E
+        inside exp2's argument: s * c - m * c, not a multiply of every logit, then a subtract.
+        qk_scale: logit_factor()."""
         m_new = jnp.maximum(m_i, s.max(axis=1))
         corr = jnp.exp2((m_i - m_new) * qk_scale)
         p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(m_new * qk_scale, s.shape, [0]))
@@ -258,6 +269,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
             return overlapped(b, h, m, hm, count)
         q_smem, q0 = load_q(b, h, m)
         H = q_smem.shape[-1]
+        c = logit_factor()
 
         def step(j, carry, masked: bool, kv0=None):
             acc, m_i, l_i = carry
@@ -273,7 +285,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
             plgpu.barrier_arrive(r.k_consumed.at[slot])
             if masked:
                 s = mask_block(s, kv0, q0)
-            p16, m_new, l_i, corr = softmax(s, m_i, l_i)
+            p16, m_new, l_i, corr = softmax(s, m_i, l_i, c)
             acc = acc * lax.broadcast_in_dim(corr, acc.shape, [0])
             schedule_sync()  # softmax done: the other warpgroup's turn on the tensor cores
             plgpu.barrier_wait(r.v_loaded.at[slot])
@@ -313,6 +325,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         order of the blocks (up to rounding), so the diagonal going first changes no result."""
         q_smem, q0 = load_q(b, h, m)
         H = q_smem.shape[-1]
+        c = logit_factor()
         token = cfg.schedule == "token"
 
         def before_issue():  # token: wait for this warpgroup's turn
@@ -348,7 +361,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         plgpu.barrier_arrive(r.k_consumed.at[slot0])
         acc, m0, l0 = initial_state()
         p16, m_i, l_i, _ = softmax(mask_block(s, r.idx[b, hm, m, count - 1] * cfg.block, q0),
-                                   m0, l0)
+                                   m0, l0, c)
         after_softmax()
 
         def step(j, carry):
@@ -365,7 +378,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
                 after_issue()  # the other warpgroup's turn to issue
                 s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # S_j done, P @ V may run
                 plgpu.barrier_arrive(r.k_consumed.at[slot])
-                p16, m_new, l_new, corr = softmax(s, m_i, l_i)
+                p16, m_new, l_new, corr = softmax(s, m_i, l_i, c)
                 o = o_ref[...]  # P_{j-1} V_{j-1} done
                 # Release V before the next rendezvous: with two ring slots the other
                 # warpgroup's next K load waits for it.
@@ -497,11 +510,21 @@ def default_block_sizes(interpret: bool) -> BlockSizes:
     return BlockSizes() if interpret else GPU_DEFAULT
 
 
+FP8_QK = jnp.dtype(jnp.float8_e4m3fn)  # the fp8 Q/K operands wgmma takes here
+
+
 @functools.partial(jax.jit, static_argnames=("causal", "block_sizes", "interpret"))
 def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = True,
                            block_sizes: BlockSizes | None = None,
-                           interpret: bool | plgpu.InterpretGPUParams = False):
-    """q [B,S,N,H], k/v [B,S,K,H] bf16/f16, BlockMask over M = ceil(S/bs) -> [B,S,N,H] q.dtype.
+                           interpret: bool | plgpu.InterpretGPUParams = False,
+                           qk_scale=None):
+    """q [B,S,N,H], k/v [B,S,K,H] bf16/f16, BlockMask over M = ceil(S/bs) -> [B,S,N,H] v.dtype.
+
+    fp8 Q/K: q and k float8_e4m3fn (wgmma's fp8 operands; Q K^T is K-major on both sides, the
+    only layout fp8 wgmma takes), v bf16/f16; P @ V stays 16-bit (V would have to be stored
+    transposed for an fp8 P @ V). qk_scale: the float32 factor that dequantizes the logits
+    (q ~= q8 * a, k ~= k8 * b: qk_scale = a * b), required with fp8 Q/K, a runtime value
+    (traced scalar) read by every CTA; None otherwise. The output then has V's dtype.
 
     block_sizes None: `default_block_sizes` (the overlapped pipeline compiled). interpret=True
     (or an InterpretGPUParams, e.g. with detect_races=True) runs the Mosaic GPU interpreter on
@@ -517,12 +540,22 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
     B, S, N, H = q.shape
     K = k.shape[2]
     bs = block_mask.block_size
-    dtype = jnp.dtype(q.dtype)
+    dtype = jnp.dtype(v.dtype)  # P, the output and (unless fp8) Q and K
+    fp8 = jnp.dtype(q.dtype) == FP8_QK
     if dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         raise NotImplementedError(f"impl='mosaic' runs bfloat16 or float16 (wgmma operands), "
                                   f"got {dtype.name}; cast, or use impl='triton'")
-    if k.dtype != dtype or v.dtype != dtype:
-        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if fp8:
+        if k.dtype != q.dtype:
+            raise ValueError(f"fp8 Q/K: q is {q.dtype} but k is {k.dtype}; quantize both")
+        if qk_scale is None:
+            raise ValueError("fp8 Q/K needs qk_scale, the float32 factor that dequantizes "
+                             "q8 . k8 into logits (the product of q's and k's scales)")
+    elif q.dtype != dtype or k.dtype != dtype:
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype} (Q/K may "
+                         f"be {FP8_QK.name} with a bfloat16/float16 V)")
+    qk_scaled = qk_scale is not None
+    qk_scale = jnp.reshape(jnp.asarray(1.0 if qk_scale is None else qk_scale, jnp.float32), (1,))
     if H % 64:
         raise ValueError(f"head dim {H} must be a multiple of 64 (128-byte swizzled tiles)")
     if N % K:
@@ -563,10 +596,11 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
     bq = bs // COMPUTE_WGS
     scratch = [
-        _smem((COMPUTE_WGS, bq, H), dtype),  # Q tiles, then O tiles
-        _smem((stages, bs, H), dtype),  # K ring
+        _smem((COMPUTE_WGS, bq, H), q.dtype),  # Q tiles, then O tiles (unless fp8)
+        _smem((stages, bs, H), k.dtype),  # K ring
         _smem((stages, bs, H), dtype),  # V ring
         _smem((COMPUTE_WGS, bq, bs), dtype) if pv == "smem" else None,  # P tiles
+        _smem((COMPUTE_WGS, bq, H), dtype) if fp8 else None,  # O tiles of an fp8 Q
         plgpu.Barrier(num_barriers=stages),  # k_loaded
         plgpu.Barrier(num_barriers=stages),  # v_loaded
         plgpu.Barrier(num_barriers=COMPUTE_WGS),  # q_loaded
@@ -580,7 +614,7 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         heads_per_kv=N // K, stages=stages, pv=pv, schedule=schedule,
         compute_registers=block_sizes.compute_registers,
         memory_registers=block_sizes.memory_registers, shared_mask=shared_mask,
-        overlap=block_sizes.overlap)
+        overlap=block_sizes.overlap, qk_scaled=qk_scaled)
     order = resolve_order(block_sizes.order, S_pad, H, dtype.itemsize, shared_mask)
     if block_sizes.persistent:
         n_ctas = mosaic_persistent.num_ctas(N * M * B, interpret=interpret is not None)
@@ -608,7 +642,7 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         compiler_params=plgpu.CompilerParams(approx_math=True),
         interpret=interpret,
         kernel_name="block_sparse_attention_mgpu",
-    )(block_mask.indices, block_mask.counts, q, k, v)
+    )(block_mask.indices, block_mask.counts, q, k, v, qk_scale)
     return out[:, :S]
 
 

@@ -89,7 +89,79 @@ class SharedMaskCases:
                      what=f"dense mosaic causal={causal}")
 
 
-class TestMosaicInterpret(SharedMaskCases, MosaicBase):
+class Fp8QKCases:
+    """fp8 Q/K (float8_e4m3fn wgmma operands, V and P in bf16): the kernel against the float32
+    reference on the same rounded q/k, dequantized (so only the kernel's own rounding of P and
+    the output is left: bf16 tolerance). Fresh random inputs; logits scaled up (q, k x 3) so
+    the softmax is peaked, as a trained model's, and e4m3's range is used (scales from amax)."""
+
+    interpret: bool
+    fp8_sizes = (None,)
+
+    def _fp8_case(self, seed, S, N, K, H, sizes=None, causal=True):
+        from pflash_jax.attention import api, mosaic
+
+        q, k, v = _qkv(seed, S, N, K, H, jnp.bfloat16)
+        q, k = 3 * q, 3 * k
+        scales = tuple(jnp.max(jnp.abs(x.astype(jnp.float32))) / api.FP8_MAX for x in (q, k))
+        q8, k8, factor = api.quantize_qk(q, k, scales)
+        bm = BlockMask.from_dense(_random_mask(seed, 1, N, -(-S // 128), p=0.7),
+                                  block_size=128, seq_len=S, causal=causal)
+        kw = {} if sizes is None else {"block_sizes": sizes}
+        out = mosaic.block_sparse_attention(q8, k8, v, bm, causal=causal, qk_scale=factor,
+                                            interpret=self.interpret, **kw)
+        assert out.dtype == jnp.bfloat16
+        deq = [x8.astype(jnp.float32) * s for x8, s in zip((q8, k8), scales, strict=True)]
+        exp = reference.block_sparse_attention(deq[0], deq[1], v.astype(jnp.float32), bm.mask,
+                                               block_size=128, causal=causal)
+        assert_close(np.asarray(out, np.float32), np.asarray(exp), dtype="bfloat16",
+                     what=f"fp8 Q/K {sizes} causal={causal}")
+        # the api entry quantizes itself and takes the same path
+        via_api = block_sparse_attention(q, k, v, bm, impl="mosaic", causal=causal,
+                                         interpret=self.interpret, qk_fp8_scales=scales,
+                                         **({} if sizes is None else {"block_sizes": sizes}))
+        np.testing.assert_array_equal(np.asarray(via_api, np.float32),
+                                      np.asarray(out, np.float32))
+        # the rounding changes the output: fp8 is not silently bf16 (peaked logits here)
+        bf = reference.block_sparse_attention(*(x.astype(jnp.float32) for x in (q, k, v)),
+                                              bm.mask, block_size=128, causal=causal)
+        assert float(np.abs(np.asarray(exp) - np.asarray(bf)).max()) > 1e-3
+
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_fp8_qk_matches_reference(self, causal):
+        for sizes in self.fp8_sizes:
+            self._fp8_case(61, 300, 2, 1, 128, sizes=sizes, causal=causal)
+
+    def test_fp8_qk_gqa_head_dim_64(self):
+        self._fp8_case(62, 400, 4, 2, 64)
+
+    def test_fp8_qk_emulated_elsewhere(self):
+        """impl="reference" with qk_fp8_scales runs on the same rounded values: it matches the
+        kernel at bf16 tolerance (the emulation a non-Hopper run of the option sees)."""
+        from pflash_jax.attention import api
+
+        q, k, v = _qkv(63, 300, 2, 1, 128, jnp.bfloat16)
+        scales = tuple(jnp.max(jnp.abs(x.astype(jnp.float32))) / api.FP8_MAX for x in (q, k))
+        mask = _random_mask(63, 1, 2, 3, p=0.7)
+        emul = block_sparse_attention(q, k, v, mask, impl="reference", qk_fp8_scales=scales)
+        kern = block_sparse_attention(q, k, v, mask, impl="mosaic", interpret=self.interpret,
+                                      qk_fp8_scales=scales)
+        assert_close(np.asarray(kern, np.float32), np.asarray(emul, np.float32),
+                     dtype="bfloat16", what="fp8 Q/K: kernel vs emulation")
+
+    def test_fp8_qk_refusals(self):
+        from pflash_jax.attention import mosaic
+
+        q, k, v = _qkv(64, 128, 1, 1, 64, jnp.bfloat16)
+        bm = BlockMask.from_dense(jnp.ones((1, 1, 1, 1), bool), block_size=128, seq_len=128)
+        q8, k8 = q.astype(jnp.float8_e4m3fn), k.astype(jnp.float8_e4m3fn)
+        with pytest.raises(ValueError, match="needs qk_scale"):
+            mosaic.block_sparse_attention(q8, k8, v, bm, interpret=self.interpret)
+        with pytest.raises(ValueError, match="quantize both"):
+            mosaic.block_sparse_attention(q8, k, v, bm, interpret=self.interpret, qk_scale=1.0)
+
+
+class TestMosaicInterpret(SharedMaskCases, Fp8QKCases, MosaicBase):
     """The kernel through the Mosaic GPU interpreter on the CPU (pv="smem")."""
 
     interpret = True
@@ -208,11 +280,12 @@ def test_compiled_mosaic_off_hopper_says_what_to_use():
 
 
 @pytest.mark.gpu
-class TestMosaicGPU(SharedMaskCases, MosaicBase):
+class TestMosaicGPU(SharedMaskCases, Fp8QKCases, MosaicBase):
     """Compiled for Hopper (sm_90) with the production selection block; default pv="registers"."""
 
     block_size = 128
     S = 700
+    fp8_sizes = (None, BlockSizes(), BlockSizes(persistent=True), BlockSizes(pv="smem"))
 
     @pytest.mark.parametrize("sizes", [BlockSizes(pv="smem"), BlockSizes(schedule_barrier=False),
                                        BlockSizes(pv="smem", stages=1, schedule_barrier=False),
