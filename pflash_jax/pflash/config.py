@@ -30,6 +30,9 @@ Preset values ("pflash" / "specprefill") and where they come from:
   session 8); "auto" picks it on a GPU, and pflash_qa (64 rows, where it saves ~50 ms at
   128K) uses "auto".
 - alpha 0.12, block_density None, block_size 128 for both (only read by block-sparse impls).
+- attention_qk "model" for both: Q K^T of the drafter's block-sparse attention in the model's
+  dtype; "fp8" rounds Q and K to e4m3 for it (issue 17's fp8 drafter; an option until its
+  organism recall is measured).
 - anchors "none" for both for now (the original PFlash has question n-gram anchors, 4-grams of
   the last 96 tokens, +-2 spans; the default gets chosen from an ablation), anchor_ngram 4,
   anchor_window 96, anchor_radius 2 (docs/design.md 1.2).
@@ -56,6 +59,7 @@ POSITION_MODES = ("original", "renumbered")
 FORCED_MODES = ("inside", "on_top")
 ANCHOR_MODES = ("none", "ngram")
 ATTENTION_IMPLS = ("auto", "reference", "triton", "mosaic", "dense")
+ATTENTION_QK = ("model", "fp8")
 FOLD_IMPLS = ("auto", "xla", "triton")
 
 
@@ -258,6 +262,12 @@ class PFlashConfig:
         included, about that fraction of each query-block row (fixed-density mode for timing
         random weights; attention.selection_common.density_budget).
     block_size: attention block size in tokens.
+    attention_qk: the operands of the drafter's block-sparse Q K^T: "model" (the drafter's
+        dtype) or "fp8" (float8_e4m3fn, each layer's q and k scaled by a bound from its
+        q_norm / k_norm weights, |x| <= max|w| sqrt(H) after RMSNorm and RoPE, so nothing
+        overflows and no pass over q/k is spent on an amax). The Mosaic kernel (Hopper) runs
+        fp8 wgmma; other impls run the same rounding dequantized (an emulation: no faster).
+        Selection and the scores read the unrounded q/k; P @ V stays in the model's dtype.
     preset: the name of the preset this config was built from ("custom" otherwise); results
         record it next to every option value.
     """
@@ -268,6 +278,7 @@ class PFlashConfig:
     alpha: float = 0.12
     block_density: float | None = None
     block_size: int = 128
+    attention_qk: str = "model"
     preset: str = "custom"
 
     def __post_init__(self):
@@ -278,6 +289,10 @@ class PFlashConfig:
                 f"PFlashConfig.selection must be a SelectionConfig, got {self.selection!r}"
             )
         _check_choice("PFlashConfig", "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _check_choice("PFlashConfig", "attention_qk", self.attention_qk, ATTENTION_QK)
+        if self.attention_qk == "fp8" and self.attention_impl == "dense":
+            raise ValueError("PFlashConfig.attention_qk='fp8' is an option of the block-sparse "
+                             "drafter attention; attention_impl='dense' has no fp8 Q/K path")
         _check_fraction("PFlashConfig", "alpha", self.alpha, allow_zero=True)
         if self.block_density is not None:
             _check_fraction("PFlashConfig", "block_density", self.block_density)
@@ -327,6 +342,7 @@ PRESETS: dict[str, dict] = {
         alpha=0.12,
         block_density=None,
         block_size=128,
+        attention_qk="model",
     ),
     "specprefill": dict(
         n_tail=8,
@@ -357,6 +373,7 @@ PRESETS: dict[str, dict] = {
         alpha=0.12,
         block_density=None,
         block_size=128,
+        attention_qk="model",
     ),
 }
 # Question-aware PFlash (ours, not a reproduction): the pflash preset with the question's rows

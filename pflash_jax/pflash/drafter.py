@@ -24,14 +24,16 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pflash_jax.attention import block_sparse_attention, dense_attention
-from pflash_jax.attention.api import resolve_sparse
+from pflash_jax.attention.api import FP8_MAX, resolve_sparse
 from pflash_jax.attention.selection import select_blocks, select_blocks_fixed_density
 from pflash_jax.models import quant, qwen3
 from pflash_jax.models.qwen3 import KVCache, embed, final_logits
@@ -74,22 +76,56 @@ def resolve_impl(impl: str, dtype=None) -> str:
     return impl if impl == "dense" else resolve_sparse(impl, dtype)
 
 
+class LayerExtra(NamedTuple):
+    """What the drafter's layer scan passes each layer besides its weights (`per_layer`)."""
+
+    index: jax.Array  # int32: the layer's number (skip_layers)
+    qk_scales: jax.Array | None = None  # float32 [2]: fp8 Q/K scales (attention_qk="fp8")
+
+
+# Rounding slack on the bound: rms_norm rounds its normalised vector to the model's dtype
+# before the weight multiplies it, which can land a few ulps over max|w| sqrt(H).
+QK_BOUND_SLACK = 1.02
+
+
+def qk_fp8_scales(params, mcfg) -> jax.Array:
+    """float32 [L, 2]: per layer, the scales (a, b) that map the drafter's post-RoPE q and k
+    into e4m3's range (attention_qk="fp8"). After RMSNorm an element is at most sqrt(H) in
+    magnitude (the normalised vector's squares sum to H), times max|w| of q_norm / k_norm; RoPE
+    rotates pairs (norm-preserving) and multiplies by YaRN's attention factor. So
+    |q| <= max|w_q| sqrt(H) factor: from the weights, no pass over q or k."""
+    _, factor = mcfg.rope_inv_freq()
+    bound = math.sqrt(mcfg.head_dim) * float(factor) * QK_BOUND_SLACK / FP8_MAX
+    w = [jnp.max(jnp.abs(x.astype(jnp.float32)), axis=-1)
+         for x in (params.layers.q_norm, params.layers.k_norm)]
+    return jnp.stack(w, axis=-1) * bound
+
+
+def layer_extras(params, mcfg, cfg: PFlashConfig) -> LayerExtra:
+    """The drafter scan's per_layer: every layer's LayerExtra, stacked."""
+    scales = qk_fp8_scales(params, mcfg) if cfg.attention_qk == "fp8" else None
+    return LayerExtra(jnp.arange(mcfg.num_hidden_layers, dtype=jnp.int32), scales)
+
+
 def drafter_attention(cfg: PFlashConfig):
-    """attn(qkv, extra) -> (o, block density) for one drafter layer (docs/design.md 1.1), in
-    the shape `qwen3.scan_layers` takes."""
+    """attn(qkv, extra: LayerExtra) -> (o, block density) for one drafter layer (docs/design.md
+    1.1), in the shape `qwen3.scan_layers` takes."""
     if cfg.attention_impl == "dense":
         return lambda qkv, _: (dense_attention(qkv.q, qkv.k, qkv.v, impl="auto"),
                                jnp.float32(1.0))
 
-    def attn(qkv, _):
+    def attn(qkv, extra):
         q, k, v = qkv.q, qkv.k, qkv.v
         if cfg.block_density is not None:
             mask = select_blocks_fixed_density(q, k, density=cfg.block_density,
                                                block_size=cfg.block_size)
         else:
             mask = select_blocks(q, k, alpha=cfg.alpha, block_size=cfg.block_size)
+        fp8 = None
+        if cfg.attention_qk == "fp8":
+            fp8 = (extra.qk_scales[0], extra.qk_scales[1])
         o = block_sparse_attention(q, k, v, mask, impl=cfg.attention_impl,
-                                   block_size=cfg.block_size)
+                                   block_size=cfg.block_size, qk_fp8_scales=fp8)
         return o, mask.density()
     return attn
 
@@ -116,19 +152,19 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
     k_pos = _key_positions(Sb, length)
     q_pos = length - T + jnp.arange(T, dtype=jnp.int32)
 
-    def fold(rmax, qkv, layer):
+    def fold(rmax, qkv, extra):
         qs, ks = scoring_qk(qkv, scfg.rope)
         q_tail = jax.lax.dynamic_slice_in_dim(qs[0], length - T, T, axis=0)
         new = fold_layer(rmax, q_tail, ks[0], q_pos, k_pos, scfg)
         # skip_layers: the first layers run but do not vote (SpecPC)
-        return (new if not scfg.skip_layers else jnp.where(layer >= scfg.skip_layers, new, rmax)
-                ), None
+        return (new if not scfg.skip_layers
+                else jnp.where(extra.index >= scfg.skip_layers, new, rmax)), None
 
     out = qwen3.scan_layers(params, mcfg, embed(params, ids), positions,
                             drafter_attention(pcfg), chunk=chunk, hook=fold,
                             state=init_running_max(T, Sb), last_qkv_only=True,
                             fuse_qkv=DRAFTER_FUSE_QKV,
-                            per_layer=jnp.arange(mcfg.num_hidden_layers, dtype=jnp.int32))
+                            per_layer=layer_extras(params, mcfg, pcfg))
     L = mcfg.num_hidden_layers
     return out.state, jnp.sum(out.attn_out) / max(L - 1, 1)
 
@@ -174,7 +210,8 @@ def prefill_keep(params, mcfg, ids, length, pcfg: PFlashConfig, chunk, cache_len
 
     out = qwen3.scan_layers(params, mcfg, embed(params, ids), positions,
                             drafter_attention(pcfg), chunk=chunk, hook=fold_and_keep,
-                            state=init_running_max(1, Sb), fuse_qkv=DRAFTER_FUSE_QKV)
+                            state=init_running_max(1, Sb), fuse_qkv=DRAFTER_FUSE_QKV,
+                            per_layer=layer_extras(params, mcfg, pcfg))
     k, v, ks = out.hook_out
     last = jax.lax.dynamic_index_in_dim(out.x, length - 1, axis=1, keepdims=False)
     cache = KVCache(k, v, length.astype(jnp.int32))
