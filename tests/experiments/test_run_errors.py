@@ -55,6 +55,15 @@ def test_composed_preset_equals_the_preset(name):
     assert not differ, {k: (got[k], want[k]) for k in differ}
 
 
+def test_attention_qk_fp8_reaches_the_config():
+    """attention.qk=fp8 sets PFlashConfig.attention_qk; unset, the preset's "model"; on a
+    dense drafter the config refuses it, naming the option."""
+    assert pflash_config(_config()).attention_qk == "model"
+    assert pflash_config(_config("attention.qk=fp8")).attention_qk == "fp8"
+    with pytest.raises(ValueError, match="attention_qk='fp8'"):
+        pflash_config(_config("selection=specprefill", "attention.qk=fp8"))
+
+
 def test_run_default_renumbers_and_original_positions_stay_an_option():
     assert pflash_config(_config()).selection.positions == "renumbered"
     assert pflash_config(_config("selection.positions=original")).selection.positions == "original"

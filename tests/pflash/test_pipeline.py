@@ -349,3 +349,53 @@ def test_fp8_drafter_lookahead_runs_its_fp8_jits(pair):
             setattr(drafter_mod, n, p)
     err = float(jnp.max(jnp.abs(got - ref)))
     assert err == 0.0, f"look-ahead fp8 running max differs between the jits by {err}"
+
+
+def test_qk_fp8_scales_bound_every_q_and_k(pair):
+    """attention_qk="fp8": each layer's scales come from its q_norm / k_norm weights (no amax
+    pass), and no post-RoPE q or k of any token exceeds e4m3's 448 once divided by them, even
+    with large, uneven norm weights; the bound is not vacuous (the range is used)."""
+    from pflash_jax.attention.api import FP8_MAX
+    from pflash_jax.pflash import drafter as drafter_mod
+
+    drafter, _ = pair
+    rng = np.random.default_rng(21)
+    layers = drafter.params.layers
+    layers = dataclasses.replace(
+        layers, q_norm=jnp.asarray(rng.uniform(-6, 6, layers.q_norm.shape), jnp.float32),
+        k_norm=jnp.asarray(rng.uniform(-3, 3, layers.k_norm.shape), jnp.float32))
+    params = dataclasses.replace(drafter.params, layers=layers)
+    scales = np.asarray(drafter_mod.qk_fp8_scales(params, drafter.config))
+    assert scales.shape == (drafter.config.num_hidden_layers, 2)
+    pos = jnp.arange(256, dtype=jnp.int32)[None]
+    x = 5.0 * jnp.asarray(rng.standard_normal((1, 256, drafter.config.hidden_size)), jnp.float32)
+    for li in range(drafter.config.num_hidden_layers):
+        layer = jax.tree.map(lambda a, i=li: a[i], params.layers)
+        qkv = qwen3.layer_qkv(layer, x, pos, drafter.config)
+        for t, s, what in ((qkv.q, scales[li, 0], "q"), (qkv.k, scales[li, 1], "k")):
+            top = float(jnp.max(jnp.abs(t))) / s
+            assert top <= FP8_MAX, f"layer {li} {what}: max |x| / scale = {top:.1f} > 448"
+            assert top > FP8_MAX / 16, f"layer {li} {what}: range unused ({top:.1f})"
+
+
+def test_fp8_qk_option_changes_scores_a_little(pair):
+    """attention_qk="fp8" reaches the drafter's attention (the scores move: the kernels'
+    e4m3 rounding of Q/K, emulated on the reference impl here) and stays an approximation of
+    the model-dtype drafter: e4m3 keeps 3 mantissa bits (~6% per element), so the running max
+    of a float32 drafter moves by at most 20% of its largest value (measured ~9% here)."""
+    drafter, _ = pair
+    S, Sb = 300, 384
+    ids_p = np.zeros(Sb, np.int32)
+    ids_p[:S] = prompt(S, seed=3)
+    out = {}
+    for qk in ("model", "fp8"):
+        cfg = preset("pflash", attention_impl="reference", block_size=64, attention_qk=qk)
+        out[qk] = np.asarray(drafter_scores(drafter.params, drafter.config,
+                                            jnp.asarray(ids_p)[None], jnp.int32(S), cfg)[0])
+    err = float(np.abs(out["fp8"] - out["model"]).max())
+    top = float(np.abs(out["model"]).max())
+    assert 0.0 < err <= 0.2 * top, f"fp8 Q/K moved the running max by {err:.3e} (max {top:.3e})"
+    with pytest.raises(ValueError, match="attention_qk='fp8'.*dense"):
+        preset("pflash", attention_impl="dense", attention_qk="fp8")
+    with pytest.raises(ValueError, match="attention_qk"):
+        preset("pflash", attention_qk="int8")
