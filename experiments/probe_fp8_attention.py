@@ -39,9 +39,12 @@ def qkv(S: int, N: int, K: int, H: int, gain: float, seed: int = 0):
     return normed(ks[0], N), normed(ks[1], K), v
 
 
-def kept_flops(bm, H: int) -> float:
-    """4 b^2 H per kept off-diagonal block and head, half of that for a diagonal one."""
-    counts = np.asarray(bm.counts, np.float64)  # every row's last kept entry is its diagonal
+def kept_flops(bm, H: int, N: int) -> float:
+    """4 b^2 H per kept off-diagonal block and head, half of that for a diagonal one, over the
+    N query heads (a mask shared by every head counts N times)."""
+    counts = np.asarray(bm.counts, np.float64)  # [B, N or 1, M]; a row's last entry: diagonal
+    if counts.shape[1] == 1:
+        counts = counts * N
     b = bm.block_size
     return float(4 * b * b * H * (counts.sum() - 0.5 * counts.size))
 
@@ -72,7 +75,7 @@ def main() -> None:
         q, k, v = qkv(S, N, K, H, args.qk_gain)
         bm = select_blocks_fixed_density(q, k, density=args.density, block_size=128)
         q8, k8, factor = api.quantize_qk(q, k, scales)
-        flops = kept_flops(bm, H) * N
+        flops = kept_flops(bm, H, N)
         ref = bf16(q, k, v, bm)
         outs = {"bf16": ref, "fp8 kernel": fp8_kernel(q8, k8, v, bm, factor),
                 "fp8 + quantize": fp8_full(q, k, v, bm)}
