@@ -190,7 +190,7 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
     target_params (pflash_jax/sharding.py) makes a per-device plan; target_attn and fuse_qkv
     are then the run's (`sharding.ShardedAttention`, False)."""
     from pflash_jax.pflash.drafter import prefill_keep_jit, scores_jit
-    from pflash_jax.pflash.pipeline import bucket, prefill_at
+    from pflash_jax.pflash.pipeline import bucket, target_jits
 
     t0 = time.perf_counter()
     i32 = jnp.int32
@@ -220,7 +220,8 @@ def plan_run(drafter_cfg: Qwen3Config, drafter_dtype, target_cfg: Qwen3Config, t
         nb = bucket(n_tokens)
         spec = jax.ShapeDtypeStruct((1, nb), i32)
         cache_len = nb + max(max_new_tokens - 1, 0)
-        m = _analysed(prefill_at, tparams, target_cfg, spec, spec, length, attn=target_attn,
+        prefill = target_jits(tparams)[0]  # fp8 targets: the run's compile options
+        m = _analysed(prefill, tparams, target_cfg, spec, spec, length, attn=target_attn,
                       chunk=chunk, cache_len=cache_len, kv_cache=kv_cache, fuse_qkv=fuse_qkv)
         kv = kv_cache_bytes(target_cfg, cache_len, target_dtype, kv_cache, tp)
         return _stage(m, tw, kv, resident)

@@ -26,16 +26,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pflash_jax.models import qwen3
+from pflash_jax.models import quant, qwen3
 from pflash_jax.models.qwen3 import embed, final_logits
 from pflash_jax.pflash.config import PFlashConfig
-from pflash_jax.pflash.drafter import DrafterPass, drafter_pass
+from pflash_jax.pflash.drafter import FP8_COMPILER_OPTIONS, DrafterPass, drafter_pass
 from pflash_jax.pflash.spans import (
     anchor_spans,
     forced_spans,
@@ -132,8 +131,6 @@ def check_inputs(drafter, target, ids, cfg: PFlashConfig, *, max_new_tokens: int
 
 
 # ---------------------------------------------------------------- target
-@partial(jax.jit, static_argnames=("cfg", "attn", "chunk", "cache_len", "kv_cache", "fuse_qkv",
-                                   "unroll"))
 def prefill_at(params, cfg, ids, positions, length, *, attn, chunk=None, cache_len=None,
                kv_cache="bf16", fuse_qkv=True, unroll=False):
     """Prefill padded ids [1, Tb] at positions; logits of row length-1 and a cache filled to
@@ -145,6 +142,25 @@ def prefill_at(params, cfg, ids, positions, length, *, attn, chunk=None, cache_l
                                 unroll=unroll)
     last = jax.lax.dynamic_index_in_dim(x, length - 1, axis=1, keepdims=False)
     return final_logits(params, cfg, last), cache._replace(length=length.astype(jnp.int32))
+
+
+_PREFILL_STATIC = ("cfg", "attn", "chunk", "cache_len", "kv_cache", "fuse_qkv", "unroll")
+# An fp8 (W8A8) target compiles with the drafter's FP8_COMPILER_OPTIONS, in both paths (its
+# PFlash prefill and the full-prefill baseline alike, so the comparison stays like for like):
+# at XLA's defaults an fp8 Qwen3-8B target at 128K had not compiled after 420 s (LOG, session
+# 21), the fp8 GEMM autotuning stall of results/fp8_compile_h200. bf16 targets: XLA's defaults.
+_prefill_at_fp8 = jax.jit(prefill_at, static_argnames=_PREFILL_STATIC,
+                          compiler_options=FP8_COMPILER_OPTIONS)
+prefill_at = jax.jit(prefill_at, static_argnames=_PREFILL_STATIC)
+_decode_fp8 = jax.jit(qwen3.decode, static_argnames=("cfg", "kv_cache", "fuse_qkv"),
+                      donate_argnames=("cache",), compiler_options=FP8_COMPILER_OPTIONS)
+
+
+def target_jits(params):
+    """(prefill, decode) jits for a target's params: fp8 ones get FP8_COMPILER_OPTIONS."""
+    if quant.quantized_format(params) == "fp8":
+        return _prefill_at_fp8, _decode_fp8
+    return prefill_at, qwen3.decode_jit
 
 
 # The greedy token on the device: 4 bytes to the host instead of the [V] float32 logits row
@@ -164,8 +180,9 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
     pos_p[:n] = positions
     pos_p[n:] = positions[-1] + 1 + np.arange(nb - n)  # increasing, never read by real rows
     cfg = target.config
+    prefill, decode = target_jits(target.params)
     t0 = time.perf_counter()
-    lg, cache = prefill_at(target.params, cfg, jnp.asarray(ids_p)[None], jnp.asarray(pos_p)[None],
+    lg, cache = prefill(target.params, cfg, jnp.asarray(ids_p)[None], jnp.asarray(pos_p)[None],
                            jnp.int32(n), attn=attn or "auto", chunk=chunk,
                            cache_len=nb + max(max_new_tokens - 1, 0), kv_cache=kv_cache,
                            fuse_qkv=fuse_qkv)
@@ -179,7 +196,7 @@ def _prefill_and_decode(target, ids, positions, max_new_tokens, chunk, timings, 
         if tok == eos_id:
             break
         pos += 1
-        lg, cache = qwen3.decode_jit(target.params, cfg, jnp.asarray([tok], jnp.int32),
+        lg, cache = decode(target.params, cfg, jnp.asarray([tok], jnp.int32),
                                      jnp.asarray([pos], jnp.int32), cache, fuse_qkv=fuse_qkv)
         tok = int(_greedy(lg))
         out.append(tok)
