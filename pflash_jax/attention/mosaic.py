@@ -48,7 +48,13 @@ P @ V variants (BlockSizes.pv), the one Hopper-vs-interpreter difference:
   nor pl.run_state nor stores into an accumulator ref. interpret=True therefore defaults to
   "smem"; the "registers" variant has never run on the CPU.
 
-Limits: bfloat16 and float16 only (wgmma operands; float32 is rejected, no silent downcast);
+fp8 Q/K (opt-in: q and k float8_e4m3fn, v bf16/f16, and `qk_scale`, the runtime factor that
+dequantizes the logits): Q K^T runs as fp8 wgmma (both operands K-major, as fp8 wgmma needs),
+the softmax folds qk_scale into its one FMA, P @ V stays 16-bit, and the output gets its own
+tile (the fp8 Q tile is half its size). 17% faster at 128K on an H100 (results/fp8_qk_h100).
+
+Limits: V bfloat16 or float16, Q/K the same or e4m3 (wgmma operands; float32 is rejected, no
+silent downcast);
 head dim a multiple of 64 (64 and 128 tested); T == S (prefill); forward only. On the GPU
 block_size must be 128 (compute warpgroups of 64 rows; 256 would need 128-row warpgroups whose
 accumulators do not fit the register budget); the interpreter accepts any block_size divisible
