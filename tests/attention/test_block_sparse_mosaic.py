@@ -239,6 +239,27 @@ class TestMosaicInterpret(SharedMaskCases, Fp8QKCases, MosaicBase):
         assert "mosaic_gpu" in text
         assert traced == ([min(132, 4 * 8)] if sizes.persistent else [])  # N * M items
 
+    @pytest.mark.parametrize("sizes", [BlockSizes(overlap=True, stages=3,
+                                                  schedule_barrier=False),
+                                       BlockSizes(), BlockSizes(persistent=True)])
+    def test_fp8_qk_variants_lower_for_cuda(self, sizes, monkeypatch):
+        """fp8 Q/K lowers to Mosaic GPU IR for CUDA in the compiled variants (the default
+        overlapped pipeline included, which the interpreter cannot run)."""
+        from pflash_jax.attention import mosaic, mosaic_persistent
+
+        monkeypatch.setattr(mosaic, "_check_device", lambda interpret: None)
+        monkeypatch.setattr(mosaic_persistent, "sm_count", lambda: 132)
+        q = jax.ShapeDtypeStruct((1, 1000, 4, 128), jnp.float8_e4m3fn)
+        k = jax.ShapeDtypeStruct((1, 1000, 2, 128), jnp.float8_e4m3fn)
+        v = jax.ShapeDtypeStruct((1, 1000, 2, 128), jnp.bfloat16)
+        bm = BlockMask.from_dense(_random_mask(99, 1, 4, self.blocks(1000)), block_size=128,
+                                  seq_len=1000)
+        f = jax.jit(lambda q, k, v, bm, c: mosaic.block_sparse_attention.__wrapped__(
+            q, k, v, bm, block_sizes=sizes, qk_scale=c))
+        text = f.trace(q, k, v, bm, jnp.float32(0.5)).lower(
+            lowering_platforms=("cuda",)).as_text()
+        assert "mosaic_gpu" in text
+
     def test_small_selection_block(self):
         """The interpreter also runs selection blocks other than 128 (16-row warpgroups here);
         the GPU path needs 128."""
