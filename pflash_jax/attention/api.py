@@ -168,7 +168,7 @@ def dense_attention(q, k, v, *, impl: str = "reference", causal: bool = True):
     raise ValueError(f"unknown dense attention impl {impl!r}; expected one of {DENSE_IMPLS}")
 
 
-FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+FP8_MAX = float(jnp.finfo(jnp.float8_e4m3fn).max)  # 448
 
 
 def quantize_qk(q, k, scales):
@@ -199,17 +199,15 @@ def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 
     elif block_mask.block_size != block_size or block_mask.seq_len != S:
         raise ValueError(f"BlockMask has block_size={block_mask.block_size}, "
                          f"seq_len={block_mask.seq_len}; call has block_size={block_size}, S={S}")
+    qk_scale = None  # the mosaic kernel's logit factor for fp8 Q/K
     if qk_fp8_scales is not None:
-        q8, k8, factor = quantize_qk(q, k, qk_fp8_scales)
+        q8, k8, qk_scale = quantize_qk(q, k, qk_fp8_scales)
         if impl == "mosaic":
-            from pflash_jax.attention import mosaic
-
-            kw = {} if block_sizes is None else {"block_sizes": block_sizes}
-            return mosaic.block_sparse_attention(q8, k8, v, block_mask, causal=causal,
-                                                 interpret=interpret, qk_scale=factor, **kw)
-        a, b = (jnp.asarray(x, jnp.float32) for x in qk_fp8_scales)
-        q = (q8.astype(jnp.float32) * a).astype(q.dtype)  # the same rounding, dequantized
-        k = (k8.astype(jnp.float32) * b).astype(k.dtype)
+            q, k = q8, k8
+        else:  # the same rounding, dequantized
+            a, b = (jnp.asarray(x, jnp.float32) for x in qk_fp8_scales)
+            q = (q8.astype(jnp.float32) * a).astype(q.dtype)
+            k = (k8.astype(jnp.float32) * b).astype(k.dtype)
     if impl == "reference":
         return reference.block_sparse_attention(q, k, v, block_mask.mask, block_size=block_size,
                                                 causal=causal)
@@ -224,5 +222,5 @@ def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 
 
         kw = {} if block_sizes is None else {"block_sizes": block_sizes}
         return mosaic.block_sparse_attention(q, k, v, block_mask, causal=causal,
-                                             interpret=interpret, **kw)
+                                             interpret=interpret, qk_scale=qk_scale, **kw)
     raise ValueError(f"unknown block-sparse impl {impl!r}; expected one of {SPARSE_IMPLS}")

@@ -31,8 +31,8 @@ Preset values ("pflash" / "specprefill") and where they come from:
   128K) uses "auto".
 - alpha 0.12, block_density None, block_size 128 for both (only read by block-sparse impls).
 - attention_qk "model" for both: Q K^T of the drafter's block-sparse attention in the model's
-  dtype; "fp8" rounds Q and K to e4m3 for it (issue 17's fp8 drafter; an option until its
-  organism recall is measured).
+  dtype; "fp8" rounds Q and K to e4m3 for it (issue 17's fp8 drafter: an option, recall
+  within a point on the organism, results/fp8_qk_h100).
 - anchors "none" for both for now (the original PFlash has question n-gram anchors, 4-grams of
   the last 96 tokens, +-2 spans; the default gets chosen from an ablation), anchor_ngram 4,
   anchor_window 96, anchor_radius 2 (docs/design.md 1.2).
