@@ -1,5 +1,6 @@
-"""Probe (issue 17): the Mosaic block-sparse kernel with fp8 Q/K against bf16, alone, at the
-drafter's shapes (Qwen3-0.6B: 16 q / 8 kv heads, head dim 128), fixed block density. GPU
+"""Probe (issue 17): the Mosaic block-sparse kernel with fp8 Q/K (and P @ V) against bf16,
+alone, at the drafter's shapes (Qwen3-0.6B: 16 q / 8 kv heads, head dim 128), fixed block
+density. GPU
 (Hopper: the fp8 path is wgmma's e4m3 operands):
 
     python experiments/probe_fp8_attention.py --seqs 32768,131072 --density 0.1
@@ -8,9 +9,11 @@ drafter's shapes (Qwen3-0.6B: 16 q / 8 kv heads, head dim 128), fixed block dens
 
 Paths: "bf16" (the kernel as the drafter runs it), "fp8 kernel" (q8, k8 given: the kernel
 alone), "fp8 + quantize" (bf16 q, k in: api.block_sparse_attention with qk_fp8_scales, the
-rounding inside the same jit, as the drafter would run it). q and k are RMS-normalised random
-vectors times `--qk-gain` (the drafter's q/k come out of q_norm/k_norm), so the logits have
-the spread of a trained model's rather than N(0, H).
+rounding inside the same jit, as the drafter would run it), "fp8 qkv kernel" (q8, k8, v8: fp8
+P @ V as well, V's transpose to V^T inside), "fp8 qkv + quantize" (api with v_fp8=True: V's
+amax and rounding inside the same jit, as attention_pv="fp8" runs). q and k are
+RMS-normalised random vectors times `--qk-gain` (the drafter's q/k come out of
+q_norm/k_norm), so the logits have the spread of a trained model's rather than N(0, H).
 """
 
 from __future__ import annotations
@@ -70,26 +73,35 @@ def main() -> None:
         q8, k8, v, bm, qk_scale=s))
     fp8_full = jax.jit(lambda q, k, v, bm: api.block_sparse_attention(
         q, k, v, bm, impl="mosaic", qk_fp8_scales=scales))
+    qkv_kernel = jax.jit(lambda q8, k8, v8, bm, s, vs: mosaic.block_sparse_attention(
+        q8, k8, v8, bm, qk_scale=s, v_scale=vs))
+    qkv_full = jax.jit(lambda q, k, v, bm: api.block_sparse_attention(
+        q, k, v, bm, impl="mosaic", qk_fp8_scales=scales, v_fp8=True))
     seqs = [int(s) for s in args.seqs.split(",")]
     for S in ([args.check_seq] if args.check_seq else []) + seqs:
         q, k, v = qkv(S, N, K, H, args.qk_gain)
         bm = select_blocks_fixed_density(q, k, density=args.density, block_size=128)
         q8, k8, factor = api.quantize_qk(q, k, scales)
+        v8, vs = api.quantize_v(v)
         flops = kept_flops(bm, H, N)
         ref = bf16(q, k, v, bm)
         outs = {"bf16": ref, "fp8 kernel": fp8_kernel(q8, k8, v, bm, factor),
-                "fp8 + quantize": fp8_full(q, k, v, bm)}
+                "fp8 + quantize": fp8_full(q, k, v, bm),
+                "fp8 qkv kernel": qkv_kernel(q8, k8, v8, bm, factor, vs),
+                "fp8 qkv + quantize": qkv_full(q, k, v, bm)}
         f32 = None
         if S == args.check_seq:
             f32 = reference.block_sparse_attention(
                 *(x.astype(jnp.float32) for x in (q, k, v)), bm.mask, block_size=128)
         runs = {"bf16": (bf16, (q, k, v, bm)),
                 "fp8 kernel": (fp8_kernel, (q8, k8, v, bm, factor)),
-                "fp8 + quantize": (fp8_full, (q, k, v, bm))}
+                "fp8 + quantize": (fp8_full, (q, k, v, bm)),
+                "fp8 qkv kernel": (qkv_kernel, (q8, k8, v8, bm, factor, vs)),
+                "fp8 qkv + quantize": (qkv_full, (q, k, v, bm))}
         for name, (fn, fn_args) in runs.items():
             t = bench.time_fn(fn, *fn_args, warmup=1, repeats=args.repeats).median_s
             err = np.abs(np.asarray(outs[name], np.float32) - np.asarray(ref, np.float32))
-            line = (f"seq {S:>6} {name:<15} {t * 1e3:8.3f} ms {flops / t / 1e12:6.0f} TFLOP/s  "
+            line = (f"seq {S:>6} {name:<18} {t * 1e3:8.3f} ms {flops / t / 1e12:6.0f} TFLOP/s  "
                     f"vs bf16 kernel: max {err.max():.3e} mean {err.mean():.3e}")
             if f32 is not None:
                 e32 = np.abs(np.asarray(outs[name], np.float32) - np.asarray(f32))

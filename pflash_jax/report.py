@@ -244,10 +244,11 @@ VARIANT_KEYS = ("n_tail", "tail_mode", "rope", "pooling", "pool_width", "score_l
                 "skip_layers", "tail_weights", "rounding", "forced_head_spans",
                 "forced_tail_spans", "forced_spans", "anchors", "anchor_ngram",
                 "anchor_window", "anchor_radius", "tail_rows", "question_lines", "trail_width",
-                "span_stride", "positions", "attention_qk")
+                "span_stride", "positions", "attention_qk", "attention_pv")
 LEGACY = {"forced_spans": "on_top", "anchors": "none", "score_layers": None, "skip_layers": 0,
           "tail_weights": "uniform", "tail_rows": "last", "question_lines": 2, "trail_width": 0,
-          "span_stride": None, "attention_qk": "model"}
+          "span_stride": None, "attention_qk": "model",
+          "attention_pv": "model"}
 
 
 def variant_label(pc: dict) -> str:

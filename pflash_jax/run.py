@@ -217,7 +217,7 @@ def pflash_config(c: RunConfig):
     # Only what the run sets overrides the preset: an unset attention option (None) keeps the
     # preset's value, so selection=specprefill runs SpecPrefill's dense drafter.
     attention = {"attention_impl": a.impl, "alpha": a.alpha, "block_density": a.density,
-                 "block_size": a.block_size, "attention_qk": a.qk}
+                 "block_size": a.block_size, "attention_qk": a.qk, "attention_pv": a.pv}
     overrides.update({k: v for k, v in attention.items() if v is not None})
     return preset(name, **overrides)
 

@@ -42,6 +42,7 @@ class AttentionSpec:
     #                               the kept fraction of causal blocks, structural ones included
     block_size: int | None = None  # presets: 128
     qk: str | None = None  # model | fp8: Q K^T operands of the block-sparse kernel (presets: model)
+    pv: str | None = None  # model | fp8: its P @ V operands (fp8 needs qk=fp8; presets: model)
     # The target's dense attention, for its PFlash prefill and the full-prefill baseline alike:
     # auto (mosaic on Hopper, cudnn on other GPUs, reference on CPU) | cudnn | mosaic | reference
     target: str = "auto"

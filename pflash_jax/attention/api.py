@@ -24,6 +24,11 @@ q / a and k / b (a, b: float32 scales that keep |q| / a and |k| / b within e4m3'
 mosaic kernel multiplies them as fp8 wgmma operands and dequantizes the logits by a * b; every
 other impl runs on the rounded values dequantized back to q's dtype (an emulation of the same
 rounding, not a faster path), so a CPU or non-Hopper run sees what fp8 Q/K does to the output.
+
+fp8 P @ V (`v_fp8=True`, with qk_fp8_scales): V is rounded to e4m3 too, at one per-call scale
+from its amax (`quantize_v`: V has no norm to bound it), and the mosaic kernel runs P @ V as
+fp8 wgmma with P in e4m3. Other impls emulate V's rounding only: P stays at their precision,
+so they bound from below what the kernel's P rounding (2^-4 relative) adds.
 """
 
 from __future__ import annotations
@@ -180,9 +185,17 @@ def quantize_qk(q, k, scales):
     return q8, k8, a * b
 
 
+def quantize_v(v):
+    """(v8, scale): v / scale rounded to float8_e4m3fn with scale = max|v| / 448 (one scalar per
+    call; a zero v gets scale 1)."""
+    amax = jnp.max(jnp.abs(v)).astype(jnp.float32)
+    scale = jnp.where(amax > 0, amax / FP8_MAX, 1.0)
+    return (v.astype(jnp.float32) / scale).astype(jnp.float8_e4m3fn), scale
+
+
 def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 128,
                            causal: bool = True, interpret: bool = False, block_sizes=None,
-                           qk_fp8_scales=None):
+                           qk_fp8_scales=None, v_fp8: bool = False):
     """Block-sparse GQA prefill attention. q [B,S,N,H], k/v [B,S,K,H] -> [B,S,N,H] in q.dtype.
 
     block_mask: a BlockMask (from select_blocks) or bool [B, N, ceil(S/bs), ceil(S/bs)] where
@@ -190,7 +203,11 @@ def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 
     block_sizes: optional triton.BlockSizes (kernel tiles and launch knobs) for impl="triton",
     mosaic.BlockSizes (pipeline depth, P@V variant) for impl="mosaic".
     qk_fp8_scales: None (Q K^T in q's dtype) or (a, b): fp8 Q/K (module docstring).
+    v_fp8: fp8 P @ V as well (needs qk_fp8_scales; module docstring).
     """
+    if v_fp8 and qk_fp8_scales is None:
+        raise ValueError("v_fp8=True (fp8 P @ V) runs with fp8 Q/K: pass qk_fp8_scales too")
+    out_dtype = q.dtype
     S = q.shape[1]
     impl = resolve_sparse(impl, q.dtype)
     if not isinstance(block_mask, BlockMask):
@@ -208,6 +225,10 @@ def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 
             a, b = (jnp.asarray(x, jnp.float32) for x in qk_fp8_scales)
             q = (q8.astype(jnp.float32) * a).astype(q.dtype)
             k = (k8.astype(jnp.float32) * b).astype(k.dtype)
+    v_scale = None
+    if v_fp8:
+        v8, v_scale = quantize_v(v)
+        v = v8 if impl == "mosaic" else (v8.astype(jnp.float32) * v_scale).astype(v.dtype)
     if impl == "reference":
         return reference.block_sparse_attention(q, k, v, block_mask.mask, block_size=block_size,
                                                 causal=causal)
@@ -221,6 +242,9 @@ def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 
         from pflash_jax.attention import mosaic
 
         kw = {} if block_sizes is None else {"block_sizes": block_sizes}
+        if v_fp8:
+            kw.update(v_scale=v_scale, out_dtype=jnp.dtype(out_dtype).name)
         return mosaic.block_sparse_attention(q, k, v, block_mask, causal=causal,
                                              interpret=interpret, qk_scale=qk_scale, **kw)
+
     raise ValueError(f"unknown block-sparse impl {impl!r}; expected one of {SPARSE_IMPLS}")

@@ -73,8 +73,11 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.mosaic import gpu as mgpu
+from jax.experimental.mosaic.gpu import utils as mgpu_utils
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pflash_jax.attention import mosaic_persistent
@@ -138,7 +141,12 @@ class KernelParams:
     shared_mask: bool  # one mask row for every head ([B, 1, M, M])
     overlap: bool = False  # BlockSizes.overlap
     schedule: str = "rendezvous"  # BlockSizes.schedule; "none" without BlockSizes.schedule_barrier
-    qk_scaled: bool = False  # read a runtime factor of the logits from Refs.qk_scale (fp8 Q/K)
+    qk_scaled: bool = False  # read a runtime factor of the logits from Refs.scales[0] (fp8 Q/K)
+    # fp8 P @ V: V arrives as V^T tiles ([B, K, H, S_pad] in GMEM, tokens permuted within each
+    # 16 when P is a register operand: `pv_token_order`), P is cast to e4m3 at 2^p_shift times
+    # its value, and the output is scaled by Refs.scales[1] (V's dequantization factor).
+    v_fp8: bool = False
+    p_shift: float = 0.0
 
 
 class Refs(NamedTuple):
@@ -150,14 +158,16 @@ class Refs(NamedTuple):
     q: Any  # [B, S_pad, N, H] GMEM
     k: Any  # [B, S_pad, K, H] GMEM
     v: Any  # [B, S_pad, K, H] GMEM
-    qk_scale: Any  # [1] float32 GMEM  the logits' dequantization factor (read when qk_scaled)
+    scales: Any  # [2] float32 GMEM  the logits' dequantization factor (read when qk_scaled),
+    #             V's (read when v_fp8)
     o: Any  # [B, S_pad, N, H] GMEM
     q_smem2: Any  # [2, bq, H]  this CTA's query rows, one tile per compute warpgroup; reused
     #               for the output tile when q has the output's dtype
     k_smem: Any  # [stages, block, H]  the K ring
-    v_smem: Any  # [stages, block, H]  the V ring
+    v_smem: Any  # [stages, block, H]  the V ring ([stages, H, block] V^T tiles when v_fp8)
     p_smem2: Any  # [2, bq, block] P tiles (pv="smem"), else None
-    o_smem2: Any  # [2, bq, H] output tiles when Q is fp8 (else None: the Q tile is reused)
+    o_smem2: Any  # [2, bq, H] output tiles when Q's dtype is not the output's (fp8 Q), else
+    #               None: the Q tile is reused
     k_loaded: Any  # [stages] barriers: TMA -> compute
     v_loaded: Any  # [stages]
     q_loaded: Any  # [2]
@@ -187,7 +197,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
     """The ItemOps of warpgroup wg over the kernel's refs (Refs' fields, in order)."""
     r = Refs(*refs)
     bq = cfg.block // COMPUTE_WGS
-    dtype = r.v.dtype  # P and the output: V's dtype (Q and K may be fp8)
+    p_dtype = r.v.dtype  # P: V's dtype (Q and K may be fp8, and V too)
 
     def slot_of(j):
         return lax.rem(j, jnp.int32(cfg.stages))
@@ -226,10 +236,13 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
 
     def write_out(acc, l_i, q_smem, b, q0, h):
         """o = acc / l through the Q tile (all wgmmas reading Q have completed; an fp8 Q has
-        its own output tile) to GMEM."""
+        its own output tile) to GMEM; with fp8 V times V's scale."""
+
+        if cfg.v_fp8:  # acc is in units of V's fp8 values: times V's scale
+            l_i = l_i / r.scales[1]
         out = acc / lax.broadcast_in_dim(l_i, acc.shape, [0])
         o_smem = q_smem if r.o_smem2 is None else r.o_smem2.at[wg]
-        o_smem[...] = out.astype(dtype)
+        o_smem[...] = out.astype(r.o.dtype)
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(o_smem, r.o.at[b, pl.ds(q0, bq), h])
         plgpu.wait_smem_to_gmem(0)  # (and a persistent CTA's next Q may overwrite the tile)
@@ -254,18 +267,38 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         """c with softmax(s * scale) = exp2(s * c - ...): static, times the runtime
         dequantization factor of fp8 Q/K (positive, so it commutes with the running max)."""
         c = cfg.scale * LOG2E
-        return r.qk_scale[0] * c if cfg.qk_scaled else c
+        return r.scales[0] * c if cfg.qk_scaled else c
 
     def softmax(s, m_i, l_i, qk_scale):
         """One online-softmax step on raw logits s -> (P in V's dtype, new max, new sum, the
         correction the output accumulator is multiplied by). The running max is kept in raw
         units (scale > 0 commutes with max), so the scale enters once, as one FMA per element
         inside exp2's argument: s * c - m * c, not a multiply of every logit, then a subtract.
-        qk_scale: logit_factor()."""
+        qk_scale: logit_factor(). With fp8 V, P is 2^p_shift times the probabilities (the
+        shift rides in the same FMA; the sum carries it too, so acc / l is unchanged) and goes
+        to the tensor cores as e4m3 (`p_operand`)."""
         m_new = jnp.maximum(m_i, s.max(axis=1))
         corr = jnp.exp2((m_i - m_new) * qk_scale)
-        p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(m_new * qk_scale, s.shape, [0]))
-        return p.astype(dtype), m_new, l_i * corr + p.sum(axis=1), corr
+        offset = m_new * qk_scale
+        if cfg.p_shift:
+            offset = offset - cfg.p_shift
+        p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(offset, s.shape, [0]))
+        return p_operand(p), m_new, l_i * corr + p.sum(axis=1), corr
+
+    def p_operand(p):
+        """P (float32, wgmma accumulator layout) as the P @ V wgmma's A operand: V's dtype; an
+        fp8 P in registers is also relabelled into wgmma's 8-bit operand layout
+        (`relabel_8bit`: no data moves, P's columns come out permuted and V^T's tokens were
+        permuted to match)."""
+        p = p.astype(p_dtype)
+        if cfg.v_fp8 and cfg.pv == "registers":
+            p = relabel_8bit(p)
+        return p
+
+    def v_operand(slot):
+        """The P @ V wgmma's B operand: the V tile ([block, H]), or the V^T tile transposed
+        (fp8 wgmma takes K-major operands only, so an fp8 V is stored [H, block])."""
+        return r.v_smem.at[slot].T if cfg.v_fp8 else r.v_smem.at[slot]
 
     def compute(b, h, m, hm, count, g0=None, opening=True, closing=True):
         """One (query block, head, batch) item. g0: global step of its first K/V block in the
@@ -297,7 +330,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
             plgpu.barrier_wait(r.v_loaded.at[slot])
             if cfg.pv == "registers":
                 def pv_mm(acc_ref):
-                    plgpu.wgmma(acc_ref, p16, r.v_smem.at[slot])
+                    plgpu.wgmma(acc_ref, p16, v_operand(slot))
 
                 acc = pl.run_state(pv_mm)(plgpu.ACC.init(acc))
             else:
@@ -306,7 +339,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
                 plgpu.commit_smem()  # make the tile visible to the tensor cores (async proxy)
 
                 def pv_mm(acc_ref):
-                    plgpu.wgmma(acc_ref, p_smem, r.v_smem.at[slot])
+                    plgpu.wgmma(acc_ref, p_smem, v_operand(slot))
                     return acc_ref[...]
 
                 acc = acc + pl.run_scoped(pv_mm, plgpu.ACC((bq, H), jnp.float32))
@@ -380,7 +413,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
                 plgpu.barrier_wait(r.v_loaded.at[prev])
                 before_issue()
                 plgpu.wgmma(s_ref, q_smem, r.k_smem.at[slot].T)
-                plgpu.wgmma(o_ref, p_prev, r.v_smem.at[prev])
+                plgpu.wgmma(o_ref, p_prev, v_operand(prev))
                 after_issue()  # the other warpgroup's turn to issue
                 s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # S_j done, P @ V may run
                 plgpu.barrier_arrive(r.k_consumed.at[slot])
@@ -400,7 +433,7 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         plgpu.barrier_wait(r.v_loaded.at[last])
 
         def pv_mm(acc_ref):
-            plgpu.wgmma(acc_ref, p16, r.v_smem.at[last])
+            plgpu.wgmma(acc_ref, p16, v_operand(last))
 
         acc = pl.run_state(pv_mm)(plgpu.ACC.init(acc))
         plgpu.barrier_arrive(r.v_consumed.at[last])
@@ -416,7 +449,9 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
             j = lax.select(j == 0, r.cnt[b, hm, m] - 1, j - 1)
         rows = pl.ds(r.idx[b, hm, m, j] * cfg.block, cfg.block)
         plgpu.copy_gmem_to_smem(r.k.at[b, rows, kv_h], r.k_smem.at[slot], r.k_loaded.at[slot])
-        plgpu.copy_gmem_to_smem(r.v.at[b, rows, kv_h], r.v_smem.at[slot], r.v_loaded.at[slot])
+        v_tile = r.v.at[b, kv_h, :, rows] if cfg.v_fp8 else r.v.at[b, rows, kv_h]
+        plgpu.copy_gmem_to_smem(v_tile, r.v_smem.at[slot], r.v_loaded.at[slot])
+
 
     def wait_consumed(slot):
         # The slot held step g - stages: reuse it once both warpgroups are done with it.
@@ -435,7 +470,55 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
     return ItemOps(split, row, compute, issue, wait_consumed, drain, slot_of)
 
 
+# The column permutation `relabel_8bit` applies within every 16 columns: 8-bit position c holds
+# P's column PV_PERM[c]. Derived from the two layouts' register maps (a thread's two wgmma-layout
+# pairs {2j, 2j+1} and {8+2j, 9+2j} become the 8-bit layout's quadruple 4j..4j+3) and checked
+# against jax's layout definitions in tests/attention/test_block_sparse_mosaic.py.
+PV_PERM = (0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15)
+
+
+def relabel_8bit(p):
+    """An fp8 [64, n] array in the wgmma accumulator layout, re-read in wgmma's 8-bit A-operand
+    layout (WGMMA_8BIT) without moving data: each thread's four registers of two e4m3 values
+    become two of four. Both layouts give a thread the same rows, so the result is P with its
+    columns permuted within every 16 by PV_PERM, and P @ V is exact when V's rows (tokens) are
+    permuted the same way (`pv_token_order`, applied once per call to V^T). A real relayout
+    would need a warp shuffle per register (jax 0.11.2 has none for this pair); FA3's fp8 path
+    avoids it the same way."""
+    p = plgpu.layout_cast(p, plgpu.Layout.WGMMA)
+    shape = tuple(p.shape)
+
+    @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WGMMA,),
+                       return_type=plgpu.ShapeDtypeStruct(shape, p.dtype,
+                                                          layout=plgpu.Layout.WGMMA_8BIT))
+    def relabel(_ctx, x):
+        old = x.registers  # [.., column tile of 8, .., row half, ..] vector<2 x e4m3>
+        new_shape = mgpu.WGMMA_LAYOUT_8BIT.registers_shape(shape)  # column tiles of 16
+        assert old.shape[1] == 2 * new_shape[1] and old.shape[2:] == new_shape[2:], (
+            old.shape, new_shape)
+        new = np.empty(new_shape, dtype=object)
+        for idx in np.ndindex(new_shape):
+            pair = [old[(idx[0], 2 * idx[1] + i, *idx[2:])] for i in range(2)]
+            new[idx] = mgpu_utils.vector_concat(pair)
+        return mgpu.FragmentedArray(_registers=new, _layout=mgpu.WGMMA_LAYOUT_8BIT,
+                                    _is_signed=None)
+
+    return relabel(p)
+
+
+def pv_token_order(v8t, permuted: bool):
+    """fp8 V^T [B, K, H, S_pad] with its tokens in the order the kernel's P columns come in:
+    PV_PERM within every 16 when P is a register operand (`relabel_8bit`), as is otherwise.
+    PV_PERM is c = 4j + 2a + b -> 2j + 8a + b: a reshape and a swap, fused into the transpose."""
+    if not permuted:
+        return v8t
+    *lead, S = v8t.shape
+    x = v8t.reshape(*lead, S // 16, 2, 4, 2)  # token 16g + 8a + 2j + b
+    return jnp.swapaxes(x, -3, -2).reshape(*lead, S)  # position 16g + 4j + 2a + b
+
+
 def _kernel(*refs, cfg: KernelParams, order: str, n_kv: int):
+
     """One CTA per (query block, head, batch) item; refs: Refs' fields, in order. The grid's
     first axis is the fastest (see BlockSizes.order)."""
     if order == "heads":  # grid (N, M, B)
@@ -516,21 +599,31 @@ def default_block_sizes(interpret: bool) -> BlockSizes:
     return BlockSizes() if interpret else GPU_DEFAULT
 
 
-FP8_QK = jnp.dtype(jnp.float8_e4m3fn)  # the fp8 Q/K operands wgmma takes here
+FP8_QK = jnp.dtype(jnp.float8_e4m3fn)  # the fp8 Q/K (and V) operands wgmma takes here
+P_SHIFT = 8.0  # fp8 P @ V: P goes to e4m3 as 2^P_SHIFT times the probabilities (docstring)
 
 
-@functools.partial(jax.jit, static_argnames=("causal", "block_sizes", "interpret"))
+@functools.partial(jax.jit, static_argnames=("causal", "block_sizes", "interpret",
+                                             "out_dtype"))
 def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = True,
                            block_sizes: BlockSizes | None = None,
                            interpret: bool | plgpu.InterpretGPUParams = False,
-                           qk_scale=None):
+                           qk_scale=None, v_scale=None, out_dtype=None):
     """q [B,S,N,H], k/v [B,S,K,H] bf16/f16, BlockMask over M = ceil(S/bs) -> [B,S,N,H] v.dtype.
 
     fp8 Q/K: q and k float8_e4m3fn (wgmma's fp8 operands; Q K^T is K-major on both sides, the
-    only layout fp8 wgmma takes), v bf16/f16; P @ V stays 16-bit (V would have to be stored
-    transposed for an fp8 P @ V). qk_scale: the float32 factor that dequantizes the logits
-    (q ~= q8 * a, k ~= k8 * b: qk_scale = a * b), required with fp8 Q/K, a runtime value
-    (traced scalar) read by every CTA; None otherwise. The output then has V's dtype.
+    only layout fp8 wgmma takes), v bf16/f16. qk_scale: the float32 factor that dequantizes the
+    logits (q ~= q8 * a, k ~= k8 * b: qk_scale = a * b), required with fp8 Q/K, a runtime
+    value (traced scalar) read by every CTA; None otherwise. The output then has V's dtype.
+
+    fp8 P @ V (with fp8 Q/K): v float8_e4m3fn too (v ~= v8 * v_scale, v_scale required, a
+    runtime float32 scalar). V is transposed here to [B, K, H, S] (fp8 wgmma's B operand must
+    be K-major) with its tokens reordered to match P's register layout (`pv_token_order`), one
+    XLA transpose per call; P goes to the tensor cores as e4m3 at 2^8 times the probabilities
+    (e4m3's normal range starts at 2^-6: the shift keeps probabilities down to 2^-14 normal;
+    rows are rescaled to their running max, so P <= 1 before the shift). out_dtype: the output's
+    dtype (default: V's, bfloat16 for an fp8 V).
+
 
     block_sizes None: `default_block_sizes` (the overlapped pipeline compiled). interpret=True
     (or an InterpretGPUParams, e.g. with detect_races=True) runs the Mosaic GPU interpreter on
@@ -546,9 +639,22 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
     B, S, N, H = q.shape
     K = k.shape[2]
     bs = block_mask.block_size
-    dtype = jnp.dtype(v.dtype)  # P, the output and (unless fp8) Q and K
+    dtype = jnp.dtype(v.dtype)  # P and (unless fp8) Q and K
     fp8 = jnp.dtype(q.dtype) == FP8_QK
-    if dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    v_fp8 = dtype == FP8_QK
+    if v_fp8:
+        if not fp8:
+            raise ValueError(f"an fp8 V needs fp8 Q/K too (P @ V and Q K^T share the operand "
+                             f"width in wgmma's pipeline here), got q {q.dtype}")
+        if v_scale is None:
+            raise ValueError("an fp8 V needs v_scale, the float32 factor that dequantizes it "
+                             "(v ~= v8 * v_scale)")
+    elif v_scale is not None:
+        raise ValueError(f"v_scale is for an fp8 V; v is {v.dtype}")
+    out_dtype = jnp.dtype(out_dtype or (jnp.bfloat16 if v_fp8 else dtype))
+    if out_dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        raise ValueError(f"out_dtype must be bfloat16 or float16, got {out_dtype.name}")
+    if dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and not v_fp8:
         raise NotImplementedError(f"impl='mosaic' runs bfloat16 or float16 (wgmma operands), "
                                   f"got {dtype.name}; cast, or use impl='triton'")
     if fp8:
@@ -561,7 +667,9 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype} (Q/K may "
                          f"be {FP8_QK.name} with a bfloat16/float16 V)")
     qk_scaled = qk_scale is not None
-    qk_scale = jnp.reshape(jnp.asarray(1.0 if qk_scale is None else qk_scale, jnp.float32), (1,))
+    scales = jnp.stack([jnp.asarray(1.0 if x is None else x, jnp.float32).reshape(())
+                        for x in (qk_scale, v_scale)])
+
     if H % 64:
         raise ValueError(f"head dim {H} must be a multiple of 64 (128-byte swizzled tiles)")
     if N % K:
@@ -600,13 +708,16 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
     if S_pad != S:
         pad = ((0, 0), (0, S_pad - S), (0, 0), (0, 0))
         q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
+    if v_fp8:  # V^T tiles: [B, K, H, S_pad], tokens in P's column order
+        v = pv_token_order(jnp.transpose(v, (0, 2, 3, 1)), permuted=pv == "registers")
     bq = bs // COMPUTE_WGS
+    own_o = jnp.dtype(q.dtype) != out_dtype  # the Q tile cannot hold the output
     scratch = [
-        _smem((COMPUTE_WGS, bq, H), q.dtype),  # Q tiles, then O tiles (unless fp8)
+        _smem((COMPUTE_WGS, bq, H), q.dtype),  # Q tiles, then O tiles (unless own_o)
         _smem((stages, bs, H), k.dtype),  # K ring
-        _smem((stages, bs, H), dtype),  # V ring
+        _smem((stages, H, bs) if v_fp8 else (stages, bs, H), dtype),  # V (V^T) ring
         _smem((COMPUTE_WGS, bq, bs), dtype) if pv == "smem" else None,  # P tiles
-        _smem((COMPUTE_WGS, bq, H), dtype) if fp8 else None,  # O tiles of an fp8 Q
+        _smem((COMPUTE_WGS, bq, H), out_dtype) if own_o else None,  # O tiles
         plgpu.Barrier(num_barriers=stages),  # k_loaded
         plgpu.Barrier(num_barriers=stages),  # v_loaded
         plgpu.Barrier(num_barriers=COMPUTE_WGS),  # q_loaded
@@ -620,7 +731,8 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         heads_per_kv=N // K, stages=stages, pv=pv, schedule=schedule,
         compute_registers=block_sizes.compute_registers,
         memory_registers=block_sizes.memory_registers, shared_mask=shared_mask,
-        overlap=block_sizes.overlap, qk_scaled=qk_scaled)
+        overlap=block_sizes.overlap, qk_scaled=qk_scaled, v_fp8=v_fp8,
+        p_shift=P_SHIFT if v_fp8 else 0.0)
     order = resolve_order(block_sizes.order, S_pad, H, dtype.itemsize, shared_mask)
     if block_sizes.persistent:
         n_ctas = mosaic_persistent.num_ctas(N * M * B, interpret=interpret is not None)
@@ -639,7 +751,7 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
                          f"{block_sizes.order!r}")
     out = plgpu.kernel(
         kernel,
-        out_type=jax.ShapeDtypeStruct((B, S_pad, N, H), dtype),
+        out_type=jax.ShapeDtypeStruct((B, S_pad, N, H), out_dtype),
         scratch_types=scratch,
         grid=grid,
         grid_names=grid_names,
@@ -648,7 +760,7 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         compiler_params=plgpu.CompilerParams(approx_math=True),
         interpret=interpret,
         kernel_name="block_sparse_attention_mgpu",
-    )(block_mask.indices, block_mask.counts, q, k, v, qk_scale)
+    )(block_mask.indices, block_mask.counts, q, k, v, scales)
     return out[:, :S]
 
 

@@ -33,6 +33,8 @@ Preset values ("pflash" / "specprefill") and where they come from:
 - attention_qk "model" for both: Q K^T of the drafter's block-sparse attention in the model's
   dtype; "fp8" rounds Q and K to e4m3 for it (issue 17's fp8 drafter: an option, recall
   within a point on the organism, results/fp8_qk_h100).
+- attention_pv "model" for both: P @ V of that attention in the model's dtype; "fp8" (with
+  attention_qk "fp8") rounds V (one amax scale per layer) and P to e4m3 for it (an option).
 - anchors "none" for both for now (the original PFlash has question n-gram anchors, 4-grams of
   the last 96 tokens, +-2 spans; the default gets chosen from an ablation), anchor_ngram 4,
   anchor_window 96, anchor_radius 2 (docs/design.md 1.2).
@@ -267,7 +269,11 @@ class PFlashConfig:
         q_norm / k_norm weights, |x| <= max|w| sqrt(H) after RMSNorm and RoPE, so nothing
         overflows and no pass over q/k is spent on an amax). The Mosaic kernel (Hopper) runs
         fp8 wgmma; other impls run the same rounding dequantized (an emulation: no faster).
-        Selection and the scores read the unrounded q/k; P @ V stays in the model's dtype.
+        Selection and the scores read the unrounded q/k.
+    attention_pv: the operands of the same attention's P @ V: "model" or "fp8" (needs
+        attention_qk="fp8"): V rounded to e4m3 at one scale per layer from its amax (V has no
+        norm to bound it by), P to e4m3 in the Mosaic kernel, both fp8 wgmma operands. Other
+        impls round V the same way and keep P at their precision (an emulation: no faster).
     preset: the name of the preset this config was built from ("custom" otherwise); results
         record it next to every option value.
     """
@@ -279,6 +285,7 @@ class PFlashConfig:
     block_density: float | None = None
     block_size: int = 128
     attention_qk: str = "model"
+    attention_pv: str = "model"
     preset: str = "custom"
 
     def __post_init__(self):
@@ -293,6 +300,11 @@ class PFlashConfig:
         if self.attention_qk == "fp8" and self.attention_impl == "dense":
             raise ValueError("PFlashConfig.attention_qk='fp8' is an option of the block-sparse "
                              "drafter attention; attention_impl='dense' has no fp8 Q/K path")
+        _check_choice("PFlashConfig", "attention_pv", self.attention_pv, ATTENTION_QK)
+        if self.attention_pv == "fp8" and self.attention_qk != "fp8":
+            raise ValueError("PFlashConfig.attention_pv='fp8' needs attention_qk='fp8' (the "
+                             "kernel's fp8 P @ V runs with fp8 Q K^T); got attention_qk="
+                             f"{self.attention_qk!r}")
         _check_fraction("PFlashConfig", "alpha", self.alpha, allow_zero=True)
         if self.block_density is not None:
             _check_fraction("PFlashConfig", "block_density", self.block_density)
@@ -343,6 +355,7 @@ PRESETS: dict[str, dict] = {
         block_density=None,
         block_size=128,
         attention_qk="model",
+        attention_pv="model",
     ),
     "specprefill": dict(
         n_tail=8,
@@ -374,6 +387,7 @@ PRESETS: dict[str, dict] = {
         block_density=None,
         block_size=128,
         attention_qk="model",
+        attention_pv="model",
     ),
 }
 # Question-aware PFlash (ours, not a reproduction): the pflash preset with the question's rows

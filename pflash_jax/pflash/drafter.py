@@ -125,7 +125,8 @@ def drafter_attention(cfg: PFlashConfig):
         if cfg.attention_qk == "fp8":
             fp8 = (extra.qk_scales[0], extra.qk_scales[1])
         o = block_sparse_attention(q, k, v, mask, impl=cfg.attention_impl,
-                                   block_size=cfg.block_size, qk_fp8_scales=fp8)
+                                   block_size=cfg.block_size, qk_fp8_scales=fp8,
+                                   v_fp8=cfg.attention_pv == "fp8")
         return o, mask.density()
     return attn
 

@@ -161,7 +161,146 @@ class Fp8QKCases:
             mosaic.block_sparse_attention(q8, k, v, bm, interpret=self.interpret, qk_scale=1.0)
 
 
-class TestMosaicInterpret(SharedMaskCases, Fp8QKCases, MosaicBase):
+class Fp8PVCases:
+    """fp8 P @ V (q, k and v float8_e4m3fn; P cast to e4m3 in the kernel) against the float32
+    reference on the same rounded q/k/v, dequantized. What is left is the kernel's rounding of
+    P: e4m3 keeps 3 mantissa bits, so each p is off by at most 2^-4 of itself (round to nearest;
+    the 2^8 shift keeps every p >= 2^-14 normal, smaller ones are off by < 2^-18 absolutely),
+    and o = sum p v / sum p by at most 2^-4 max|v| (plus the bf16 output's rounding). That
+    bound is the max tolerance; rounding errors of different sign cancel in the sum, so the
+    mean error is held to 2^-8 max|v|, 16x tighter (seen: ~1/1000 of max|v|)."""
+
+    interpret: bool
+    fp8_pv_sizes = (None,)
+
+    def _fp8_pv_case(self, seed, S, N, K, H, sizes=None, causal=True):
+        from pflash_jax.attention import api, mosaic
+
+        q, k, v = _qkv(seed, S, N, K, H, jnp.bfloat16)
+        q, k = 3 * q, 3 * k
+        scales = tuple(jnp.max(jnp.abs(x.astype(jnp.float32))) / api.FP8_MAX for x in (q, k))
+        q8, k8, factor = api.quantize_qk(q, k, scales)
+        v8, vs = api.quantize_v(v)
+        bm = BlockMask.from_dense(_random_mask(seed, 1, N, -(-S // 128), p=0.7),
+                                  block_size=128, seq_len=S, causal=causal)
+        kw = {} if sizes is None else {"block_sizes": sizes}
+        out = mosaic.block_sparse_attention(q8, k8, v8, bm, causal=causal, qk_scale=factor,
+                                            v_scale=vs, interpret=self.interpret, **kw)
+        assert out.dtype == jnp.bfloat16
+        deq = [x8.astype(jnp.float32) * s for x8, s in zip((q8, k8, v8), (*scales, vs),
+                                                          strict=True)]
+        exp = np.asarray(reference.block_sparse_attention(*deq, bm.mask, block_size=128,
+                                                          causal=causal))
+        vmax = float(np.abs(np.asarray(deq[2])).max())
+        err = np.abs(np.asarray(out, np.float32) - exp)
+        what = f"fp8 P @ V {sizes} causal={causal}"
+        bound = 2.0 ** -4 * vmax + 2.0 ** -8 * np.abs(exp)  # P's rounding + bf16 output's
+        assert (err <= bound).all(), (
+            f"{what}: max error {err.max():.4g} over the bound (2^-4 max|v| = "
+            f"{2.0 ** -4 * vmax:.4g}) at {np.unravel_index(err.argmax(), err.shape)}")
+        assert err.mean() <= 2.0 ** -8 * vmax, (
+            f"{what}: mean error {err.mean():.4g} > 2^-8 max|v| = {2.0 ** -8 * vmax:.4g}")
+        # the api entry quantizes itself and takes the same path
+        via_api = block_sparse_attention(q, k, v, bm, impl="mosaic", causal=causal,
+                                         interpret=self.interpret, qk_fp8_scales=scales,
+                                         v_fp8=True, **kw)
+        np.testing.assert_array_equal(np.asarray(via_api, np.float32),
+                                      np.asarray(out, np.float32))
+
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_fp8_pv_matches_reference(self, causal):
+        for sizes in self.fp8_pv_sizes:
+            self._fp8_pv_case(71, 300, 2, 1, 128, sizes=sizes, causal=causal)
+
+    def test_fp8_pv_gqa_head_dim_64(self):
+        self._fp8_pv_case(72, 400, 4, 2, 64)
+
+    def test_fp8_pv_emulated_elsewhere(self):
+        """impl="reference" with v_fp8 rounds V the same way (P stays float32 there): within
+        the kernel's P-rounding bound of the kernel."""
+        from pflash_jax.attention import api
+
+        q, k, v = _qkv(73, 300, 2, 1, 128, jnp.bfloat16)
+        scales = tuple(jnp.max(jnp.abs(x.astype(jnp.float32))) / api.FP8_MAX for x in (q, k))
+        mask = _random_mask(73, 1, 2, 3, p=0.7)
+        emul = block_sparse_attention(q, k, v, mask, impl="reference", qk_fp8_scales=scales,
+                                      v_fp8=True)
+        kern = block_sparse_attention(q, k, v, mask, impl="mosaic", interpret=self.interpret,
+                                      qk_fp8_scales=scales, v_fp8=True)
+        assert emul.dtype == kern.dtype == jnp.bfloat16
+        err = np.abs(np.asarray(kern, np.float32) - np.asarray(emul, np.float32))
+        vmax = float(jnp.max(jnp.abs(v.astype(jnp.float32))))
+        assert err.max() <= 2.0 ** -4 * vmax and err.mean() <= 2.0 ** -8 * vmax, (
+            f"fp8 P @ V kernel vs emulation: max {err.max():.4g}, mean {err.mean():.4g}, "
+            f"max|v| {vmax:.4g}")
+
+    def test_fp8_pv_refusals(self):
+        from pflash_jax.attention import mosaic
+
+        q, k, v = _qkv(74, 128, 1, 1, 64, jnp.bfloat16)
+        bm = BlockMask.from_dense(jnp.ones((1, 1, 1, 1), bool), block_size=128, seq_len=128)
+        q8, k8, v8 = (x.astype(jnp.float8_e4m3fn) for x in (q, k, v))
+        with pytest.raises(ValueError, match="needs fp8 Q/K too"):
+            mosaic.block_sparse_attention(q, k, v8, bm, interpret=self.interpret, v_scale=1.0)
+        with pytest.raises(ValueError, match="needs v_scale"):
+            mosaic.block_sparse_attention(q8, k8, v8, bm, interpret=self.interpret,
+                                          qk_scale=1.0)
+        with pytest.raises(ValueError, match="v_scale is for an fp8 V"):
+            mosaic.block_sparse_attention(q8, k8, v, bm, interpret=self.interpret,
+                                          qk_scale=1.0, v_scale=1.0)
+        with pytest.raises(ValueError, match="pass qk_fp8_scales too"):
+            block_sparse_attention(q, k, v, bm, impl="mosaic", interpret=self.interpret,
+                                   v_fp8=True)
+
+
+def test_pv_perm_matches_jax_layouts():
+    """PV_PERM from jax's own layout definitions: for every thread, the wgmma accumulator
+    layout's registers (two e4m3 each, in register order) read as the 8-bit operand layout's
+    (four each) put element (r, c) of the 8-bit view at (r, 16 g + PV_PERM[c % 16]) of the
+    accumulator. A jax upgrade that changes either layout fails here, not in a wrong P @ V."""
+    from jax.experimental.mosaic.gpu import fragmented_array as fa
+
+    from pflash_jax.attention import mosaic
+
+    shape = (64, 128)
+
+    def registers(layout):
+        """(thread, register index, vector slot) -> element, per the layout's tiling."""
+        tiled = layout.tiling.tile_shape(shape)
+        nd = len(tiled)
+        lane_dims = [d % nd for d in layout.lane_dims]
+        fixed = {layout.partitioned_warp_dims[0] % nd, *lane_dims, layout.vector_dim % nd}
+        out = {}
+        for r in range(shape[0]):
+            for c in range(shape[1]):
+                t = layout.tiling.tile_indices((r, c))
+                lane = 0
+                for d in lane_dims:
+                    lane = lane * tiled[d] + t[d]
+                thread = t[layout.partitioned_warp_dims[0] % nd] * 32 + lane
+                reg = tuple(0 if i in fixed else x for i, x in enumerate(t))
+                out[thread, reg, t[layout.vector_dim % nd]] = (r, c)
+        return out
+
+    acc = registers(fa.WGMMA_LAYOUT)
+    for (thread, reg, slot), (r, c) in registers(fa.WGMMA_LAYOUT_8BIT).items():
+        # relabel_8bit: 8-bit register (.., g, .., h, ..) = concat of accumulator registers
+        # (.., 2g, ..) and (.., 2g + 1, ..), two slots each
+        src = (thread, (reg[0], 2 * reg[1] + slot // 2, *reg[2:]), slot % 2)
+        assert acc[src] == (r, 16 * (c // 16) + mosaic.PV_PERM[c % 16]), (thread, reg, slot)
+
+
+def test_pv_token_order_is_pv_perm():
+    from pflash_jax.attention import mosaic
+
+    x = jnp.arange(2 * 3 * 64).reshape(2, 3, 64)
+    got = np.asarray(mosaic.pv_token_order(x, permuted=True))
+    perm = np.concatenate([16 * g + np.asarray(mosaic.PV_PERM) for g in range(4)])
+    np.testing.assert_array_equal(got, np.asarray(x)[..., perm])
+    np.testing.assert_array_equal(np.asarray(mosaic.pv_token_order(x, permuted=False)), x)
+
+
+class TestMosaicInterpret(SharedMaskCases, Fp8QKCases, Fp8PVCases, MosaicBase):
     """The kernel through the Mosaic GPU interpreter on the CPU (pv="smem")."""
 
     interpret = True
@@ -260,6 +399,27 @@ class TestMosaicInterpret(SharedMaskCases, Fp8QKCases, MosaicBase):
             lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text
 
+    @pytest.mark.parametrize("sizes", [BlockSizes(overlap=True, stages=3,
+                                                  schedule_barrier=False),
+                                       BlockSizes(), BlockSizes(persistent=True),
+                                       BlockSizes(pv="smem")])
+    def test_fp8_pv_variants_lower_for_cuda(self, sizes, monkeypatch):
+        """fp8 P @ V lowers to Mosaic GPU IR for CUDA in the compiled variants, the register
+        relabel (`relabel_8bit`, an inline Mosaic GPU block the interpreter cannot run) too."""
+        from pflash_jax.attention import mosaic, mosaic_persistent
+
+        monkeypatch.setattr(mosaic, "_check_device", lambda interpret: None)
+        monkeypatch.setattr(mosaic_persistent, "sm_count", lambda: 132)
+        q = jax.ShapeDtypeStruct((1, 1000, 4, 128), jnp.float8_e4m3fn)
+        k = jax.ShapeDtypeStruct((1, 1000, 2, 128), jnp.float8_e4m3fn)
+        bm = BlockMask.from_dense(_random_mask(99, 1, 4, self.blocks(1000)), block_size=128,
+                                  seq_len=1000)
+        f = jax.jit(lambda q, k, v, bm, c: mosaic.block_sparse_attention.__wrapped__(
+            q, k, v, bm, block_sizes=sizes, qk_scale=c, v_scale=c))
+        text = f.trace(q, k, k, bm, jnp.float32(0.5)).lower(
+            lowering_platforms=("cuda",)).as_text()
+        assert "mosaic_gpu" in text
+
     def test_small_selection_block(self):
         """The interpreter also runs selection blocks other than 128 (16-row warpgroups here);
         the GPU path needs 128."""
@@ -301,12 +461,14 @@ def test_compiled_mosaic_off_hopper_says_what_to_use():
 
 
 @pytest.mark.gpu
-class TestMosaicGPU(SharedMaskCases, Fp8QKCases, MosaicBase):
+class TestMosaicGPU(SharedMaskCases, Fp8QKCases, Fp8PVCases, MosaicBase):
     """Compiled for Hopper (sm_90) with the production selection block; default pv="registers"."""
 
     block_size = 128
     S = 700
     fp8_sizes = (None, BlockSizes(), BlockSizes(persistent=True), BlockSizes(pv="smem"))
+    fp8_pv_sizes = fp8_sizes
+
 
     @pytest.mark.parametrize("sizes", [BlockSizes(pv="smem"), BlockSizes(schedule_barrier=False),
                                        BlockSizes(pv="smem", stages=1, schedule_barrier=False),

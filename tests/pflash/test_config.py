@@ -23,7 +23,8 @@ DOCUMENTED = {
                    forced_tail_spans=24, forced_spans="inside", positions="renumbered",
                    anchors="none", anchor_ngram=4, anchor_window=96, anchor_radius=2,
                    span_stride=None, attention_impl="auto",
-                   alpha=0.12, block_density=None, block_size=128, attention_qk="model"),
+                   alpha=0.12, block_density=None, block_size=128, attention_qk="model",
+                   attention_pv="model"),
     "specprefill": dict(n_tail=8, tail_mode="lookahead", rope="post", pooling="per_row",
                         pool_width=13, score_layers=None, skip_layers=0,
                         tail_weights="uniform", tail_rows="last", question_lines=2,
@@ -33,7 +34,7 @@ DOCUMENTED = {
                         positions="original",
                         anchors="none", anchor_ngram=4, anchor_window=96, anchor_radius=2,
                         span_stride=None, attention_impl="dense", alpha=0.12, block_density=None,
-                        block_size=128, attention_qk="model"),
+                        block_size=128, attention_qk="model", attention_pv="model"),
 }
 
 
