@@ -48,6 +48,9 @@ VARIANTS = {
     # four K/V slots: fit with fp8 K/V only (16 KB + 16 KB a slot)
     "default4": dataclasses.replace(mosaic.GPU_DEFAULT, stages=4),
     "overlap4_token": mosaic.BlockSizes(overlap=True, stages=4, schedule="token"),
+    "stages4": mosaic.BlockSizes(stages=4),
+    "base_kvgroup": mosaic.BlockSizes(order="kv_group"),
+    "stages3_kvgroup": mosaic.BlockSizes(stages=3, order="kv_group"),
 }
 # Not a variant: GPU_DEFAULT with compute_registers=240 / memory_registers=32 never returned
 # (no output within 290 s on an H200, 2026-12-02, commit 391bcf8): a hang, not a slow kernel.
