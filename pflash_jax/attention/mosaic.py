@@ -592,11 +592,21 @@ def _check_device(interpret: bool):
 GPU_DEFAULT = BlockSizes(overlap=True, stages=3, schedule_barrier=False)
 
 
-def default_block_sizes(interpret: bool) -> BlockSizes:
-    """What block_sizes=None means: GPU_DEFAULT compiled, BlockSizes() (P through shared
-    memory, ping-pong) in the interpreter, which runs neither register A operands nor the
-    overlapped pipeline."""
-    return BlockSizes() if interpret else GPU_DEFAULT
+# fp8 P @ V's compiled default: the ping-pong pipeline (P in registers, two K/V slots). With
+# both matmuls in fp8 the softmax is the longer half of a step, and the other warpgroup's
+# matmuls hide it better than the overlapped pipeline does: at 128K, density 0.1, 16/8 heads
+# on an H100 (results/fp8_pv_h100/variants, one process) 9.21-9.41 ms against GPU_DEFAULT's
+# 10.70-10.87 ms (4 slots 9.60, kv_group 9.44); with fp8 Q/K and a bf16 V both were 11.2 ms.
+GPU_DEFAULT_FP8_PV = BlockSizes()
+
+
+def default_block_sizes(interpret: bool, v_fp8: bool = False) -> BlockSizes:
+    """What block_sizes=None means: GPU_DEFAULT compiled (GPU_DEFAULT_FP8_PV with an fp8 V),
+    BlockSizes() (P through shared memory, ping-pong) in the interpreter, which runs neither
+    register A operands nor the overlapped pipeline."""
+    if interpret:
+        return BlockSizes()
+    return GPU_DEFAULT_FP8_PV if v_fp8 else GPU_DEFAULT
 
 
 FP8_QK = jnp.dtype(jnp.float8_e4m3fn)  # the fp8 Q/K (and V) operands wgmma takes here
@@ -625,7 +635,8 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
     dtype (default: V's, bfloat16 for an fp8 V).
 
 
-    block_sizes None: `default_block_sizes` (the overlapped pipeline compiled). interpret=True
+    block_sizes None: `default_block_sizes` (compiled: the overlapped pipeline; the ping-pong
+    one with an fp8 V). interpret=True
     (or an InterpretGPUParams, e.g. with detect_races=True) runs the Mosaic GPU interpreter on
     the CPU, with the pv="smem" variant by default. A mask with one head ([B, 1, M, M])
     applies to every query head.
@@ -635,7 +646,8 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
     interpret = interpret or None
     _check_device(interpret is not None)
     if block_sizes is None:
-        block_sizes = default_block_sizes(interpret is not None)
+        block_sizes = default_block_sizes(interpret is not None,
+                                          jnp.dtype(v.dtype) == FP8_QK)
     B, S, N, H = q.shape
     K = k.shape[2]
     bs = block_mask.block_size
@@ -651,12 +663,12 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
                              "(v ~= v8 * v_scale)")
     elif v_scale is not None:
         raise ValueError(f"v_scale is for an fp8 V; v is {v.dtype}")
-    out_dtype = jnp.dtype(out_dtype or (jnp.bfloat16 if v_fp8 else dtype))
-    if out_dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-        raise ValueError(f"out_dtype must be bfloat16 or float16, got {out_dtype.name}")
     if dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and not v_fp8:
         raise NotImplementedError(f"impl='mosaic' runs bfloat16 or float16 (wgmma operands), "
                                   f"got {dtype.name}; cast, or use impl='triton'")
+    out_dtype = jnp.dtype(out_dtype or (jnp.bfloat16 if v_fp8 else dtype))
+    if out_dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        raise ValueError(f"out_dtype must be bfloat16 or float16, got {out_dtype.name}")
     if fp8:
         if k.dtype != q.dtype:
             raise ValueError(f"fp8 Q/K: q is {q.dtype} but k is {k.dtype}; quantize both")
