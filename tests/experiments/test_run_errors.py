@@ -64,7 +64,18 @@ def test_attention_qk_fp8_reaches_the_config():
         pflash_config(_config("selection=specprefill", "attention.qk=fp8"))
 
 
+def test_attention_pv_fp8_reaches_the_config():
+    """attention.pv=fp8 (with attention.qk=fp8) sets PFlashConfig.attention_pv; alone it is
+    refused, naming both options."""
+    assert pflash_config(_config()).attention_pv == "model"
+    cfg = pflash_config(_config("attention.qk=fp8", "attention.pv=fp8"))
+    assert (cfg.attention_qk, cfg.attention_pv) == ("fp8", "fp8")
+    with pytest.raises(ValueError, match="attention_pv='fp8' needs attention_qk='fp8'"):
+        pflash_config(_config("attention.pv=fp8"))
+
+
 def test_run_default_renumbers_and_original_positions_stay_an_option():
+
     assert pflash_config(_config()).selection.positions == "renumbered"
     assert pflash_config(_config("selection.positions=original")).selection.positions == "original"
 

@@ -399,3 +399,27 @@ def test_fp8_qk_option_changes_scores_a_little(pair):
         preset("pflash", attention_impl="dense", attention_qk="fp8")
     with pytest.raises(ValueError, match="attention_qk"):
         preset("pflash", attention_qk="int8")
+
+
+def test_fp8_pv_option_changes_scores_a_little(pair):
+    """attention_pv="fp8" reaches the drafter's attention: V's e4m3 rounding (emulated on the
+    reference impl, which keeps P in float32) moves the next layers' q/k and so the scores,
+    by at most 20% of the largest, as fp8 Q/K's; without fp8 Q/K it is refused."""
+    drafter, _ = pair
+    S, Sb = 300, 384
+    ids_p = np.zeros(Sb, np.int32)
+    ids_p[:S] = prompt(S, seed=4)
+    out = {}
+    for pv in ("model", "fp8"):
+        cfg = preset("pflash", attention_impl="reference", block_size=64, attention_qk="fp8",
+                     attention_pv=pv)
+        out[pv] = np.asarray(drafter_scores(drafter.params, drafter.config,
+                                            jnp.asarray(ids_p)[None], jnp.int32(S), cfg)[0])
+    err = float(np.abs(out["fp8"] - out["model"]).max())
+    top = float(np.abs(out["model"]).max())
+    assert 0.0 < err <= 0.2 * top, f"fp8 P @ V moved the running max by {err:.3e} (max {top:.3e})"
+    with pytest.raises(ValueError, match="attention_pv='fp8' needs attention_qk='fp8'"):
+        preset("pflash", attention_pv="fp8")
+    with pytest.raises(ValueError, match="attention_pv"):
+        preset("pflash", attention_qk="fp8", attention_pv="fp4")
+
