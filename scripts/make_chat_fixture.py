@@ -2,7 +2,9 @@
 
 Run with a Python that has transformers, jinja2 and tokenizers (torch is not needed):
     python scripts/make_chat_fixture.py [TOKENIZER_DIR] [OUT]
-    # defaults: ../shared/qwen3-tokenizer (tokenizer.json + tokenizer_config.json of Qwen3)
+    # defaults: $PFLASH_QWEN3_TOKENIZER (a folder with Qwen3's tokenizer.json and
+    #           tokenizer_config.json), else ../shared/qwen3-tokenizer beside the repo (this
+    #           project's dev machines; the tests look in the same places)
     #           tests/fixtures/chat/qwen3_chat.json
 
 For each conversation in CONVERSATIONS it stores transformers' own
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -63,12 +66,14 @@ def main() -> None:
     import transformers
     from transformers import AutoTokenizer
 
-    src = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO.parent / "shared" / "qwen3-tokenizer"
+    default = os.environ.get("PFLASH_QWEN3_TOKENIZER") or REPO.parent / "shared" / "qwen3-tokenizer"
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(default)
     out = Path(sys.argv[2]) if len(sys.argv) > 2 else (
         REPO / "tests" / "fixtures" / "chat" / "qwen3_chat.json")
     if not (src / "tokenizer_config.json").is_file():
         raise SystemExit(f"make_chat_fixture: no Qwen3 tokenizer at {src} (pass its folder: "
-                         f"python scripts/make_chat_fixture.py QWEN3_TOKENIZER_DIR)")
+                         f"python scripts/make_chat_fixture.py QWEN3_TOKENIZER_DIR, or set "
+                         f"PFLASH_QWEN3_TOKENIZER)")
     tok = AutoTokenizer.from_pretrained(str(src))
     data = {"transformers": transformers.__version__, "files": file_hashes(src),
             "conversations": {name: {"messages": m, **reference(tok, m)}
