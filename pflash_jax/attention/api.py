@@ -246,5 +246,4 @@ def block_sparse_attention(q, k, v, block_mask, *, impl: str, block_size: int = 
             kw.update(v_scale=v_scale, out_dtype=jnp.dtype(out_dtype).name)
         return mosaic.block_sparse_attention(q, k, v, block_mask, causal=causal,
                                              interpret=interpret, qk_scale=qk_scale, **kw)
-
     raise ValueError(f"unknown block-sparse impl {impl!r}; expected one of {SPARSE_IMPLS}")

@@ -53,8 +53,13 @@ dequantizes the logits): Q K^T runs as fp8 wgmma (both operands K-major, as fp8 
 the softmax folds qk_scale into its one FMA, P @ V stays 16-bit, and the output gets its own
 tile (the fp8 Q tile is half its size). 17% faster at 128K on an H100 (results/fp8_qk_h100).
 
-Limits: V bfloat16 or float16, Q/K the same or e4m3 (wgmma operands; float32 is rejected, no
-silent downcast);
+fp8 P @ V (opt-in, with fp8 Q/K: v float8_e4m3fn and `v_scale`): V is stored as V^T tiles (the
+K-major B operand fp8 wgmma needs) and P goes to the tensor cores as e4m3, relabelled into
+wgmma's 8-bit operand layout in registers (`relabel_8bit`, `pv_token_order`). Compiled, it
+runs the ping-pong pipeline (GPU_DEFAULT_FP8_PV; results/fp8_pv_h100).
+
+Limits: V bfloat16 or float16 (or e4m3 with e4m3 Q/K), Q/K the same or e4m3 (wgmma operands;
+float32 is rejected, no silent downcast);
 head dim a multiple of 64 (64 and 128 tested); T == S (prefill); forward only. On the GPU
 block_size must be 128 (compute warpgroups of 64 rows; 256 would need 128-row warpgroups whose
 accumulators do not fit the register budget); the interpreter accepts any block_size divisible
@@ -143,10 +148,9 @@ class KernelParams:
     schedule: str = "rendezvous"  # BlockSizes.schedule; "none" without BlockSizes.schedule_barrier
     qk_scaled: bool = False  # read a runtime factor of the logits from Refs.scales[0] (fp8 Q/K)
     # fp8 P @ V: V arrives as V^T tiles ([B, K, H, S_pad] in GMEM, tokens permuted within each
-    # 16 when P is a register operand: `pv_token_order`), P is cast to e4m3 at 2^p_shift times
+    # 16 when P is a register operand: `pv_token_order`), P is cast to e4m3 at 2^P_SHIFT times
     # its value, and the output is scaled by Refs.scales[1] (V's dequantization factor).
     v_fp8: bool = False
-    p_shift: float = 0.0
 
 
 class Refs(NamedTuple):
@@ -237,7 +241,6 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
     def write_out(acc, l_i, q_smem, b, q0, h):
         """o = acc / l through the Q tile (all wgmmas reading Q have completed; an fp8 Q has
         its own output tile) to GMEM; with fp8 V times V's scale."""
-
         if cfg.v_fp8:  # acc is in units of V's fp8 values: times V's scale
             l_i = l_i / r.scales[1]
         out = acc / lax.broadcast_in_dim(l_i, acc.shape, [0])
@@ -274,14 +277,14 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         correction the output accumulator is multiplied by). The running max is kept in raw
         units (scale > 0 commutes with max), so the scale enters once, as one FMA per element
         inside exp2's argument: s * c - m * c, not a multiply of every logit, then a subtract.
-        qk_scale: logit_factor(). With fp8 V, P is 2^p_shift times the probabilities (the
+        qk_scale: logit_factor(). With fp8 V, P is 2^P_SHIFT times the probabilities (the
         shift rides in the same FMA; the sum carries it too, so acc / l is unchanged) and goes
         to the tensor cores as e4m3 (`p_operand`)."""
         m_new = jnp.maximum(m_i, s.max(axis=1))
         corr = jnp.exp2((m_i - m_new) * qk_scale)
         offset = m_new * qk_scale
-        if cfg.p_shift:
-            offset = offset - cfg.p_shift
+        if cfg.v_fp8:
+            offset = offset - P_SHIFT
         p = jnp.exp2(s * qk_scale - lax.broadcast_in_dim(offset, s.shape, [0]))
         return p_operand(p), m_new, l_i * corr + p.sum(axis=1), corr
 
@@ -452,7 +455,6 @@ def item_ops(refs, wg, cfg: KernelParams) -> ItemOps:
         v_tile = r.v.at[b, kv_h, :, rows] if cfg.v_fp8 else r.v.at[b, rows, kv_h]
         plgpu.copy_gmem_to_smem(v_tile, r.v_smem.at[slot], r.v_loaded.at[slot])
 
-
     def wait_consumed(slot):
         # The slot held step g - stages: reuse it once both warpgroups are done with it.
         plgpu.barrier_wait(r.k_consumed.at[slot])
@@ -518,7 +520,6 @@ def pv_token_order(v8t, permuted: bool):
 
 
 def _kernel(*refs, cfg: KernelParams, order: str, n_kv: int):
-
     """One CTA per (query block, head, batch) item; refs: Refs' fields, in order. The grid's
     first axis is the fastest (see BlockSizes.order)."""
     if order == "heads":  # grid (N, M, B)
@@ -634,11 +635,10 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
     rows are rescaled to their running max, so P <= 1 before the shift). out_dtype: the output's
     dtype (default: V's, bfloat16 for an fp8 V).
 
-
     block_sizes None: `default_block_sizes` (compiled: the overlapped pipeline; the ping-pong
-    one with an fp8 V). interpret=True
-    (or an InterpretGPUParams, e.g. with detect_races=True) runs the Mosaic GPU interpreter on
-    the CPU, with the pv="smem" variant by default. A mask with one head ([B, 1, M, M])
+    one with an fp8 V). interpret=True (or an InterpretGPUParams, e.g. with
+    detect_races=True) runs the Mosaic GPU interpreter on the CPU, with the pv="smem" variant
+    by default. A mask with one head ([B, 1, M, M])
     applies to every query head.
     """
     if interpret is True:
@@ -681,7 +681,6 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
     qk_scaled = qk_scale is not None
     scales = jnp.stack([jnp.asarray(1.0 if x is None else x, jnp.float32).reshape(())
                         for x in (qk_scale, v_scale)])
-
     if H % 64:
         raise ValueError(f"head dim {H} must be a multiple of 64 (128-byte swizzled tiles)")
     if N % K:
@@ -748,8 +747,7 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, causal: bool = Tru
         heads_per_kv=N // K, stages=stages, pv=pv, schedule=schedule,
         compute_registers=block_sizes.compute_registers,
         memory_registers=block_sizes.memory_registers, shared_mask=shared_mask,
-        overlap=block_sizes.overlap, qk_scaled=qk_scaled, v_fp8=v_fp8,
-        p_shift=P_SHIFT if v_fp8 else 0.0)
+        overlap=block_sizes.overlap, qk_scaled=qk_scaled, v_fp8=v_fp8)
     order = resolve_order(block_sizes.order, S_pad, H, dtype.itemsize, shared_mask)
     if block_sizes.persistent:
         n_ctas = mosaic_persistent.num_ctas(N * M * B, interpret=interpret is not None)

@@ -89,6 +89,21 @@ class SharedMaskCases:
                      what=f"dense mosaic causal={causal}")
 
 
+def _fp8_inputs(seed, S, N, K, H, causal=True):
+    """Fresh bf16 q, k, v (q, k x 3: peaked logits, as a trained model's), the amax scales of
+    q and k, their e4m3 rounding and logit factor, and a random causal (or not) BlockMask of
+    block 128 -> (q, k, v, scales, q8, k8, factor, bm)."""
+    from pflash_jax.attention import api
+
+    q, k, v = _qkv(seed, S, N, K, H, jnp.bfloat16)
+    q, k = 3 * q, 3 * k
+    scales = tuple(jnp.max(jnp.abs(x.astype(jnp.float32))) / api.FP8_MAX for x in (q, k))
+    q8, k8, factor = api.quantize_qk(q, k, scales)
+    bm = BlockMask.from_dense(_random_mask(seed, 1, N, -(-S // 128), p=0.7),
+                              block_size=128, seq_len=S, causal=causal)
+    return q, k, v, scales, q8, k8, factor, bm
+
+
 class Fp8QKCases:
     """fp8 Q/K (float8_e4m3fn wgmma operands, V and P in bf16): the kernel against the float32
     reference on the same rounded q/k, dequantized (so only the kernel's own rounding of P and
@@ -99,14 +114,9 @@ class Fp8QKCases:
     fp8_sizes = (None,)
 
     def _fp8_case(self, seed, S, N, K, H, sizes=None, causal=True):
-        from pflash_jax.attention import api, mosaic
+        from pflash_jax.attention import mosaic
 
-        q, k, v = _qkv(seed, S, N, K, H, jnp.bfloat16)
-        q, k = 3 * q, 3 * k
-        scales = tuple(jnp.max(jnp.abs(x.astype(jnp.float32))) / api.FP8_MAX for x in (q, k))
-        q8, k8, factor = api.quantize_qk(q, k, scales)
-        bm = BlockMask.from_dense(_random_mask(seed, 1, N, -(-S // 128), p=0.7),
-                                  block_size=128, seq_len=S, causal=causal)
+        q, k, v, scales, q8, k8, factor, bm = _fp8_inputs(seed, S, N, K, H, causal)
         kw = {} if sizes is None else {"block_sizes": sizes}
         out = mosaic.block_sparse_attention(q8, k8, v, bm, causal=causal, qk_scale=factor,
                                             interpret=self.interpret, **kw)
@@ -176,13 +186,8 @@ class Fp8PVCases:
     def _fp8_pv_case(self, seed, S, N, K, H, sizes=None, causal=True):
         from pflash_jax.attention import api, mosaic
 
-        q, k, v = _qkv(seed, S, N, K, H, jnp.bfloat16)
-        q, k = 3 * q, 3 * k
-        scales = tuple(jnp.max(jnp.abs(x.astype(jnp.float32))) / api.FP8_MAX for x in (q, k))
-        q8, k8, factor = api.quantize_qk(q, k, scales)
+        q, k, v, scales, q8, k8, factor, bm = _fp8_inputs(seed, S, N, K, H, causal)
         v8, vs = api.quantize_v(v)
-        bm = BlockMask.from_dense(_random_mask(seed, 1, N, -(-S // 128), p=0.7),
-                                  block_size=128, seq_len=S, causal=causal)
         kw = {} if sizes is None else {"block_sizes": sizes}
         out = mosaic.block_sparse_attention(q8, k8, v8, bm, causal=causal, qk_scale=factor,
                                             v_scale=vs, interpret=self.interpret, **kw)

@@ -378,20 +378,23 @@ def test_qk_fp8_scales_bound_every_q_and_k(pair):
             assert top > FP8_MAX / 16, f"layer {li} {what}: range unused ({top:.1f})"
 
 
+def _reference_scores(drafter, seed, **options):
+    """The drafter's running max (tail mode) on a 300-token prompt padded to 384, the pflash
+    preset on the reference impl with 64-token blocks and `options` over it."""
+    S, Sb = 300, 384
+    ids_p = np.zeros(Sb, np.int32)
+    ids_p[:S] = prompt(S, seed=seed)
+    cfg = preset("pflash", attention_impl="reference", block_size=64, **options)
+    return np.asarray(drafter_scores(drafter.params, drafter.config,
+                                     jnp.asarray(ids_p)[None], jnp.int32(S), cfg)[0])
+
+
 def test_fp8_qk_option_changes_scores_a_little(pair):
     """attention_qk="fp8" reaches the drafter's attention (the scores move: the kernels'
     e4m3 rounding of Q/K, emulated on the reference impl here) and stays an approximation of
     the model-dtype drafter: e4m3 keeps 3 mantissa bits (~6% per element), so the running max
     of a float32 drafter moves by at most 20% of its largest value (measured ~9% here)."""
-    drafter, _ = pair
-    S, Sb = 300, 384
-    ids_p = np.zeros(Sb, np.int32)
-    ids_p[:S] = prompt(S, seed=3)
-    out = {}
-    for qk in ("model", "fp8"):
-        cfg = preset("pflash", attention_impl="reference", block_size=64, attention_qk=qk)
-        out[qk] = np.asarray(drafter_scores(drafter.params, drafter.config,
-                                            jnp.asarray(ids_p)[None], jnp.int32(S), cfg)[0])
+    out = {qk: _reference_scores(pair[0], 3, attention_qk=qk) for qk in ("model", "fp8")}
     err = float(np.abs(out["fp8"] - out["model"]).max())
     top = float(np.abs(out["model"]).max())
     assert 0.0 < err <= 0.2 * top, f"fp8 Q/K moved the running max by {err:.3e} (max {top:.3e})"
@@ -405,16 +408,8 @@ def test_fp8_pv_option_changes_scores_a_little(pair):
     """attention_pv="fp8" reaches the drafter's attention: V's e4m3 rounding (emulated on the
     reference impl, which keeps P in float32) moves the next layers' q/k and so the scores,
     by at most 20% of the largest, as fp8 Q/K's; without fp8 Q/K it is refused."""
-    drafter, _ = pair
-    S, Sb = 300, 384
-    ids_p = np.zeros(Sb, np.int32)
-    ids_p[:S] = prompt(S, seed=4)
-    out = {}
-    for pv in ("model", "fp8"):
-        cfg = preset("pflash", attention_impl="reference", block_size=64, attention_qk="fp8",
-                     attention_pv=pv)
-        out[pv] = np.asarray(drafter_scores(drafter.params, drafter.config,
-                                            jnp.asarray(ids_p)[None], jnp.int32(S), cfg)[0])
+    out = {pv: _reference_scores(pair[0], 4, attention_qk="fp8", attention_pv=pv)
+           for pv in ("model", "fp8")}
     err = float(np.abs(out["fp8"] - out["model"]).max())
     top = float(np.abs(out["model"]).max())
     assert 0.0 < err <= 0.2 * top, f"fp8 P @ V moved the running max by {err:.3e} (max {top:.3e})"
