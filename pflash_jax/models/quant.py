@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from functools import partial
 from pathlib import Path
 
@@ -60,6 +61,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from pflash_jax.models import act_quant
 from pflash_jax.models.params import (
     PROJECTIONS,
     Params,
@@ -226,10 +228,37 @@ def matmul(x, w, fp8_out=None):
     # (`__cublas$lt$matmul$f8`; bench_quant.py checks the compiled HLO for it). The direct
     # dot_general of float8 operands did not finish compiling there in 140 s (LOG session 5).
     # Exact on any backend: every e4m3 value is a bf16 value, products are summed in float32.
-    acc = jax.lax.dot_general(xq.astype(jnp.bfloat16), w.values.astype(jnp.bfloat16),
-                              (((x.ndim - 1,), (0,)), ((), ())),
-                              preferred_element_type=fp8_out or x.dtype)
+    acc = _fp8_gemm(xq, w, fp8_out or x.dtype)
     return (acc.astype(jnp.float32) * xs * w.scale).astype(x.dtype)
+
+
+def _fp8_gemm(xq, w: QuantizedWeight, out_dtype):
+    """xq [..., in] e4m3 @ w's e4m3 values -> the raw product (no scales) in out_dtype."""
+    return jax.lax.dot_general(xq.astype(jnp.bfloat16), w.values.astype(jnp.bfloat16),
+                               (((xq.ndim - 1,), (0,)), ((), ())),
+                               preferred_element_type=out_dtype)
+
+
+def swiglu(h, gate, up, down):
+    """down(silu(h @ gate) * (h @ up)): the Qwen3 MLP. With fp8 weights on an sm_89+ GPU, at
+    shapes act_quant takes, the down projection's input comes from act_quant.silu_mul_quant:
+    one pass over the gate/up GEMMs' outputs instead of XLA's two (its values are the float32
+    product's e4m3 rounding, where the matmul expression rounds to bf16 on the way;
+    tests/models/test_act_quant.py bounds both). Otherwise exactly the matmul expression."""
+    ws = (gate, up, down)
+    R = math.prod(h.shape[:-1])
+    fused = (all(isinstance(w, QuantizedWeight) and w.format == "fp8" for w in ws)
+             and gate.values.ndim == 2 and act_quant.runs_here()
+             and act_quant.supports(R, gate.shape[-1]))
+    if not fused:
+        return matmul(jax.nn.silu(matmul(h, gate)) * matmul(h, up), down)
+    hq, hs = quantize_rows(jnp, h, "fp8")
+    F = gate.shape[-1]
+    g, u = (_fp8_gemm(hq, w, h.dtype).reshape(R, F) for w in (gate, up))
+    aq, a_s = act_quant.silu_mul_quant(g, u, hs.reshape(R, 1), gate.scale, up.scale)
+    acc = _fp8_gemm(aq, down, h.dtype)
+    out = (acc.astype(jnp.float32) * a_s * down.scale).astype(h.dtype)
+    return out.reshape(*h.shape[:-1], down.shape[-1])
 
 
 def concat_out(ws):

@@ -159,7 +159,7 @@ def layer_finish(layer: LayerParams, x, attn_out, cfg: Qwen3Config):
     x = x + mm(attn_out.reshape(B, T, -1), layer.o_proj)
     h = rms_norm(x, layer.post_attention_layernorm, cfg.rms_norm_eps)
     # gate/up stay two GEMMs: fusing them measured no faster (69.1 vs 68.2 ms, 8B, 128K).
-    return x + mm(jax.nn.silu(mm(h, layer.gate_proj)) * mm(h, layer.up_proj), layer.down_proj)
+    return x + quant.swiglu(h, layer.gate_proj, layer.up_proj, layer.down_proj)
 
 
 def final_logits(params: Params, cfg: Qwen3Config, x):
