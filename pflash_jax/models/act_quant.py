@@ -24,6 +24,7 @@ closer of the two to the float32 product (tests/models/test_act_quant.py measure
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +49,19 @@ def chunk_of(F: int) -> int | None:
     return None
 
 
+ENV = "PFLASH_ACT_QUANT"  # "fused" (default) | "xla": the A/B switch, read when a jit traces
+
+
 def runs_here() -> bool:
-    """A GPU whose Triton casts to e4m3 (compute capability 8.9+: Ada, Hopper)."""
+    """Whether quant.swiglu takes the kernel: a GPU whose Triton casts to e4m3 (compute
+    capability 8.9+: Ada, Hopper), unless the environment sets PFLASH_ACT_QUANT=xla (the
+    matmul expression, for A/B timing; a process-wide switch, so set it before the first
+    trace)."""
+    mode = os.environ.get(ENV, "fused")
+    if mode not in ("fused", "xla"):
+        raise ValueError(f"{ENV} must be 'fused' or 'xla', got {mode!r}")
+    if mode == "xla":
+        return False
     dev = jax.devices()[0]
     if dev.platform != "gpu":
         return False

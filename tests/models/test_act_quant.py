@@ -135,3 +135,11 @@ class TestFusedGPU:
         got, exp, ref = f(h, *ws), jax.jit(_unfused)(h, *ws), _float32_mlp(h, *ws)
         e_got, e_exp = _errors(got, exp, ref)
         assert e_got <= 1.05 * e_exp, f"fused rms error {e_got:.3g} against unfused {e_exp:.3g}"
+
+
+def test_env_switch(monkeypatch):
+    monkeypatch.setenv(act_quant.ENV, "xla")
+    assert not act_quant.runs_here()
+    monkeypatch.setenv(act_quant.ENV, "triton")
+    with pytest.raises(ValueError, match="PFLASH_ACT_QUANT must be"):
+        act_quant.runs_here()
