@@ -85,6 +85,7 @@ def provenance() -> dict:
         "jaxlib": jaxlib.__version__,
         "python": platform.python_version(),
         "commit": git_commit(),
+        "act_quant": os.environ.get("PFLASH_ACT_QUANT", "fused"),  # models/act_quant.py
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
