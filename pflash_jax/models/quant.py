@@ -53,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -259,6 +260,35 @@ def swiglu(h, gate, up, down):
     acc = _fp8_gemm(aq, down, h.dtype)
     out = (acc.astype(jnp.float32) * a_s * down.scale).astype(h.dtype)
     return out.reshape(*h.shape[:-1], down.shape[-1])
+
+
+# fp8 (W8A8) params compile with XLA's Triton GEMM fusions off. With them on, XLA's GPU
+# autotuner times Triton tilings of every fp8 dot against cuBLASLt's fp8 GEMM (which it then
+# picks anyway): 8-30 s per GEMM shape at 8K tokens on an H200 and over 150 s for the first
+# shape at 128K, while a bf16 GEMM takes < 1 s (results/fp8_compile_h200). An fp8 Qwen3-8B target
+# at 128K had not compiled after 420 s at XLA's defaults (LOG, session 21). Other params keep
+# XLA's defaults (the bf16 baseline is not touched).
+FP8_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class FormatJits:
+    """One function jitted twice: `plain` at XLA's defaults, `fp8` with FP8_COMPILER_OPTIONS;
+    `of(params)` is the one that compiles a model with these params. The drafter's and the
+    target's jits are all made by `format_jits`."""
+
+    plain: Callable
+    fp8: Callable
+
+    def of(self, params: Params) -> Callable:
+        return self.fp8 if quantized_format(params) == "fp8" else self.plain
+
+
+def format_jits(fn, *, plain: Callable | None = None, **jit_kwargs) -> FormatJits:
+    """FormatJits of fn under jax.jit(**jit_kwargs); plain: an existing default-option jit of
+    fn to share (e.g. qwen3.decode_jit), so its cache is not duplicated."""
+    return FormatJits(plain or jax.jit(fn, **jit_kwargs),
+                      jax.jit(fn, compiler_options=FP8_COMPILER_OPTIONS, **jit_kwargs))
 
 
 def concat_out(ws):

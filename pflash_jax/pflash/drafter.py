@@ -41,24 +41,8 @@ from pflash_jax.pflash.config import PFlashConfig, ScoringConfig
 from pflash_jax.pflash.importance import fold_layer, importance, init_running_max
 
 _importance = jax.jit(importance, static_argnames=("cfg",))
-# An fp8 (W8A8) drafter's jits compile with XLA's Triton GEMM fusions off. With them on, XLA's
-# GPU autotuner times Triton tilings of every fp8 dot against cuBLASLt's fp8 GEMM (which it then
-# picks anyway): 8-30 s per GEMM shape at 8K tokens on an H200 and over 150 s for the first
-# shape at 128K, while a bf16 GEMM takes < 1 s (results/fp8_compile_h200). Only the drafter's
-# fp8 jits get the option: full prefill and the target keep XLA's defaults (the baseline is
-# not touched).
-FP8_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
-
-
-def _jit_pair(fn, static_argnames):
-    """(fn jitted, fn jitted with FP8_COMPILER_OPTIONS): the second for an fp8 drafter."""
-    return (jax.jit(fn, static_argnames=static_argnames),
-            jax.jit(fn, static_argnames=static_argnames, compiler_options=FP8_COMPILER_OPTIONS))
-
-
-def _for(params, pair):
-    """The member of a _jit_pair that compiles the drafter whose params these are."""
-    return pair[1] if quant.quantized_format(params) == "fp8" else pair[0]
+# Every drafter jit is a quant.FormatJits pair: an fp8 (W8A8) drafter compiles with
+# quant.FP8_COMPILER_OPTIONS (XLA's fp8 GEMM autotuning stall), others at XLA's defaults.
 
 
 # The drafter's q/k/v GEMMs: [Wq|Wk] as one and Wv apart, so v (read by the block-sparse kernel,
@@ -67,7 +51,7 @@ def _for(params, pair):
 DRAFTER_FUSE_QKV = "qk"
 PAD_POSITION = np.iinfo(np.int32).max  # position of padded keys: later than every query
 # Not donating: the prompt cache is read again by the extend pass after decoding.
-_decode = _jit_pair(qwen3.decode, ("cfg",))
+_decode = quant.format_jits(qwen3.decode, static_argnames=("cfg",))
 
 
 def resolve_impl(impl: str, dtype=None) -> str:
@@ -170,12 +154,13 @@ def drafter_scores(params, mcfg, ids, length, pcfg: PFlashConfig, chunk=None):
     return out.state, jnp.sum(out.attn_out) / max(L - 1, 1)
 
 
-drafter_scores, _drafter_scores_fp8 = _jit_pair(drafter_scores, ("mcfg", "pcfg", "chunk"))
+_drafter_scores = quant.format_jits(drafter_scores, static_argnames=("mcfg", "pcfg", "chunk"))
+drafter_scores = _drafter_scores.plain
 
 
 def scores_jit(params):
-    """The jitted `drafter_scores` for a drafter's params: fp8 ones get FP8_COMPILER_OPTIONS."""
-    return _for(params, (drafter_scores, _drafter_scores_fp8))
+    """The jitted `drafter_scores` for a drafter's params (fp8: FP8_COMPILER_OPTIONS)."""
+    return _drafter_scores.of(params)
 
 
 def first_layers(params, mcfg, k: int | None):
@@ -243,14 +228,15 @@ def extend_scores(params, mcfg, new_ids, cache: KVCache, ks, length, rmax, pcfg:
     return out.state
 
 
-_prefill_keep = _jit_pair(prefill_keep, ("mcfg", "pcfg", "chunk", "cache_len"))
-_extend_scores = _jit_pair(extend_scores, ("mcfg", "pcfg"))
-prefill_keep, extend_scores = _prefill_keep[0], _extend_scores[0]
+_prefill_keep = quant.format_jits(prefill_keep,
+                                  static_argnames=("mcfg", "pcfg", "chunk", "cache_len"))
+_extend_scores = quant.format_jits(extend_scores, static_argnames=("mcfg", "pcfg"))
+prefill_keep = _prefill_keep.plain
 
 
 def prefill_keep_jit(params):
     """The jitted `prefill_keep` for a drafter's params (fp8: FP8_COMPILER_OPTIONS)."""
-    return _for(params, _prefill_keep)
+    return _prefill_keep.of(params)
 
 
 def lookahead_running_max(drafter, ids: np.ndarray, cfg: PFlashConfig, *, chunk=None):
@@ -262,10 +248,7 @@ def lookahead_running_max(drafter, ids: np.ndarray, cfg: PFlashConfig, *, chunk=
     ids_p[:S] = ids
     mcfg, params = drafter.config, drafter.params
     length = jnp.int32(S)
-    # module globals for the default jits (tests spy on extend_scores), the twins for fp8
-    fp8 = quant.quantized_format(params) == "fp8"
-    prefill, decode, extend = ((_prefill_keep[1], _decode[1], _extend_scores[1]) if fp8
-                               else (prefill_keep, _decode[0], extend_scores))
+    prefill, decode, extend = (j.of(params) for j in (_prefill_keep, _decode, _extend_scores))
     lg, cache, ks, rmax_last, dens = prefill(
         params, mcfg, jnp.asarray(ids_p)[None], length, cfg, chunk, Sb + max(n_gen, 1))
     if n_gen == 0:

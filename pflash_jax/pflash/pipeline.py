@@ -34,7 +34,7 @@ import numpy as np
 from pflash_jax.models import quant, qwen3
 from pflash_jax.models.qwen3 import embed, final_logits
 from pflash_jax.pflash.config import PFlashConfig
-from pflash_jax.pflash.drafter import FP8_COMPILER_OPTIONS, DrafterPass, drafter_pass
+from pflash_jax.pflash.drafter import DrafterPass, drafter_pass
 from pflash_jax.pflash.spans import (
     anchor_spans,
     forced_spans,
@@ -145,22 +145,18 @@ def prefill_at(params, cfg, ids, positions, length, *, attn, chunk=None, cache_l
 
 
 _PREFILL_STATIC = ("cfg", "attn", "chunk", "cache_len", "kv_cache", "fuse_qkv", "unroll")
-# An fp8 (W8A8) target compiles with the drafter's FP8_COMPILER_OPTIONS, in both paths (its
-# PFlash prefill and the full-prefill baseline alike, so the comparison stays like for like):
-# at XLA's defaults an fp8 Qwen3-8B target at 128K had not compiled after 420 s (LOG, session
-# 21), the fp8 GEMM autotuning stall of results/fp8_compile_h200. bf16 targets: XLA's defaults.
-_prefill_at_fp8 = jax.jit(prefill_at, static_argnames=_PREFILL_STATIC,
-                          compiler_options=FP8_COMPILER_OPTIONS)
-prefill_at = jax.jit(prefill_at, static_argnames=_PREFILL_STATIC)
-_decode_fp8 = jax.jit(qwen3.decode, static_argnames=("cfg", "kv_cache", "fuse_qkv"),
-                      donate_argnames=("cache",), compiler_options=FP8_COMPILER_OPTIONS)
+# An fp8 (W8A8) target compiles with quant.FP8_COMPILER_OPTIONS in both paths (its PFlash
+# prefill and the full-prefill baseline alike, so the comparison stays like for like).
+_target_prefill = quant.format_jits(prefill_at, static_argnames=_PREFILL_STATIC)
+prefill_at = _target_prefill.plain
+_target_decode = quant.format_jits(qwen3.decode, plain=qwen3.decode_jit,
+                                   static_argnames=("cfg", "kv_cache", "fuse_qkv"),
+                                   donate_argnames=("cache",))
 
 
 def target_jits(params):
-    """(prefill, decode) jits for a target's params: fp8 ones get FP8_COMPILER_OPTIONS."""
-    if quant.quantized_format(params) == "fp8":
-        return _prefill_at_fp8, _decode_fp8
-    return prefill_at, qwen3.decode_jit
+    """(prefill, decode) jits for a target's params (fp8: FP8_COMPILER_OPTIONS)."""
+    return _target_prefill.of(params), _target_decode.of(params)
 
 
 # The greedy token on the device: 4 bytes to the host instead of the [V] float32 logits row

@@ -167,8 +167,9 @@ def test_lookahead_matches_unfused_reference(monkeypatch, seed, shape, S, block,
         seen.append(np.asarray(new_ids)[0])
         return extend(params, mcfg, new_ids, *args, **kwargs)
 
-    extend = drafter_stage.extend_scores
-    monkeypatch.setattr(drafter_stage, "extend_scores", spy)
+    jits = drafter_stage._extend_scores
+    extend = jits.of(drafter.params)
+    monkeypatch.setattr(drafter_stage, "_extend_scores", type(jits)(spy, spy))
     got = drafter_pass(drafter, ids, cfg, chunk=chunk)
 
     tokens, want, gap = reference_lookahead(drafter, ids, cfg.scoring)

@@ -312,7 +312,7 @@ def test_fp8_drafter_gets_its_compiler_options_and_the_same_scores(pair):
     drafter, _ = pair
     assert drafter_mod.scores_jit(drafter.params) is drafter_scores
     qparams = quant.quantize_params(drafter.params, "fp8")
-    assert drafter_mod.scores_jit(qparams) is drafter_mod._drafter_scores_fp8
+    assert drafter_mod.scores_jit(qparams) is drafter_mod._drafter_scores.fp8
     S, Sb = 200, 256
     ids_p = np.zeros(Sb, np.int32)
     ids_p[:S] = prompt(S, seed=11)
@@ -332,9 +332,9 @@ def test_fp8_drafter_lookahead_runs_its_fp8_jits(pair):
 
     drafter, _ = pair
     qd = dataclasses.replace(drafter, params=quant.quantize_params(drafter.params, "fp8"))
-    for pair_ in (drafter_mod._prefill_keep, drafter_mod._extend_scores, drafter_mod._decode):
-        assert drafter_mod._for(qd.params, pair_) is pair_[1]
-        assert drafter_mod._for(drafter.params, pair_) is pair_[0]
+    for jits in (drafter_mod._prefill_keep, drafter_mod._extend_scores, drafter_mod._decode):
+        assert jits.of(qd.params) is jits.fp8 and jits.of(drafter.params) is jits.plain
+        assert jits.fp8 is not jits.plain
     cfg = preset("pflash", tail_mode="lookahead", n_tail=4, attention_impl="reference",
                  block_size=64)
     ids = prompt(200, seed=12)
@@ -342,7 +342,7 @@ def test_fp8_drafter_lookahead_runs_its_fp8_jits(pair):
     plain = {n: getattr(drafter_mod, n) for n in ("_prefill_keep", "_extend_scores", "_decode")}
     try:  # both members the default-option jit: the reference
         for n, p in plain.items():
-            setattr(drafter_mod, n, (p[0], p[0]))
+            setattr(drafter_mod, n, quant.FormatJits(p.plain, p.plain))
         ref = drafter_mod.lookahead_running_max(qd, ids, cfg)[0]
     finally:
         for n, p in plain.items():
