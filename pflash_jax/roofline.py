@@ -40,8 +40,12 @@ sheet times an explicit efficiency:
   here): H200 4.8 TB/s, H100 3.35 TB/s, 3090 936 GB/s. At 128K every modelled stage is compute
   bound on both cards, so this factor does not move the 128K projection.
 - int8 (284 TOPS) and int4 tensor math are not used: the project's int8 / int4 are weight-only
-  (dequantized to bf16 inside the GEMM), so they cut bytes, not FLOP time. fp8 W8A8 has no
-  3090 path (sm_86 has no fp8): such rows project to None.
+  (dequantized to bf16 inside the GEMM), so they cut bytes, not FLOP time.
+- fp8: W8A8 GEMMs (drafter or target quantize "fp8") and the drafter kernel's fp8 QK^T / PV
+  halves (attention.qk / attention.pv "fp8") count at `Card.fp8_flops`, the rest at the bf16
+  rate (`Work.fp8_flops`). Hopper's fp8 rate is assumed, not measured: 1979 TFLOP/s spec x
+  EFFICIENCY. The 3090 (sm_86) has no fp8 tensor math: fp8 rows have a floor on their own card
+  and no 3090 projection.
 
 Limits (why it is an estimate): a 3090 runs no Mosaic GPU kernel (no wgmma / TMA), so its
 drafter runs the Triton kernel whose efficiency relative to the roofline differs from the
@@ -68,10 +72,16 @@ class Card:
     flops: float  # achievable dense bf16 FLOP/s (f32 accumulate)
     bandwidth: float  # achievable HBM / GDDR bytes/s
     memory: int  # bytes one process may use
+    fp8_flops: float | None = None  # achievable dense e4m3 FLOP/s; None: no fp8 tensor math
 
 
-H200 = Card("NVIDIA H200", 767e12, BANDWIDTH_EFFICIENCY * 4.8e12, 141 * 10**9)
-H100 = Card("NVIDIA H100 80GB HBM3", 767e12, BANDWIDTH_EFFICIENCY * 3.35e12, 80 * 10**9)
+# fp8 e4m3 dense: assumed to reach the bf16 rate's fraction of spec (EFFICIENCY) of Hopper's
+# 1979 TFLOP/s fp8 spec (SXM; twice bf16). Not measured yet: experiments/probe_matmul_rate.py
+# measures it; replace with its number.
+HOPPER_FP8 = EFFICIENCY * 1979e12
+H200 = Card("NVIDIA H200", 767e12, BANDWIDTH_EFFICIENCY * 4.8e12, 141 * 10**9, HOPPER_FP8)
+H100 = Card("NVIDIA H100 80GB HBM3", 767e12, BANDWIDTH_EFFICIENCY * 3.35e12, 80 * 10**9,
+            HOPPER_FP8)
 RTX3090 = Card("RTX 3090", EFFICIENCY * 71e12, BANDWIDTH_EFFICIENCY * 936e9, 24 * GIB)
 # the cards rows are measured on, by the device name metrics.json records
 MEASURED_ON = {c.name: c for c in (H200, H100)}
@@ -80,17 +90,27 @@ MEASURED_ON = {c.name: c for c in (H200, H100)}
 MODELLED = ("pflash_drafter_forward", "pflash_target_prefill", "full_target_prefill")
 # bytes per weight element by quantize format (int8: + f32 scale per output channel, ~0;
 # int4: half a byte + an f32 scale per group of 128 inputs)
-_QUANT_BYTES = {"int8": 1.0, "int4": 0.5 + 4 / 128}
+_QUANT_BYTES = {"int8": 1.0, "int4": 0.5 + 4 / 128, "fp8": 1.0}
 _ITEMSIZE = {"bfloat16": 2, "float16": 2}
 
 
 @dataclasses.dataclass(frozen=True)
 class Work:
-    flops: float
+    flops: float  # at the card's bf16 rate
     bytes: float
+    fp8_flops: float = 0.0  # at the card's fp8 rate (W8A8 GEMMs, fp8 attention matmuls)
 
     def time(self, card: Card) -> float:
-        return max(self.flops / card.flops, self.bytes / card.bandwidth)
+        compute = self.flops / card.flops
+        if self.fp8_flops:
+            if card.fp8_flops is None:
+                raise ValueError(f"{card.name} has no fp8 tensor math: this work has no time "
+                                 "there (check runs_on first)")
+            compute += self.fp8_flops / card.fp8_flops
+        return max(compute, self.bytes / card.bandwidth)
+
+    def runs_on(self, card: Card) -> bool:
+        return not self.fp8_flops or card.fp8_flops is not None
 
 
 def preset_of(name: str | None) -> Qwen3Config | None:
@@ -147,9 +167,15 @@ def kv_bytes(cfg: Qwen3Config, T: int, itemsize: int, kv_cache: str | None = Non
 
 
 def forward_work(cfg: Qwen3Config, T: int, itemsize: int, *, density: float = 1.0,
-                 quantize: str | None = None) -> Work:
-    return Work(gemm_flops(cfg, T) + attention_flops(cfg, T, density),
-                weight_bytes(cfg, itemsize, quantize) + activation_bytes(cfg, T, itemsize))
+                 quantize: str | None = None, qk: str | None = None,
+                 pv: str | None = None) -> Work:
+    """One forward's work. quantize "fp8" puts the GEMM FLOPs at the fp8 rate; qk / pv "fp8"
+    (the drafter kernel's attention.qk / attention.pv) put attention's QK^T / PV half there."""
+    gemm, attn = gemm_flops(cfg, T), attention_flops(cfg, T, density)
+    fp8 = (gemm if quantize == "fp8" else 0.0) + attn / 2 * ((qk == "fp8") + (pv == "fp8"))
+    return Work(gemm + attn - fp8,
+                weight_bytes(cfg, itemsize, quantize) + activation_bytes(cfg, T, itemsize),
+                fp8)
 
 
 def _models(row: dict):
@@ -165,7 +191,7 @@ def _models(row: dict):
     dq, tq = row.get("drafter_quantize"), row.get("target_quantize")
     if d is None or t is None or itemsize is None or any(
             q is not None and q not in _QUANT_BYTES for q in (dq, tq)):
-        return None  # fp8 W8A8: no such kernel on a 3090 (and no bytes rule here)
+        return None
     return d, t, itemsize, dq, tq
 
 
@@ -181,7 +207,8 @@ def stage_work(row: dict) -> dict[str, Work] | None:
     S = row["S"]
     kept = max(1, round(row["kept_frac"] * S))
     return {"pflash_drafter_forward": forward_work(d, S, itemsize, density=row["block_density"],
-                                                   quantize=dq),
+                                                   quantize=dq, qk=row.get("attention_qk"),
+                                                   pv=row.get("attention_pv")),
             "pflash_target_prefill": forward_work(t, kept, itemsize, quantize=tq),
             "full_target_prefill": forward_work(t, S, itemsize, quantize=tq)}
 
@@ -209,7 +236,7 @@ def floor(row: dict) -> dict | None:
     the card or models are not modelled."""
     src = MEASURED_ON.get(row.get("device"))
     work = stage_work(row)
-    if src is None or work is None:
+    if src is None or work is None or not all(w.runs_on(src) for w in work.values()):
         return None
     pf = work["pflash_drafter_forward"].time(src) + work["pflash_target_prefill"].time(src)
     full = work["full_target_prefill"].time(src)
@@ -223,8 +250,8 @@ def project(row: dict, card: Card = RTX3090) -> dict | None:
     models are not modelled, or neither path has per-stage times."""
     src = MEASURED_ON.get(row.get("device"))
     work = stage_work(row)
-    if src is None or work is None:
-        return None
+    if src is None or work is None or not all(w.runs_on(card) for w in work.values()):
+        return None  # e.g. an fp8 row onto a card without fp8 tensor math (a 3090)
     out = {}
     for path in ("pflash", "full"):
         stages = [k for k in row if k.startswith(f"{path}_") and k.endswith("_s")

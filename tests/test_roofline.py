@@ -100,6 +100,26 @@ def test_unmodelled_rows_project_to_none():
     assert not projected_cell(_row()).endswith("*") and projected_cell(_row(S=131072)).endswith("*")
 
 
+def test_fp8_work_counts_at_the_fp8_rate():
+    """fp8 W8A8 GEMMs and the drafter kernel's fp8 QK^T / PV halves count at the card's fp8
+    rate; a card without fp8 tensor math (the 3090) gives such work no time, so fp8 rows have a
+    floor on their own card but no 3090 projection."""
+    gemm, attn = R.gemm_flops(TINY, 10), R.attention_flops(TINY, 10, 0.5)
+    w = R.forward_work(TINY, 10, 2, density=0.5, quantize="fp8", qk="fp8")
+    assert (w.flops, w.fp8_flops) == (attn / 2, gemm + attn / 2)
+    both = R.forward_work(TINY, 10, 2, density=0.5, qk="fp8", pv="fp8")
+    assert (both.flops, both.fp8_flops) == (gemm, attn)
+    assert w.bytes == R.weight_bytes(TINY, 2, "fp8") + R.activation_bytes(TINY, 10, 2)
+    assert not w.runs_on(R.RTX3090) and w.runs_on(R.H100)
+    with pytest.raises(ValueError, match="no fp8 tensor math"):
+        w.time(R.RTX3090)
+    fp8_row = _row(S=131072, drafter_quantize="fp8", attention_qk="fp8", attention_pv="fp8")
+    f8, bf = R.floor(fp8_row), R.floor(_row(S=131072))
+    assert f8 is not None and f8["pflash_ttft_s"] < bf["pflash_ttft_s"]
+    assert f8["full_ttft_s"] == bf["full_ttft_s"]  # the target stays bf16
+    assert R.project(fp8_row) is None
+
+
 def test_projected_3090_ttft_of_the_measured_128k_row():
     rows = [r for r in load_rows([str(ROOT / "results/speedup_h200_check")])
             if r["S"] == 131072 and r["target"] == "qwen3_8b"]
