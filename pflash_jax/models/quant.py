@@ -229,8 +229,12 @@ def matmul(x, w, fp8_out=None):
     # (`__cublas$lt$matmul$f8`; bench_quant.py checks the compiled HLO for it). The direct
     # dot_general of float8 operands did not finish compiling there in 140 s (LOG session 5).
     # Exact on any backend: every e4m3 value is a bf16 value, products are summed in float32.
-    acc = _fp8_gemm(xq, w, fp8_out or x.dtype)
-    return (acc.astype(jnp.float32) * xs * w.scale).astype(x.dtype)
+    return _fp8_scaled_gemm(xq, xs, w, x.dtype, fp8_out or x.dtype)
+
+
+def _fp8_scaled_gemm(xq, xs, w: QuantizedWeight, dtype, acc_dtype):
+    """(xq * xs) @ w in dtype: the raw fp8 product written in acc_dtype, then both scales."""
+    return (_fp8_gemm(xq, w, acc_dtype).astype(jnp.float32) * xs * w.scale).astype(dtype)
 
 
 def _fp8_gemm(xq, w: QuantizedWeight, out_dtype):
@@ -257,8 +261,7 @@ def swiglu(h, gate, up, down):
     F = gate.shape[-1]
     g, u = (_fp8_gemm(hq, w, h.dtype).reshape(R, F) for w in (gate, up))
     aq, a_s = act_quant.silu_mul_quant(g, u, hs.reshape(R, 1), gate.scale, up.scale)
-    acc = _fp8_gemm(aq, down, h.dtype)
-    out = (acc.astype(jnp.float32) * a_s * down.scale).astype(h.dtype)
+    out = _fp8_scaled_gemm(aq, a_s, down, h.dtype, h.dtype)
     return out.reshape(*h.shape[:-1], down.shape[-1])
 
 
